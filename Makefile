@@ -1,0 +1,25 @@
+# Two commands on a fresh clone: `make run` (the demo) and `make test`. Both create .venv first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+
+.PHONY: run test lint bench clean
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+run: $(BIN)/.installed
+	$(BIN)/sparsernn demo
+
+test: $(BIN)/.installed
+	$(BIN)/ruff check sparsernn tests benchmarks
+	$(BIN)/python -m pytest -n 2 -q
+
+bench: $(BIN)/.installed
+	$(BIN)/python benchmarks/pruner_overhead.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache build *.egg-info
