@@ -62,7 +62,7 @@ class Pruner:
     ``per_gate`` gives each gate block of a fused LSTM/GRU weight its own threshold (target-mode q,
     or top-k). ``dense_state_dict`` supplies the weights that target-mode Narang schedules take q
     from (the paper's "previously trained dense model"); otherwise q comes from the weights at
-    the schedule's ``start``.
+    the schedule's ``start`` (or at every update, with ``q_from="update"``).
     """
 
     def __init__(self, model: nn.Module, schedule: Schedule | Mapping[str, Schedule],
@@ -94,6 +94,9 @@ class Pruner:
                            for w in self.weights]
         if dense_state_dict is not None:
             for group in self._target_groups():
+                if self.schedules[group].q_from == "update":
+                    raise ValueError(f"dense_state_dict sets q once, but the {group} schedule has "
+                                     "q_from='update'; use q_from='start'")
                 self._calibrate(group, lambda w: dense_state_dict[w.name])
 
     # -- the training-step interface ---------------------------------------------------------
@@ -104,10 +107,12 @@ class Pruner:
         self._step += 1
         changed = False
         for group, schedule in self.schedules.items():
-            if (group in self._target_groups() and schedule.start <= self._step
-                    and any(w.name not in self._q for w in self._group(group))):
-                self._calibrate(group, lambda w: w.param)
-            if schedule.is_update_step(self._step):
+            update = schedule.is_update_step(self._step)
+            if group in self._target_groups() and schedule.start <= self._step:
+                uncalibrated = any(w.name not in self._q for w in self._group(group))
+                if uncalibrated or (update and schedule.q_from == "update"):
+                    self._calibrate(group, lambda w: w.param)
+            if update:
                 self._update(group, schedule)
                 changed = True
         for w in self.weights:

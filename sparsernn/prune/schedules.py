@@ -156,10 +156,16 @@ class NarangSchedule:
 
     Give either the paper's ``theta`` and ``phi`` (absolute magnitudes), or a target ``sparsity``:
     then q, the ``sparsity``-quantile of |w|, is measured per tensor (``q_scope="tensor"``; per gate
-    block with ``Pruner(per_gate=True)``) or per group (``"group"``) from the weights at ``start``
-    (or from a dense state_dict given to the Pruner), and the slopes are scaled so that the final
-    threshold equals q exactly (Equation 1 solved for the discrete staircase, phi = ramp_ratio *
-    theta). The sparsity reached is what ``Pruner.report()`` shows: weights keep moving in training.
+    block with ``Pruner(per_gate=True)``) or per group (``"group"``), and the slopes are scaled so
+    that the final threshold equals q exactly (Equation 1 solved for the discrete staircase,
+    phi = ramp_ratio * theta).
+
+    ``q_from="start"`` (the paper's way) measures q once, from the weights at ``start`` or from a
+    dense state_dict given to the Pruner; weights keep growing in training, so the sparsity reached
+    can fall short of the target (``Pruner.report()`` shows it). ``q_from="update"`` measures q
+    again from the current weights at every mask update (pruned weights counted as zeros): the
+    threshold keeps the paper's staircase shape relative to the current weights, and the last
+    update prunes to the target.
     """
 
     start: int
@@ -171,6 +177,7 @@ class NarangSchedule:
     sparsity: float | None = None
     ramp_ratio: float = 1.5
     q_scope: Literal["tensor", "group"] = "tensor"
+    q_from: Literal["start", "update"] = "start"
 
     def __post_init__(self) -> None:
         _check_window(self.start, self.end, self.freq, self.ramp)
@@ -187,6 +194,8 @@ class NarangSchedule:
         _check_nonnegative("ramp_ratio", self.ramp_ratio)
         if self.q_scope not in ("tensor", "group"):
             raise ValueError(f"q_scope must be 'tensor' or 'group', got {self.q_scope!r}")
+        if self.q_from not in ("start", "update"):
+            raise ValueError(f"q_from must be 'start' or 'update', got {self.q_from!r}")
         if _last_narang_update(self.end, self.start, self.end, self.freq) is None:
             raise ValueError(f"no step in ({self.start}, {self.end}) is a multiple of freq "
                              f"({self.freq}): the schedule would never prune")

@@ -191,3 +191,19 @@ def test_report_table_and_remove():
     model.zero_grad()
     model(torch.zeros(3, 2, dtype=torch.long)).sum().backward()
     assert int(torch.count_nonzero(model.rnn.weight_hh_l0.grad)) > pruner.weights[1].mask.sum()
+
+
+def test_q_from_update_reaches_target_where_start_falls_short():
+    reached = {}
+    for q_from in ("start", "update"):
+        model, optimizer = make("gru", "adam")
+        optimizer.param_groups[0]["lr"] = 1e-2  # weights grow well past their size at `start`
+        schedule = NarangSchedule(start=5, ramp=40, end=100, freq=5, sparsity=0.9, q_from=q_from)
+        pruner = Pruner(model, schedule, optimizer)
+        for step in range(1, 121):
+            train_step(model, optimizer, pruner, step)
+        reached[q_from] = pruner.sparsity()
+    assert reached["start"] < 0.85  # the paper's fixed q undershoots here
+    assert reached["update"] == pytest.approx(0.9, abs=0.002)
+    with pytest.raises(ValueError, match="q_from='update'"):
+        Pruner(model, schedule, dense_state_dict=model.state_dict())

@@ -1,0 +1,5 @@
+import sys
+
+from sparsernn.cli import main
+
+sys.exit(main())
