@@ -91,12 +91,15 @@ class Pruner:
         self._hooks = []
         if mask_gradients:
             self._hooks = [w.param.register_hook(functools.partial(_mask_gradient, w.mask))
-                           for w in self.weights]
+                           for w in self.weights if w.param.requires_grad]
         if dense_state_dict is not None:
             for group in self._target_groups():
                 if self.schedules[group].q_from == "update":
                     raise ValueError(f"dense_state_dict sets q once, but the {group} schedule has "
                                      "q_from='update'; use q_from='start'")
+                missing = [w.name for w in self._group(group) if w.name not in dense_state_dict]
+                if missing:
+                    raise ValueError(f"dense_state_dict has no {', '.join(missing)}")
                 self._calibrate(group, lambda w: dense_state_dict[w.name])
 
     # -- the training-step interface ---------------------------------------------------------

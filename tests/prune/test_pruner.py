@@ -207,3 +207,15 @@ def test_q_from_update_reaches_target_where_start_falls_short():
     assert reached["update"] == pytest.approx(0.9, abs=0.002)
     with pytest.raises(ValueError, match="q_from='update'"):
         Pruner(model, schedule, dense_state_dict=model.state_dict())
+
+
+def test_frozen_weights_and_incomplete_dense_state_dict():
+    model, optimizer = make("gru")
+    model.rnn.weight_ih_l0.requires_grad_(False)
+    pruner = Pruner(model, OneShotSchedule(at=1, sparsity=0.5), optimizer)
+    train_step(model, optimizer, pruner, 1)
+    assert pruner.sparsity() == pytest.approx(0.5, abs=0.01)
+    schedule = NarangSchedule(start=0, ramp=2, end=4, freq=1, sparsity=0.5)
+    with pytest.raises(ValueError, match="dense_state_dict has no decoder.weight"):
+        Pruner(model, schedule, dense_state_dict={k: v for k, v in model.state_dict().items()
+                                                  if not k.startswith("decoder")})
