@@ -1,33 +1,72 @@
-"""Command line: thin argparse subcommands over library functions."""
+"""Command line: thin argparse subcommands over library functions.
+
+A user's mistake (bad config key, missing data, unreadable checkpoint) exits with status 2 and one
+message naming the file or key.
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
+from sparsernn.errors import UserError
+
 
 def _demo(args: argparse.Namespace) -> int:
     from sparsernn.demo import DemoConfig, run_demo
 
+    for name in ("steps", "hidden"):
+        if getattr(args, name) < 1:
+            raise UserError(f"--{name} must be >= 1")
     run_demo(DemoConfig(steps=args.steps, hidden_size=args.hidden, seed=args.seed))
     return 0
 
 
+def _train(args: argparse.Namespace) -> int:
+    from sparsernn.config import dump_config, load_config
+    from sparsernn.train.loop import TrainingDiverged, train
+
+    config = load_config(args.config, args.set)
+    if args.print_config:
+        print(dump_config(config), end="")
+        return 0
+    if args.out is None:
+        raise UserError("--out DIR is required to train")
+    try:
+        record = train(config, args.out, resume=args.resume)
+    except TrainingDiverged as error:
+        print(f"sparsernn: training stopped: {error}", file=sys.stderr)
+        return 1
+    print(f"step {record['step']}: validation perplexity {record['valid_perplexity']:.2f}, "
+          f"sparsity {record['sparsity']:.1%}; run directory {args.out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sparsernn", description=__doc__)
+    parser = argparse.ArgumentParser(prog="sparsernn", description="Sparse recurrent networks.")
     commands = parser.add_subparsers(dest="command", required=True)
+
     demo = commands.add_parser("demo", help="train a small GRU LM dense and 90%% pruned, compare")
     demo.add_argument("--steps", type=int, default=600, help="training steps per model")
     demo.add_argument("--hidden", type=int, default=256, help="GRU hidden size")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo)
+
+    train = commands.add_parser("train", help="train a language model from a YAML config")
+    train.add_argument("config", nargs="?", help="YAML file with data, model, prune, train sections")
+    train.add_argument("--out", help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
+    train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override a config key (repeatable)")
+    train.add_argument("--print-config", action="store_true", help="show the resolved config and exit")
+    train.set_defaults(handler=_train)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    for name in ("steps", "hidden"):
-        if getattr(args, name, 1) < 1:
-            print(f"sparsernn: error: --{name} must be >= 1", file=sys.stderr)
-            return 2
-    return args.handler(args)
+    try:
+        return args.handler(args)
+    except UserError as error:  # ConfigError, DataError, CheckpointError: the user's to fix
+        print(f"sparsernn: error: {error}", file=sys.stderr)
+        return 2

@@ -1,0 +1,149 @@
+"""Typed, validated run configuration: YAML sections data, model, prune, train, plus --set overrides.
+
+Unknown keys and out-of-range values are rejected with the key's full dotted name.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sparsernn.errors import UserError
+from sparsernn.prune.masks import GROUPS
+
+
+class ConfigError(UserError):
+    """A user's configuration mistake: the message names the file or the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DataConfig(_Section):
+    path: Path = Field(description="directory of {ptb.,}{train,valid,test}.txt, or a text file (char level)")
+    level: Literal["word", "char"] = "word"
+    batch_size: int = Field(20, ge=1)
+    eval_batch_size: int = Field(10, ge=1)
+    bptt: int = Field(35, ge=1, description="tokens per truncated back-propagation window")
+    split: tuple[float, float] = Field((0.9, 0.05), description="train, valid fractions of a single file")
+
+
+class ModelConfig(_Section):
+    cell: Literal["rnn_tanh", "rnn_relu", "gru", "lstm"] = "lstm"
+    embedding_size: int = Field(200, ge=1)
+    hidden_size: int = Field(200, ge=1)
+    layers: int = Field(2, ge=1)
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    tie_weights: bool = False
+
+    @model_validator(mode="after")
+    def _tying_needs_equal_sizes(self) -> ModelConfig:
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ValueError("tie_weights needs embedding_size == hidden_size")
+        return self
+
+
+class PruneConfig(_Section):
+    method: Literal["dense", "narang", "agp", "oneshot"] = "dense"
+    sparsity: float = Field(0.9, ge=0.0, lt=1.0)
+    start: int | None = Field(None, ge=0, description="default: Table 1 of the paper, from the epochs")
+    ramp: int | None = Field(None, ge=0)
+    end: int | None = Field(None, ge=1)
+    freq: int = Field(100, ge=1)
+    at: int | None = Field(None, ge=1, description="oneshot: the step to prune at (default: start)")
+    groups: tuple[str, ...] = ("recurrent", "linear")
+    per_gate: bool = False
+    q_scope: Literal["tensor", "group"] = "tensor"
+    q_from: Literal["start", "update"] = "update"
+
+    @model_validator(mode="after")
+    def _known_groups(self) -> PruneConfig:
+        unknown = set(self.groups) - set(GROUPS)
+        if unknown:
+            raise ValueError(f"unknown groups {sorted(unknown)}; valid: {', '.join(GROUPS)}")
+        return self
+
+
+class TrainConfig(_Section):
+    optimizer: Literal["sgd", "adam", "adamw"] = "sgd"
+    lr: float = Field(20.0, gt=0.0)
+    momentum: float = Field(0.0, ge=0.0, lt=1.0)
+    weight_decay: float = Field(0.0, ge=0.0)
+    clip: float = Field(0.25, ge=0.0, description="gradient-norm clipping; 0 turns it off")
+    epochs: int = Field(6, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
+    lr_decay: float = Field(0.25, gt=0.0, le=1.0, description="factor on a validation plateau")
+    patience: int = Field(0, ge=0, description="evaluations without improvement before decay")
+    eval_every: int | None = Field(None, ge=1, description="steps; default once per epoch")
+    log_every: int = Field(50, ge=1)
+    seed: int = 0
+
+
+class RunConfig(_Section):
+    data: DataConfig
+    model: ModelConfig = ModelConfig()
+    prune: PruneConfig = PruneConfig()
+    train: TrainConfig = TrainConfig()
+
+
+def _parse_value(text: str) -> Any:
+    return yaml.safe_load(text) if text.strip() else text
+
+
+def apply_overrides(raw: dict, overrides: list[str]) -> dict:
+    """Apply ``section.key=value`` strings (values parsed as YAML) to a raw config dict."""
+    for item in overrides:
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise ConfigError(f"--set {item!r}: expected section.key=value")
+        node = raw
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item!r}: {part} is not a section")
+        node[leaf] = _parse_value(value)
+    return raw
+
+
+def _format_errors(error: ValidationError, source: str) -> str:
+    problems = []
+    for item in error.errors():
+        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        problems.append(f"{key}: {message}")
+    return f"{source}: " + "; ".join(problems)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:
+    """Read a YAML config (or start empty), apply overrides, validate."""
+    raw: dict = {}
+    source = "--set"
+    if path is not None:
+        source = str(path)
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read config ({error.strerror})") from None
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML ({error})") from None
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{path}: expected a mapping of sections at the top level")
+    raw = apply_overrides(raw, list(overrides))
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, source)) from None
+
+
+def config_to_dict(config: RunConfig) -> dict:
+    """Plain, YAML-safe data (paths as strings, tuples as lists)."""
+    return config.model_dump(mode="json")
+
+
+def dump_config(config: RunConfig) -> str:
+    return yaml.safe_dump(config_to_dict(config), sort_keys=False)

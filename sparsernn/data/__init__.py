@@ -1,0 +1,1 @@
+"""Data sets: text corpora for language modelling."""

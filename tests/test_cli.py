@@ -1,0 +1,50 @@
+import subprocess
+import sys
+
+import yaml
+
+from sparsernn.cli import main
+
+
+def write_config(tmp_path, raw):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_train_print_config_and_overrides(tmp_path, tiny_config, capsys):
+    config = write_config(tmp_path, tiny_config)
+    assert main(["train", config, "--print-config", "--set", "train.max_steps=7"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["train"]["max_steps"] == 7 and printed["model"]["cell"] == "lstm"
+    assert main(["train", config, "--out", str(tmp_path / "run"), "--set", "train.max_steps=12"]) == 0
+    assert "step 12: validation perplexity" in capsys.readouterr().out
+    assert main(["train", config, "--out", str(tmp_path / "run"), "--resume",
+                 "--set", "train.max_steps=16"]) == 0
+    assert "step 16" in capsys.readouterr().out
+
+
+def test_user_errors_exit_2_with_one_message(tmp_path, tiny_config, capsys):
+    config = write_config(tmp_path, tiny_config)
+    cases = [
+        (["train", config, "--set", "train.lr_rate=1"], "train.lr_rate: unknown key"),
+        (["train", config, "--out", "x", "--set", f"data.path={tmp_path / 'none'}"],
+         "none: data directory not found"),
+        (["train", config, "--out", str(tmp_path / "fresh"), "--resume"], "last.pt: checkpoint not found"),
+        (["train", str(tmp_path / "missing.yaml")], "missing.yaml: cannot read config"),
+    ]
+    for argv, message in cases:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1, err
+
+
+def test_corrupt_checkpoint_from_the_shell(tmp_path, tiny_config):
+    config = write_config(tmp_path, tiny_config)
+    (tmp_path / "run/checkpoints").mkdir(parents=True)
+    (tmp_path / "run/checkpoints/last.pt").write_bytes(b"not a checkpoint")
+    result = subprocess.run([sys.executable, "-m", "sparsernn", "train", config, "--out",
+                             str(tmp_path / "run"), "--resume"], capture_output=True, text=True)
+    assert result.returncode == 2
+    assert "last.pt: not a readable sparsernn checkpoint" in result.stderr
+    assert "Traceback" not in result.stderr

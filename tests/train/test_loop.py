@@ -1,0 +1,94 @@
+import json
+
+import pytest
+import torch
+
+from sparsernn.checkpoint import load_checkpoint
+from sparsernn.config import RunConfig
+from sparsernn.prune import Pruner
+from sparsernn.train import loop
+from sparsernn.train.loop import TrainingDiverged, train
+
+
+def metrics_without_timing(run_dir):
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        record.pop("step_time", None)
+    return records
+
+
+def test_run_directory_and_pruning(tmp_path, tiny_config):
+    record = train(RunConfig.model_validate(tiny_config), tmp_path / "run")
+    run = tmp_path / "run"
+    assert (run / "config.yaml").exists()
+    assert {p.name for p in (run / "checkpoints").iterdir()} == {"last.pt", "best.pt"}
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+    tokens = sum(len(line.split()) + 1 for line in (tmp_path / "corpus/ptb.train.txt").open())
+    per_epoch = -(-(tokens // 4 - 1) // 8)  # windows of 8 over tokens // 4 rows
+    assert checkpoint["loop"]["step"] == record["step"] == 2 * per_epoch
+    assert record["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert 1 < record["valid_perplexity"] < len(checkpoint["vocabulary"])
+    kinds = [r["kind"] for r in metrics_without_timing(run)]
+    evals = {s for s in range(1, 2 * per_epoch + 1) if s % 20 == 0 or s % per_epoch == 0}
+    assert [r["step"] for r in metrics_without_timing(run) if r["kind"] == "eval"] == sorted(evals)
+    assert kinds.count("train") == 2 * per_epoch // 5
+    train_record = next(r for r in metrics_without_timing(run) if r["kind"] == "train")
+    assert set(train_record) == {"kind", "step", "epoch", "loss", "perplexity", "lr", "sparsity",
+                                 "threshold"}
+
+
+@pytest.mark.parametrize("crash, checkpointed", [(57, 40), (75, 66)])  # mid-epoch; after epoch end
+def test_interrupted_run_resumes_to_identical_end(tmp_path, tiny_config, monkeypatch, crash,
+                                                  checkpointed):
+    config = RunConfig.model_validate(tiny_config)
+    train(config, tmp_path / "straight")
+
+    original_step = Pruner.step
+
+    def crashing_step(self):
+        original_step(self)
+        if self.current_step == crash:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pruner, "step", crashing_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed")
+    monkeypatch.setattr(Pruner, "step", original_step)
+    assert load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")["loop"]["step"] == checkpointed
+    train(config, tmp_path / "resumed", resume=True)
+
+    straight = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    for name, mask in straight["pruner"]["masks"].items():
+        assert torch.equal(mask, resumed["pruner"]["masks"][name]), name
+    assert metrics_without_timing(tmp_path / "straight") == metrics_without_timing(tmp_path / "resumed")
+
+
+def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_config, monkeypatch):
+    config = RunConfig.model_validate(tiny_config)
+    original = loop.nn.functional.cross_entropy
+    calls = {"n": 0}
+
+    def poisoned(*args, **kwargs):  # training losses from step 41 on are NaN
+        loss = original(*args, **kwargs)
+        if kwargs.get("reduction") == "sum":  # evaluation
+            return loss
+        calls["n"] += 1
+        return loss * float("nan") if calls["n"] > 40 else loss
+
+    monkeypatch.setattr(loop.nn.functional, "cross_entropy", poisoned)
+    with pytest.raises(TrainingDiverged, match="loss is nan at step"):
+        train(config, tmp_path / "run")
+    assert load_checkpoint(tmp_path / "run/checkpoints/last.pt")["loop"]["step"] == 40
+
+
+def test_resume_rejects_a_different_config(tmp_path, tiny_config):
+    train(RunConfig.model_validate({**tiny_config, "train": {**tiny_config["train"], "max_steps": 20}}),
+          tmp_path / "run")
+    changed = {**tiny_config, "model": {**tiny_config["model"], "hidden_size": 8}}
+    with pytest.raises(ValueError, match="different config"):
+        train(RunConfig.model_validate(changed), tmp_path / "run", resume=True)
+    extended = {**tiny_config, "train": {**tiny_config["train"], "max_steps": 30}}
+    assert train(RunConfig.model_validate(extended), tmp_path / "run", resume=True)["step"] == 30
