@@ -42,6 +42,15 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from sparsernn.train.loop import evaluate_checkpoint
+
+    result = evaluate_checkpoint(args.checkpoint, args.split)
+    print(f"{args.checkpoint} ({args.split}, step {result['step']}): perplexity "
+          f"{result['perplexity']:.2f}, sparsity {result['sparsity']:.1%} of pruned tensors")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsernn", description="Sparse recurrent networks.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -60,6 +69,11 @@ def build_parser() -> argparse.ArgumentParser:
                        help="override a config key (repeatable)")
     train.add_argument("--print-config", action="store_true", help="show the resolved config and exit")
     train.set_defaults(handler=_train)
+
+    evaluate = commands.add_parser("evaluate", help="perplexity of a checkpoint on a split")
+    evaluate.add_argument("checkpoint")
+    evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    evaluate.set_defaults(handler=_evaluate)
     return parser
 
 

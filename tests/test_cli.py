@@ -22,6 +22,10 @@ def test_train_print_config_and_overrides(tmp_path, tiny_config, capsys):
     assert main(["train", config, "--out", str(tmp_path / "run"), "--resume",
                  "--set", "train.max_steps=16"]) == 0
     assert "step 16" in capsys.readouterr().out
+    assert main(["evaluate", str(tmp_path / "run/checkpoints/last.pt"), "--split", "valid"]) == 0
+    printed = capsys.readouterr().out
+    last_eval = (tmp_path / "run/metrics.jsonl").read_text().splitlines()[-1]
+    assert f"perplexity {yaml.safe_load(last_eval)['valid_perplexity']:.2f}" in printed
 
 
 def test_user_errors_exit_2_with_one_message(tmp_path, tiny_config, capsys):

@@ -70,7 +70,8 @@ class Pruner:
                  exclude: Sequence[str] = (), per_gate: bool = False,
                  dense_state_dict: Mapping[str, torch.Tensor] | None = None,
                  mask_gradients: bool = True) -> None:
-        model = getattr(model, "module", model)  # unwrap DistributedDataParallel
+        if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+            model = model.module  # names and state match the plain model's
         if isinstance(schedule, Mapping):
             self.schedules = dict(schedule)
         else:

@@ -96,6 +96,24 @@ def evaluate(model: LanguageModel, columns: torch.Tensor, bptt: int) -> float:
     return total / count
 
 
+def evaluate_checkpoint(path: str | Path, split: str = "test") -> dict:
+    """Perplexity of a saved language model on one split of its corpus."""
+    checkpoint = load_checkpoint(path)
+    config = RunConfig.model_validate(checkpoint["config"])
+    corpus = load_corpus(config.data)
+    if list(corpus.vocabulary) != checkpoint["vocabulary"]:
+        raise ConfigError(f"{config.data.path}: vocabulary differs from the one {path} was trained on")
+    model = LanguageModel(len(corpus.vocabulary), config.model)
+    model.load_state_dict(checkpoint["model"])
+    loss = evaluate(model, batchify(corpus.split(split), config.data.eval_batch_size), config.data.bptt)
+    nonzeros = sum(int(mask.sum()) for mask in checkpoint["pruner"]["masks"].values())
+    total = sum(mask.numel() for mask in checkpoint["pruner"]["masks"].values())
+    return {"split": split, "step": checkpoint["loop"]["step"], "loss": loss,
+            "perplexity": math.exp(loss), "sparsity": 1 - nonzeros / total,
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "pruned_tensor_nonzeros": nonzeros}
+
+
 def _append_metrics(path: Path, record: dict) -> None:
     with path.open("a") as file:
         file.write(json.dumps(record) + "\n")
