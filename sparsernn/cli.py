@@ -43,11 +43,28 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from sparsernn.train.loop import evaluate_checkpoint
+    from sparsernn.train.evaluate import evaluate_checkpoint
 
     result = evaluate_checkpoint(args.checkpoint, args.split)
     print(f"{args.checkpoint} ({args.split}, step {result['step']}): perplexity "
-          f"{result['perplexity']:.2f}, sparsity {result['sparsity']:.1%} of pruned tensors")
+          f"{result['perplexity']:.2f}, {result['nonzero_parameters']:,} non-zero of "
+          f"{result['parameters']:,} parameters, pruned tensors {result['sparsity']:.1%} sparse")
+    return 0
+
+
+def _score(args: argparse.Namespace) -> int:
+    from sparsernn.train.evaluate import score_file
+
+    for path in args.files:
+        result = score_file(args.checkpoint, path)
+        print(f"{path}: perplexity {result['perplexity']:.2f} over {result['tokens']:,} tokens")
+    return 0
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from sparsernn.train.evaluate import generate
+
+    print(generate(args.checkpoint, args.prompt, args.tokens, args.temperature, args.seed))
     return 0
 
 
@@ -74,6 +91,19 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
     evaluate.set_defaults(handler=_evaluate)
+
+    score = commands.add_parser("score", help="perplexity of a checkpoint on text files")
+    score.add_argument("checkpoint")
+    score.add_argument("files", nargs="+")
+    score.set_defaults(handler=_score)
+
+    generate = commands.add_parser("generate", help="sample text from a checkpoint")
+    generate.add_argument("checkpoint")
+    generate.add_argument("--prompt", default="")
+    generate.add_argument("--tokens", type=int, default=50)
+    generate.add_argument("--temperature", type=float, default=1.0)
+    generate.add_argument("--seed", type=int, default=0)
+    generate.set_defaults(handler=_generate)
     return parser
 
 

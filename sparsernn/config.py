@@ -48,7 +48,7 @@ class ModelConfig(_Section):
 
 
 class PruneConfig(_Section):
-    method: Literal["dense", "narang", "agp", "oneshot"] = "dense"
+    method: Literal["dense", "narang", "agp", "oneshot", "small_dense", "distill"] = "dense"
     sparsity: float = Field(0.9, ge=0.0, lt=1.0)
     start: int | None = Field(None, ge=0, description="default: Table 1 of the paper, from the epochs")
     ramp: int | None = Field(None, ge=0)
@@ -59,12 +59,27 @@ class PruneConfig(_Section):
     per_gate: bool = False
     q_scope: Literal["tensor", "group"] = "tensor"
     q_from: Literal["start", "update"] = "update"
+    match_nonzeros: int | None = Field(None, ge=1, description="small_dense/distill: size the dense "
+                                       "model's hidden layer to about this many parameters")
+    match_checkpoint: Path | None = Field(None, description="... or to the non-zeros of this checkpoint")
+    teacher: Path | None = Field(None, description="distill: the teacher's checkpoint")
+    temperature: float = Field(2.0, gt=0.0)
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="weight of the distillation term")
 
     @model_validator(mode="after")
-    def _known_groups(self) -> PruneConfig:
+    def _consistent(self) -> PruneConfig:
         unknown = set(self.groups) - set(GROUPS)
         if unknown:
             raise ValueError(f"unknown groups {sorted(unknown)}; valid: {', '.join(GROUPS)}")
+        matching = self.match_nonzeros is not None or self.match_checkpoint is not None
+        if self.match_nonzeros is not None and self.match_checkpoint is not None:
+            raise ValueError("give match_nonzeros or match_checkpoint, not both")
+        if self.method == "small_dense" and not matching:
+            raise ValueError("small_dense needs match_nonzeros or match_checkpoint")
+        if matching and self.method not in ("small_dense", "distill"):
+            raise ValueError(f"match_* sizes small_dense and distill models, not {self.method}")
+        if (self.method == "distill") != (self.teacher is not None):
+            raise ValueError("teacher is required by, and only used by, method distill")
         return self
 
 

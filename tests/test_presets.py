@@ -4,7 +4,7 @@ import pytest
 
 from sparsernn.config import load_config
 from sparsernn.prune import NoSchedule
-from sparsernn.train.loop import prune_schedule
+from sparsernn.train.methods import prune_schedule
 
 PRESETS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 

@@ -45,3 +45,47 @@ def detach(hidden: Hidden | None) -> Hidden | None:
     if isinstance(hidden, tuple):
         return tuple(h.detach() for h in hidden)
     return hidden.detach()
+
+
+def parameter_count(vocab_size: int, config: ModelConfig) -> int:
+    """Parameters of a language model of this shape (tied weights once), built on the meta device."""
+    with torch.device("meta"):
+        model = LanguageModel(vocab_size, config)
+    return sum(p.numel() for p in model.parameters())
+
+
+def size_to_parameters(vocab_size: int, config: ModelConfig, target: int) -> tuple[ModelConfig, int]:
+    """The hidden size whose dense model has the parameter count closest to ``target``.
+
+    Only ``hidden_size`` changes (and ``embedding_size`` with it when weights are tied). Returns the
+    sized config and its parameter count.
+    """
+    def shaped(hidden: int) -> ModelConfig:
+        sizes = {"hidden_size": hidden}
+        if config.tie_weights:
+            sizes["embedding_size"] = hidden
+        return config.model_copy(update=sizes)
+
+    low, high = 1, 1
+    while parameter_count(vocab_size, shaped(high)) < target:
+        high *= 2
+    while low < high:  # the smallest hidden size with at least `target` parameters
+        middle = (low + high) // 2
+        if parameter_count(vocab_size, shaped(middle)) < target:
+            low = middle + 1
+        else:
+            high = middle
+    candidates = [h for h in (low - 1, low) if h >= 1]
+    best = min(candidates, key=lambda h: abs(parameter_count(vocab_size, shaped(h)) - target))
+    return shaped(best), parameter_count(vocab_size, shaped(best))
+
+
+def nonzero_parameters(state_dict: dict[str, torch.Tensor]) -> int:
+    """Non-zero entries of a model state, counting storage shared by tied weights once."""
+    seen, total = set(), 0
+    for tensor in state_dict.values():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
+        if key not in seen:
+            seen.add(key)
+            total += int(torch.count_nonzero(tensor))
+    return total

@@ -27,6 +27,9 @@ def test_run_directory_and_pruning(tmp_path, tiny_config):
     per_epoch = -(-(tokens // 4 - 1) // 8)  # windows of 8 over tokens // 4 rows
     assert checkpoint["loop"]["step"] == record["step"] == 2 * per_epoch
     assert record["sparsity"] == pytest.approx(0.8, abs=0.01)
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert best["loop"]["step"] >= 40  # saved only once the masks are final (prune.end = 40)
+    assert best["pruner"]["masks"].keys() == checkpoint["pruner"]["masks"].keys()
     assert 1 < record["valid_perplexity"] < len(checkpoint["vocabulary"])
     kinds = [r["kind"] for r in metrics_without_timing(run)]
     evals = {s for s in range(1, 2 * per_epoch + 1) if s % 20 == 0 or s % per_epoch == 0}

@@ -1,0 +1,98 @@
+"""Using a trained language model: perplexity on a split or a file, and sampling text."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from sparsernn.checkpoint import load_checkpoint
+from sparsernn.config import ModelConfig, RunConfig
+from sparsernn.data.text import EOS, UNK, DataError, batchify, bptt_windows, load_corpus, word_tokens
+from sparsernn.models.lm import LanguageModel
+
+
+@torch.no_grad()
+def evaluate(model: LanguageModel, columns: torch.Tensor, bptt: int) -> float:
+    """Mean cross-entropy per token over a batchified split."""
+    model.eval()
+    total, count, hidden = 0.0, 0, None
+    for _, inputs, targets in bptt_windows(columns, bptt):
+        logits, hidden = model(inputs, hidden)
+        total += nn.functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
+        count += targets.numel()
+    model.train()
+    return total / count
+
+
+def load_trained(path: str | Path) -> tuple[LanguageModel, RunConfig, list[str], dict]:
+    """A checkpoint's model (in eval mode), run config, vocabulary and the checkpoint itself."""
+    checkpoint = load_checkpoint(path)
+    config = RunConfig.model_validate(checkpoint["config"])
+    model = LanguageModel(len(checkpoint["vocabulary"]), ModelConfig(**checkpoint["model_config"]))
+    model.load_state_dict(checkpoint["model"])
+    return model.eval(), config, checkpoint["vocabulary"], checkpoint
+
+
+def _summary(model: LanguageModel, checkpoint: dict, loss: float, tokens: int) -> dict:
+    masks = checkpoint["pruner"]["masks"].values()
+    pruned_total = sum(mask.numel() for mask in masks)
+    return {"step": checkpoint["loop"]["step"], "loss": loss, "perplexity": math.exp(loss),
+            "tokens": tokens, "sparsity": 1 - sum(int(m.sum()) for m in masks) / max(1, pruned_total),
+            "parameters": sum(p.numel() for p in model.parameters()),
+            "nonzero_parameters": sum(int(torch.count_nonzero(p)) for p in model.parameters())}
+
+
+def evaluate_checkpoint(path: str | Path, split: str = "test") -> dict:
+    """Perplexity of a saved model on one split of the corpus it was trained on."""
+    model, config, vocabulary, checkpoint = load_trained(path)
+    corpus = load_corpus(config.data)
+    if list(corpus.vocabulary) != vocabulary:
+        raise DataError(f"{config.data.path}: vocabulary differs from the one {path} was trained on")
+    columns = batchify(corpus.split(split), config.data.eval_batch_size)
+    loss = evaluate(model, columns, config.data.bptt)
+    return {"split": split, **_summary(model, checkpoint, loss, columns.numel())}
+
+
+def score_file(path: str | Path, text_path: str | Path) -> dict:
+    """Perplexity of a saved model on a text file, tokenized as its training data was."""
+    model, config, vocabulary, checkpoint = load_trained(path)
+    try:
+        text = Path(text_path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise DataError(f"{text_path}: cannot read as UTF-8 text ({error})") from None
+    tokens = word_tokens(text) if config.data.level == "word" else list(text)
+    if len(tokens) < 2:
+        raise DataError(f"{text_path}: needs at least two tokens to score")
+    index = {token: i for i, token in enumerate(vocabulary)}
+    ids = torch.tensor([index.get(token, index[UNK]) for token in tokens])
+    loss = evaluate(model, ids.view(-1, 1), config.data.bptt)
+    return {"file": str(text_path), **_summary(model, checkpoint, loss, len(tokens) - 1)}
+
+
+@torch.no_grad()
+def generate(path: str | Path, prompt: str, tokens: int, temperature: float = 1.0, seed: int = 0) -> str:
+    """Sample ``tokens`` tokens after ``prompt`` (temperature-scaled softmax)."""
+    if temperature <= 0:
+        raise DataError(f"--temperature must be > 0, got {temperature}")
+    model, config, vocabulary, _ = load_trained(path)
+    word_level = config.data.level == "word"
+    index = {token: i for i, token in enumerate(vocabulary)}
+    context = prompt.split() if word_level else list(prompt)
+    if not context:
+        context = [EOS] if word_level else ["\n"]
+    ids = torch.tensor([[index.get(token, index[UNK])] for token in context])  # (T, 1)
+    generator = torch.Generator().manual_seed(seed)
+    logits, hidden = model(ids)
+    out = []
+    for _ in range(tokens):
+        probabilities = torch.softmax(logits[-1, 0] / temperature, dim=-1)
+        token = int(torch.multinomial(probabilities, 1, generator=generator))
+        out.append(vocabulary[token])
+        logits, hidden = model(torch.tensor([[token]]), hidden)
+    if not word_level:
+        return prompt + "".join(out)
+    words = context if prompt.split() else []
+    return " ".join(words + out).replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n")
