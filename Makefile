@@ -15,8 +15,8 @@ run: $(BIN)/.installed
 	$(BIN)/sparsernn demo
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check sparsernn tests benchmarks
-	$(BIN)/python -m pytest -n 2 -q
+	$(BIN)/ruff check sparsernn tests benchmarks scripts
+	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed
 	$(BIN)/python benchmarks/pruner_overhead.py

@@ -7,6 +7,7 @@ message naming the file or key.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from sparsernn.errors import UserError
@@ -37,8 +38,9 @@ def _train(args: argparse.Namespace) -> int:
     except TrainingDiverged as error:
         print(f"sparsernn: training stopped: {error}", file=sys.stderr)
         return 1
-    print(f"step {record['step']}: validation perplexity {record['valid_perplexity']:.2f}, "
-          f"sparsity {record['sparsity']:.1%}; run directory {args.out}")
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"step {record['step']}: validation perplexity {record['valid_perplexity']:.2f}, "
+              f"sparsity {record['sparsity']:.1%}; run directory {args.out}")
     return 0
 
 

@@ -21,7 +21,8 @@ def test_defaults_and_overrides(tmp_path, tiny_config):
 @pytest.mark.parametrize("override, message", [
     (["train.learning_rate=1"], "train.learning_rate: unknown key"),
     (["model.dropout=1.5"], "model.dropout: Input should be less than 1"),
-    (["prune.method=magic"], "prune.method: Input should be 'dense', 'narang', 'agp', 'oneshot', 'small_dense' or 'distill'"),
+    (["prune.method=magic"],
+     "prune.method: Input should be 'dense', 'narang', 'agp', 'oneshot', 'small_dense' or 'distill'"),
     (["prune.groups=[attention]"], "unknown groups ['attention']"),
     (["bogus.key=1"], "bogus: unknown key"),
     (["train"], "expected section.key=value"),

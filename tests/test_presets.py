@@ -13,9 +13,10 @@ PRESETS = sorted((Path(__file__).parent.parent / "configs").glob("*.yaml"))
 def test_preset_validates_and_builds_its_schedule(path):
     config = load_config(path)
     schedule = prune_schedule(config.prune, config.train.epochs, steps_per_epoch=1327)  # PTB, 20x35
-    assert isinstance(schedule, NoSchedule) == (config.prune.method == "dense")
+    assert isinstance(schedule, NoSchedule) == (config.prune.method in ("dense", "small_dense", "distill"))
     assert config.data.path == Path("../shared/data/ptb")
 
 
 def test_presets_exist():
-    assert {p.stem for p in PRESETS} >= {"ptb-dense", "ptb-narang90", "ptb-agp90", "ptb-oneshot90"}
+    assert {p.stem for p in PRESETS} == {"ptb-dense", "ptb-narang90", "ptb-agp90", "ptb-oneshot90",
+                                        "ptb-small-dense", "ptb-distill"}

@@ -54,17 +54,22 @@ def parameter_count(vocab_size: int, config: ModelConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def scaled_shape(config: ModelConfig, hidden_size: int) -> ModelConfig:
+    """``config`` with this hidden size and the embedding scaled by the same factor."""
+    ratio = config.embedding_size / config.hidden_size
+    embedding = hidden_size if config.tie_weights else max(1, round(hidden_size * ratio))
+    return config.model_copy(update={"hidden_size": hidden_size, "embedding_size": embedding})
+
+
 def size_to_parameters(vocab_size: int, config: ModelConfig, target: int) -> tuple[ModelConfig, int]:
     """The hidden size whose dense model has the parameter count closest to ``target``.
 
-    Only ``hidden_size`` changes (and ``embedding_size`` with it when weights are tied). Returns the
-    sized config and its parameter count.
+    ``embedding_size`` scales with ``hidden_size`` (keeping their ratio; equal when weights are tied),
+    so the result is a smaller copy of the same model: with a large vocabulary, the embedding and
+    decoder hold most parameters. Returns the sized config and its parameter count.
     """
     def shaped(hidden: int) -> ModelConfig:
-        sizes = {"hidden_size": hidden}
-        if config.tie_weights:
-            sizes["embedding_size"] = hidden
-        return config.model_copy(update=sizes)
+        return scaled_shape(config, hidden)
 
     low, high = 1, 1
     while parameter_count(vocab_size, shaped(high)) < target:

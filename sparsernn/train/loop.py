@@ -45,6 +45,7 @@ class LoopState:
     best_valid_loss: float = math.inf  # for the learning-rate plateau
     best_checkpoint_loss: float = math.inf  # of best.pt, once masks are final
     evaluations_without_improvement: int = 0
+    train_seconds: float = 0.0  # wall time spent in training steps, summed over resumes
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -151,7 +152,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
         valid_loss = evaluate(model, valid_columns, config.data.bptt)
         record = {"kind": "eval", "step": state.step, "epoch": state.epoch, "valid_loss": valid_loss,
                   "valid_perplexity": math.exp(valid_loss), "sparsity": pruner.sparsity(),
-                  "lr": optimizer.param_groups[0]["lr"]}
+                  "lr": optimizer.param_groups[0]["lr"], "train_seconds": state.train_seconds}
         if valid_loss < state.best_valid_loss:
             state.best_valid_loss, state.evaluations_without_improvement = valid_loss, 0
         else:
@@ -194,6 +195,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
             optimizer.step()
             pruner.step()
             state.step, state.window = state.step + 1, window + 1
+            state.train_seconds += time.perf_counter() - started
             progress.update()
             if state.step % config.train.log_every == 0 and ranks.is_main:
                 _append_metrics(metrics_path, {

@@ -13,7 +13,13 @@ from pathlib import Path
 
 from sparsernn.checkpoint import load_checkpoint
 from sparsernn.config import ConfigError, ModelConfig, PruneConfig, RunConfig
-from sparsernn.models.lm import LanguageModel, nonzero_parameters, parameter_count, size_to_parameters
+from sparsernn.models.lm import (
+    LanguageModel,
+    nonzero_parameters,
+    parameter_count,
+    scaled_shape,
+    size_to_parameters,
+)
 from sparsernn.prune import AGPSchedule, NarangSchedule, NoSchedule, OneShotSchedule, Schedule, paper_steps
 
 
@@ -62,7 +68,7 @@ class Sizing:
     hidden_size: int
     embedding_size: int
     parameters: int
-    parameters_one_size_up: int
+    parameters_one_size_up: int  # hidden_size + 1 (embedding scaled with it)
 
     def explain(self) -> str:
         return (f"sizing: target {self.target_nonzeros:,} non-zero parameters ({self.source}); "
@@ -82,8 +88,7 @@ def model_shape(config: RunConfig, vocab_size: int) -> tuple[ModelConfig, Sizing
         target = nonzero_parameters(load_checkpoint(prune.match_checkpoint)["model"])
         source = f"non-zeros of {prune.match_checkpoint}"
     model, parameters = size_to_parameters(vocab_size, config.model, target)
-    one_up = model.model_copy(update={"hidden_size": model.hidden_size + 1} | (
-        {"embedding_size": model.hidden_size + 1} if model.tie_weights else {}))
+    one_up = scaled_shape(config.model, model.hidden_size + 1)
     return model, Sizing(target, source, model.hidden_size, model.embedding_size, parameters,
                          parameter_count(vocab_size, one_up))
 

@@ -14,6 +14,7 @@ def metrics_without_timing(run_dir):
     records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     for record in records:
         record.pop("step_time", None)
+        record.pop("train_seconds", None)
     return records
 
 
