@@ -1,6 +1,6 @@
 """Cost of pruning inside a training step: `pruner.step()` and the gradient hooks.
 
-Trains one GRU language model (embedding -> GRU -> linear decoder) with Adam on random tokens, in
+Trains a language model (embedding -> GRU/LSTM/RNN -> linear decoder) with Adam on random tokens, in
 one process, alternating blocks of dense steps (no pruner) and pruned steps (Pruner with a Narang
 schedule), and reports medians:
 
@@ -8,7 +8,9 @@ schedule), and reports medians:
 - `pruner.step()` on ordinary steps and on mask-update steps, and its share of a training step
   amortized over the paper's freq = 100 (99 ordinary steps, 1 update).
 
-Usage: python benchmarks/pruner_overhead.py [--hidden 1024] [--batch 32] [--seq-len 35] [--repeats 5]
+Usage: python benchmarks/pruner_overhead.py [--cell gru] [--layers 1] [--hidden 1024] [--vocab 1000]
+       [--batch 32] [--seq-len 35] [--repeats 5]
+The PTB presets' shape: --cell lstm --layers 2 --hidden 200 --vocab 10000 --batch 20
 """
 
 from __future__ import annotations
@@ -25,11 +27,11 @@ from torch import nn
 from sparsernn.prune import NarangSchedule, Pruner
 
 
-class GRULM(nn.Module):
-    def __init__(self, vocab: int, hidden: int):
+class RecurrentLM(nn.Module):
+    def __init__(self, vocab: int, hidden: int, cell: str, layers: int):
         super().__init__()
         self.embedding = nn.Embedding(vocab, hidden)
-        self.rnn = nn.GRU(hidden, hidden)
+        self.rnn = {"gru": nn.GRU, "lstm": nn.LSTM, "rnn": nn.RNN}[cell](hidden, hidden, layers)
         self.decoder = nn.Linear(hidden, vocab)
 
     def forward(self, tokens):  # (T, B) -> (T, B, vocab)
@@ -38,6 +40,8 @@ class GRULM(nn.Module):
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cell", choices=("gru", "lstm", "rnn"), default="gru")
+    parser.add_argument("--layers", type=int, default=1)
     parser.add_argument("--hidden", type=int, default=1024)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--seq-len", type=int, default=35)
@@ -51,7 +55,7 @@ def main() -> None:
     tokens = torch.randint(0, args.vocab, (args.seq_len + 1, args.batch))
     models = {}
     for kind in ("dense", "pruned"):
-        model = GRULM(args.vocab, args.hidden)
+        model = RecurrentLM(args.vocab, args.hidden, args.cell, args.layers)
         optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
         # An update every `block` steps so each pruned block holds one mask update.
         schedule = NarangSchedule(start=0, ramp=10**6, end=10**7, freq=args.block, sparsity=0.9,
@@ -96,7 +100,8 @@ def main() -> None:
     pruned_params = sum(w.param.numel() for w in models["pruned"][2].weights)
     result = {
         "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
-        "model": f"GRU LM: embedding {args.vocab}x{args.hidden}, GRU {args.hidden}, decoder, "
+        "model": f"{args.cell.upper()} LM: embedding {args.vocab}x{args.hidden}, {args.layers} x "
+                 f"{args.cell.upper()} {args.hidden}, decoder, "
                  f"batch {args.batch}, seq_len {args.seq_len}, Adam",
         "pruned_parameters": pruned_params,
         "steps_per_kind": len(step_times["dense"]),
