@@ -19,7 +19,8 @@ def _demo(args: argparse.Namespace) -> int:
     for name in ("steps", "hidden"):
         if getattr(args, name) < 1:
             raise UserError(f"--{name} must be >= 1")
-    run_demo(DemoConfig(steps=args.steps, hidden_size=args.hidden, seed=args.seed))
+    run_demo(DemoConfig(steps=args.steps, hidden_size=args.hidden, q_from=args.q_from,
+                        seed=args.seed))
     return 0
 
 
@@ -77,6 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="train a small GRU LM dense and 90%% pruned, compare")
     demo.add_argument("--steps", type=int, default=600, help="training steps per model")
     demo.add_argument("--hidden", type=int, default=256, help="GRU hidden size")
+    demo.add_argument("--q-from", choices=("update", "start"), default="update",
+                      help="when the target-mode q is measured (start: the paper's way)")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo)
 

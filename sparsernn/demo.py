@@ -27,6 +27,7 @@ class DemoConfig:
     lr: float = 3e-3
     clip: float = 1.0
     sparsity: float = 0.9
+    q_from: str = "update"  # "start": the paper's fixed q (falls short of the target here)
     seed: int = 0
 
 
@@ -107,7 +108,7 @@ def run_demo(config: DemoConfig = DemoConfig()) -> dict[str, float]:
           f"{config.batch_size}x{config.seq_len}")
     steps = config.steps
     narang = NarangSchedule(start=steps // 10, ramp=3 * steps // 10, end=6 * steps // 10,
-                            freq=max(1, steps // 60), sparsity=config.sparsity, q_from="update")
+                            freq=max(1, steps // 60), sparsity=config.sparsity, q_from=config.q_from)
     results = {}
     for label, schedule in (("dense", NoSchedule()), (f"narang {config.sparsity:.0%}", narang)):
         model, pruner, seconds = train(config, train_data, len(alphabet), schedule, label)

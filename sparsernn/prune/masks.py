@@ -1,8 +1,9 @@
 """Which weights are prunable, how they are grouped, and the magnitude criteria that shrink masks.
 
-Masks are explicit tensors of 0s and 1s with the weight's shape, dtype and device (a float mask
-multiplies about ten times faster than a bool one on a CPU). They are applied in place, never through
-parametrizations or forward hooks, so cuDNN's flattened ``nn.LSTM``/``nn.GRU`` weights keep working.
+Masks are explicit tensors of 0s and 1s with the weight's shape, dtype and device (multiplying by a
+mask of the weight's own dtype is much faster on a CPU than by a bool mask). They are applied in place,
+never through parametrizations or forward hooks, so cuDNN's flattened ``nn.LSTM``/``nn.GRU`` weights
+keep working.
 """
 
 from __future__ import annotations
