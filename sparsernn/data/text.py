@@ -66,7 +66,9 @@ def word_tokens(text: str) -> list[str]:
     return [token for line in text.splitlines() for token in (*line.split(), EOS)]
 
 
-def _encode(tokens, index: dict[str, int]) -> torch.Tensor:
+def encode(tokens, vocabulary) -> torch.Tensor:
+    """Token ids by position in ``vocabulary``; tokens outside it become ``<unk>``."""
+    index = {token: i for i, token in enumerate(vocabulary)}
     unknown = index[UNK]
     return torch.tensor([index.get(token, unknown) for token in tokens], dtype=torch.long)
 
@@ -75,9 +77,8 @@ def _build(train_tokens, valid_tokens, test_tokens) -> Corpus:
     vocabulary = list(dict.fromkeys(train_tokens))  # order of first appearance: deterministic
     if UNK not in vocabulary:
         vocabulary.append(UNK)
-    index = {token: i for i, token in enumerate(vocabulary)}
-    return Corpus(tuple(vocabulary), _encode(train_tokens, index), _encode(valid_tokens, index),
-                  _encode(test_tokens, index))
+    return Corpus(tuple(vocabulary), encode(train_tokens, vocabulary), encode(valid_tokens, vocabulary),
+                  encode(test_tokens, vocabulary))
 
 
 def load_corpus(config: DataConfig) -> Corpus:

@@ -86,6 +86,8 @@ class Pruner:
             raise ValueError(f"no prunable weights in {type(model).__name__} for groups "
                              f"{sorted(self.schedules)} (include={list(include)}, "
                              f"exclude={list(exclude)})")
+        self._target_groups = [g for g, s in self.schedules.items()
+                               if isinstance(s, NarangSchedule) and s.target_mode]
         self._step = 0
         self._q: dict[str, torch.Tensor] = {}  # target-mode Narang: per-block q
         self._thresholds = {w.name: torch.zeros(w.blocks) for w in self.weights}
@@ -94,7 +96,7 @@ class Pruner:
             self._hooks = [w.param.register_hook(functools.partial(_mask_gradient, w.mask))
                            for w in self.weights if w.param.requires_grad]
         if dense_state_dict is not None:
-            for group in self._target_groups():
+            for group in self._target_groups:
                 if self.schedules[group].q_from == "update":
                     raise ValueError(f"dense_state_dict sets q once, but the {group} schedule has "
                                      "q_from='update'; use q_from='start'")
@@ -112,7 +114,7 @@ class Pruner:
         changed = False
         for group, schedule in self.schedules.items():
             update = schedule.is_update_step(self._step)
-            if group in self._target_groups() and schedule.start <= self._step:
+            if group in self._target_groups and schedule.start <= self._step:
                 uncalibrated = any(w.name not in self._q for w in self._group(group))
                 if uncalibrated or (update and schedule.q_from == "update"):
                     self._calibrate(group, lambda w: w.param)
@@ -203,10 +205,6 @@ class Pruner:
 
     def _group(self, group: str) -> list[PrunableWeight]:
         return [w for w in self.weights if w.group == group]
-
-    def _target_groups(self) -> list[str]:
-        return [g for g, s in self.schedules.items()
-                if isinstance(s, NarangSchedule) and s.target_mode]
 
     def _describe_schedules(self) -> dict[str, dict]:
         return {g: {"type": type(s).__name__, **dataclasses.asdict(s)}

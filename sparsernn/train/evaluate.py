@@ -10,7 +10,7 @@ from torch import nn
 
 from sparsernn.checkpoint import load_checkpoint
 from sparsernn.config import ModelConfig, RunConfig
-from sparsernn.data.text import EOS, UNK, DataError, batchify, bptt_windows, load_corpus, word_tokens
+from sparsernn.data.text import EOS, DataError, batchify, bptt_windows, encode, load_corpus, word_tokens
 from sparsernn.models.lm import LanguageModel
 
 
@@ -66,9 +66,7 @@ def score_file(path: str | Path, text_path: str | Path) -> dict:
     tokens = word_tokens(text) if config.data.level == "word" else list(text)
     if len(tokens) < 2:
         raise DataError(f"{text_path}: needs at least two tokens to score")
-    index = {token: i for i, token in enumerate(vocabulary)}
-    ids = torch.tensor([index.get(token, index[UNK]) for token in tokens])
-    loss = evaluate(model, ids.view(-1, 1), config.data.bptt)
+    loss = evaluate(model, encode(tokens, vocabulary).view(-1, 1), config.data.bptt)
     return {"file": str(text_path), **_summary(model, checkpoint, loss, len(tokens) - 1)}
 
 
@@ -79,11 +77,8 @@ def generate(path: str | Path, prompt: str, tokens: int, temperature: float = 1.
         raise DataError(f"--temperature must be > 0, got {temperature}")
     model, config, vocabulary, _ = load_trained(path)
     word_level = config.data.level == "word"
-    index = {token: i for i, token in enumerate(vocabulary)}
-    context = prompt.split() if word_level else list(prompt)
-    if not context:
-        context = [EOS] if word_level else ["\n"]
-    ids = torch.tensor([[index.get(token, index[UNK])] for token in context])  # (T, 1)
+    context = (prompt.split() if word_level else list(prompt)) or ([EOS] if word_level else ["\n"])
+    ids = encode(context, vocabulary).view(-1, 1)  # (T, 1)
     generator = torch.Generator().manual_seed(seed)
     logits, hidden = model(ids)
     out = []
@@ -94,5 +89,4 @@ def generate(path: str | Path, prompt: str, tokens: int, temperature: float = 1.
         logits, hidden = model(torch.tensor([[token]]), hidden)
     if not word_level:
         return prompt + "".join(out)
-    words = context if prompt.split() else []
-    return " ".join(words + out).replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n")
+    return " ".join(prompt.split() + out).replace(f" {EOS} ", "\n").replace(f" {EOS}", "\n")
