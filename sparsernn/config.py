@@ -57,6 +57,8 @@ class PruneConfig(_Section):
     at: int | None = Field(None, ge=1, description="oneshot: the step to prune at (default: start)")
     groups: tuple[str, ...] = ("recurrent", "linear")
     per_gate: bool = False
+    block: tuple[int, int] = Field((1, 1), description="prune r x c blocks by their largest magnitude; "
+                                   "(8, 1) runs fastest in the engine")
     q_scope: Literal["tensor", "group"] = "tensor"
     q_from: Literal["start", "update"] = "update"
     match_nonzeros: int | None = Field(None, ge=1, description="small_dense/distill: size the dense "
@@ -71,6 +73,8 @@ class PruneConfig(_Section):
         unknown = set(self.groups) - set(GROUPS)
         if unknown:
             raise ValueError(f"unknown groups {sorted(unknown)}; valid: {', '.join(GROUPS)}")
+        if min(self.block) < 1:
+            raise ValueError(f"block sizes must be at least 1, got {list(self.block)}")
         matching = self.match_nonzeros is not None or self.match_checkpoint is not None
         if self.match_nonzeros is not None and self.match_checkpoint is not None:
             raise ValueError("give match_nonzeros or match_checkpoint, not both")

@@ -52,21 +52,42 @@ class PrunableWeight:
     param: nn.Parameter
     mask: torch.Tensor  # 0/1, same shape, dtype and device as param
     blocks: int  # independent row blocks (gate blocks with per_gate, else 1)
+    block: tuple[int, int] = (1, 1)  # pruning unit: r rows x c columns, removed together
 
     def blockwise(self, tensor: torch.Tensor) -> torch.Tensor:
         """View of ``tensor`` (shaped like the weight) as (blocks, elements per block)."""
         return tensor.view(self.blocks, -1)
 
+    def scores(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Magnitude of each pruning unit as (blocks, units per block): |w|, or with an r x c
+        ``block`` the largest |w| in it (Narang, Undersander and Diamos 2017)."""
+        magnitude = tensor.detach().abs().reshape(self.mask.shape[0], -1)  # (rows, cols)
+        r, c = self.block
+        if (r, c) != (1, 1):
+            rows, cols = magnitude.shape
+            magnitude = magnitude.reshape(rows // r, r, cols // c, c).amax(dim=(1, 3))
+        return magnitude.reshape(self.blocks, -1)
+
+    def expand(self, keep: torch.Tensor) -> torch.Tensor:
+        """A (blocks, units per block) keep matrix as a mask of the weight's shape."""
+        r, c = self.block
+        keep = keep.reshape(self.mask.shape[0] // r, -1)
+        if (r, c) != (1, 1):
+            keep = keep.repeat_interleave(r, dim=0).repeat_interleave(c, dim=1)
+        return keep.reshape(self.mask.shape)
+
 
 def find_prunable(model: nn.Module, groups: Iterable[str], *, include: Sequence[str] = (),
-                  exclude: Sequence[str] = (), per_gate: bool = False) -> list[PrunableWeight]:
+                  exclude: Sequence[str] = (), per_gate: bool = False,
+                  block: tuple[int, int] = (1, 1)) -> list[PrunableWeight]:
     """Prunable weights of ``model`` in the given groups, in module order.
 
     Recurrent: every ``weight_ih_l{k}``, ``weight_hh_l{k}``, ``weight_hr_l{k}`` (and ``_reverse``)
     of ``nn.RNN``/``nn.GRU``/``nn.LSTM`` and ``weight_ih``/``weight_hh`` of the cells; linear,
     embedding and conv: their ``weight``. Never biases or normalization parameters. ``include``
     and ``exclude`` are shell-style patterns on the full name (``"decoder.*"``); a shared (tied)
-    parameter is listed once, under its first name.
+    parameter is listed once, under its first name. With an r x c ``block`` every weight's rows
+    (within each gate, with ``per_gate``) must be a multiple of r and its columns of c.
     """
     groups = set(groups)
     unknown = groups - set(GROUPS)
@@ -87,8 +108,12 @@ def find_prunable(model: nn.Module, groups: Iterable[str], *, include: Sequence[
                 continue
             seen.add(id(param))
             blocks = gate_count(module, param_name) if per_gate else 1
+            rows, cols = param.shape[0], param[0].numel()
+            if rows % (block[0] * blocks) or cols % block[1]:
+                raise ValueError(f"block {block[0]}x{block[1]} does not tile {name} of shape "
+                                 f"{tuple(param.shape)}" + (f" in {blocks} gate blocks" if blocks > 1 else ""))
             mask = torch.ones_like(param, memory_format=torch.contiguous_format).detach()
-            found.append(PrunableWeight(name, group, param, mask, blocks))
+            found.append(PrunableWeight(name, group, param, mask, blocks, block))
     return found
 
 
@@ -102,7 +127,7 @@ def magnitude_quantile(magnitudes: torch.Tensor, sparsity: float) -> torch.Tenso
 
 
 def threshold_keep(weight: torch.Tensor, thresholds: torch.Tensor) -> torch.Tensor:
-    """Keep where |w| > threshold; ``weight`` is (blocks, n), ``thresholds`` is (blocks,)."""
+    """Keep where |w| > threshold; ``weight`` (or block scores) is (blocks, n), ``thresholds`` (blocks,)."""
     return (weight.abs() > thresholds[:, None]).to(weight.dtype)
 
 

@@ -63,11 +63,15 @@ class Pruner:
     or top-k). ``dense_state_dict`` supplies the weights that target-mode Narang schedules take q
     from (the paper's "previously trained dense model"); otherwise q comes from the weights at
     the schedule's ``start`` (or at every update, with ``q_from="update"``).
+
+    ``block=(r, c)`` prunes whole r x c blocks by their largest magnitude (block-sparse RNNs, Narang,
+    Undersander and Diamos 2017) with any schedule: thresholds, q and top-k counts then apply to
+    block scores, so sparsity targets are met in whole blocks. (8, 1) suits the compiled kernels.
     """
 
     def __init__(self, model: nn.Module, schedule: Schedule | Mapping[str, Schedule],
                  optimizer: torch.optim.Optimizer | None = None, *, include: Sequence[str] = (),
-                 exclude: Sequence[str] = (), per_gate: bool = False,
+                 exclude: Sequence[str] = (), per_gate: bool = False, block: tuple[int, int] = (1, 1),
                  dense_state_dict: Mapping[str, torch.Tensor] | None = None,
                  mask_gradients: bool = True) -> None:
         if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
@@ -81,7 +85,7 @@ class Pruner:
             raise ValueError(f"unknown group(s) {sorted(unknown)}; valid: {', '.join(GROUPS)}")
         self.optimizer = optimizer
         self.weights = find_prunable(model, self.schedules, include=include, exclude=exclude,
-                                     per_gate=per_gate)
+                                     per_gate=per_gate, block=tuple(block))
         if not self.weights:
             raise ValueError(f"no prunable weights in {type(model).__name__} for groups "
                              f"{sorted(self.schedules)} (include={list(include)}, "
@@ -172,6 +176,7 @@ class Pruner:
             "format": STATE_FORMAT,
             "step": self._step,
             "schedules": self._describe_schedules(),
+            "block": list(self.weights[0].block),
             "masks": {w.name: w.mask.detach().bool().cpu() for w in self.weights},
             "q": {name: q.clone() for name, q in self._q.items()},
             "thresholds": {name: t.clone() for name, t in self._thresholds.items()},
@@ -186,6 +191,9 @@ class Pruner:
         if state["schedules"] != self._describe_schedules():
             raise ValueError(f"pruner state was saved with schedules {state['schedules']}, "
                              f"this pruner has {self._describe_schedules()}")
+        block = list(self.weights[0].block)
+        if state.get("block", [1, 1]) != block:
+            raise ValueError(f"pruner state was saved with block {state.get('block')}, this pruner has {block}")
         names = [w.name for w in self.weights]
         if sorted(state["masks"]) != sorted(names):
             raise ValueError(f"pruner state holds masks for {sorted(state['masks'])}, "
@@ -214,8 +222,7 @@ class Pruner:
         """Measure q, the target-sparsity quantile of |w|, per block or over the whole group."""
         schedule = self.schedules[group]
         weights = self._group(group)
-        magnitudes = {w.name: w.blockwise(source(w).detach().float().reshape(w.mask.shape)).abs()
-                      for w in weights}
+        magnitudes = {w.name: w.scores(source(w).float().reshape(w.mask.shape)) for w in weights}
         if schedule.q_scope == "group":
             pooled = torch.cat([m.reshape(1, -1) for m in magnitudes.values()], dim=1)
             q = magnitude_quantile(pooled, schedule.sparsity).cpu()
@@ -226,16 +233,17 @@ class Pruner:
 
     def _update(self, group: str, schedule: Schedule) -> None:
         for w in self._group(group):
-            weight, mask = w.blockwise(w.param.detach()), w.blockwise(w.mask)
             if isinstance(schedule, NoSchedule):
                 continue
             if isinstance(schedule, NarangSchedule):
                 value = schedule.threshold(self._step, self._q.get(w.name, 1.0))
                 thresholds = torch.as_tensor(value, dtype=torch.float32).expand(w.blocks)
-                keep = threshold_keep(weight, thresholds.to(weight.device, weight.dtype))
+                scores = w.scores(w.param)
+                keep = threshold_keep(scores, thresholds.to(scores.device, scores.dtype))
             else:
-                keep, thresholds = topk_keep(weight, mask, schedule.target(self._step))
-            mask.mul_(keep)
+                keep, thresholds = topk_keep(w.scores(w.param), w.scores(w.mask),
+                                             schedule.target(self._step))
+            w.mask.mul_(w.expand(keep))
             self._thresholds[w.name] = thresholds.detach().float().cpu().reshape(w.blocks)
 
     def _mask_optimizer_state(self) -> None:

@@ -108,7 +108,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     optimizer = make_optimizer(model, config)
     schedule = prune_schedule(config.prune, config.train.epochs, steps_per_epoch)
     pruner = Pruner(model, dict.fromkeys(config.prune.groups, schedule), optimizer,
-                    per_gate=config.prune.per_gate)
+                    per_gate=config.prune.per_gate, block=config.prune.block)
     state, hidden, teacher_hidden = LoopState(), None, None
 
     if resume:
