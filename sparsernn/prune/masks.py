@@ -110,8 +110,9 @@ def find_prunable(model: nn.Module, groups: Iterable[str], *, include: Sequence[
             blocks = gate_count(module, param_name) if per_gate else 1
             rows, cols = param.shape[0], param[0].numel()
             if rows % (block[0] * blocks) or cols % block[1]:
+                gates = f" in {blocks} gate blocks" if blocks > 1 else ""
                 raise ValueError(f"block {block[0]}x{block[1]} does not tile {name} of shape "
-                                 f"{tuple(param.shape)}" + (f" in {blocks} gate blocks" if blocks > 1 else ""))
+                                 f"{tuple(param.shape)}{gates}")
             mask = torch.ones_like(param, memory_format=torch.contiguous_format).detach()
             found.append(PrunableWeight(name, group, param, mask, blocks, block))
     return found

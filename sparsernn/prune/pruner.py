@@ -193,7 +193,8 @@ class Pruner:
                              f"this pruner has {self._describe_schedules()}")
         block = list(self.weights[0].block)
         if state.get("block", [1, 1]) != block:
-            raise ValueError(f"pruner state was saved with block {state.get('block')}, this pruner has {block}")
+            raise ValueError(f"pruner state was saved with block {state.get('block')}, "
+                             f"this pruner has {block}")
         names = [w.name for w in self.weights]
         if sorted(state["masks"]) != sorted(names):
             raise ValueError(f"pruner state holds masks for {sorted(state['masks'])}, "

@@ -1,0 +1,18 @@
+"""Builds the C kernels (sparsernn.kernels._kernels); everything else is in pyproject.toml.
+
+Compiled for the machine that installs (-march=native: AVX2/FMA where present), with OpenMP threads.
+SPARSERNN_PORTABLE=1 drops -march=native for a wheel that runs on other CPUs. The extension is
+optional: without a C compiler the install still succeeds and sparsernn uses its numpy/scipy
+reference path, with a warning.
+"""
+
+import os
+
+from setuptools import Extension, setup
+
+flags = ["-O3", "-fopenmp", "-std=c11"]
+if not os.environ.get("SPARSERNN_PORTABLE"):
+    flags.append("-march=native")
+
+setup(ext_modules=[Extension("sparsernn.kernels._kernels", ["sparsernn/kernels/_kernels.c"],
+                             extra_compile_args=flags, extra_link_args=["-fopenmp"], optional=True)])

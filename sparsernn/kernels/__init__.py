@@ -1,0 +1,194 @@
+"""Sparse matrix products and whole-sequence recurrent layers: compiled kernels and a reference.
+
+A :class:`SparseMatrix` holds a matrix in blocks of ``r x c`` (CSR is 1x1 blocks). Two backends
+compute the same things with the same contract:
+
+- ``"reference"``: scipy.sparse products and numpy cell equations, step by step (slow, obviously right);
+- ``"c"``: the C extension ``sparsernn.kernels._kernels`` (built by ``pip install``): vectorized
+  block kernels, fused gates, OpenMP threads, the whole sequence in one call.
+
+:func:`backend` picks ``"c"`` when the extension imports, else warns once and falls back.
+Activations are feature-major: ``x`` is ``(features, N)``; ``xproj`` is ``(T, gates * H, B)``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+from functools import cache
+
+import numpy as np
+
+from sparsernn.kernels import reference
+
+#: Cell names and their gate counts (PyTorch's gate order: LSTM i|f|g|o, GRU r|z|n).
+CELLS = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4, "rnn_clipped_relu": 1}
+_CELL_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "gru": 2, "lstm": 3, "rnn_clipped_relu": 4}
+
+
+class FormatError(ValueError):
+    """Arrays that do not describe a valid sparse matrix."""
+
+
+@dataclass(frozen=True)
+class SparseMatrix:
+    """A ``shape`` matrix stored as ``block``-shaped dense blocks in block-CSR order.
+
+    ``rowptr`` (int32, ``shape[0] / r + 1``), ``index`` (uint16 or int32 block-column numbers) and
+    ``values`` (float32, ``(nblocks, r, c)``) are checked by :meth:`validate`; use :meth:`from_dense`
+    to build one from a (masked) dense array.
+    """
+
+    shape: tuple[int, int]
+    block: tuple[int, int]
+    rowptr: np.ndarray
+    index: np.ndarray
+    values: np.ndarray
+
+    @classmethod
+    def from_dense(cls, dense: np.ndarray, block: tuple[int, int] = (1, 1),
+                   index_dtype: np.dtype | None = None) -> SparseMatrix:
+        """Keep every block with a non-zero; indices are uint16 when the block columns fit."""
+        dense = np.asarray(dense, dtype=np.float32)
+        rows, cols = dense.shape
+        r, c = block
+        if rows % r or cols % c:
+            raise FormatError(f"block {r}x{c} does not tile a {rows}x{cols} matrix")
+        tiles = dense.reshape(rows // r, r, cols // c, c).transpose(0, 2, 1, 3)  # (R, C, r, c)
+        present = np.any(tiles != 0, axis=(2, 3))
+        block_rows, block_cols = np.nonzero(present)
+        counts = np.bincount(block_rows, minlength=rows // r)
+        rowptr = np.zeros(rows // r + 1, dtype=np.int32)
+        np.cumsum(counts, out=rowptr[1:])
+        if index_dtype is None:
+            index_dtype = np.uint16 if cols // c <= 65536 else np.int32
+        return cls((rows, cols), (r, c), rowptr, block_cols.astype(index_dtype),
+                   np.ascontiguousarray(tiles[block_rows, block_cols]))
+
+    def __post_init__(self):
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise :class:`FormatError` unless the arrays describe a ``shape`` matrix exactly."""
+        rows, cols = self.shape
+        r, c = self.block
+        if r < 1 or c < 1 or r > 64 or c > 64 or rows % r or cols % c:
+            raise FormatError(f"block {r}x{c} does not tile a {rows}x{cols} matrix (at most 64x64)")
+        if self.rowptr.dtype != np.int32 or self.rowptr.shape != (rows // r + 1,):
+            raise FormatError(f"rowptr must be int32 of length {rows // r + 1}, "
+                              f"got {self.rowptr.dtype} {self.rowptr.shape}")
+        nblocks = int(self.rowptr[-1])
+        if self.rowptr[0] != 0 or np.any(np.diff(self.rowptr) < 0):
+            raise FormatError("rowptr must start at 0 and never decrease")
+        if self.index.dtype not in (np.uint16, np.int32) or self.index.shape != (nblocks,):
+            raise FormatError(f"index must be uint16 or int32 of length {nblocks}, "
+                              f"got {self.index.dtype} {self.index.shape}")
+        if nblocks and (int(self.index.min()) < 0 or int(self.index.max()) >= cols // c):
+            raise FormatError(f"column index out of range [0, {cols // c})")
+        if self.values.dtype != np.float32 or self.values.shape != (nblocks, r, c):
+            raise FormatError(f"values must be float32 of shape {(nblocks, r, c)}, "
+                              f"got {self.values.dtype} {self.values.shape}")
+        for array in (self.rowptr, self.index, self.values):
+            if not array.flags.c_contiguous:
+                raise FormatError("arrays must be C-contiguous")
+
+    @property
+    def nnz(self) -> int:
+        """Stored values (non-zeros plus the zeros inside kept blocks)."""
+        return self.values.size
+
+    @property
+    def nbytes(self) -> int:
+        return self.rowptr.nbytes + self.index.nbytes + self.values.nbytes
+
+    def to_dense(self) -> np.ndarray:
+        rows, cols = self.shape
+        r, c = self.block
+        tiles = np.zeros((rows // r, cols // c, r, c), dtype=np.float32)
+        block_rows = np.repeat(np.arange(rows // r), np.diff(self.rowptr))
+        tiles[block_rows, self.index.astype(np.int64)] = self.values
+        return tiles.transpose(0, 2, 1, 3).reshape(rows, cols)
+
+
+@cache
+def _compiled():
+    try:
+        from sparsernn.kernels import _kernels
+    except ImportError as error:
+        warnings.warn(f"sparsernn's compiled kernels are not available ({error}); using the numpy/scipy "
+                      "reference, which is much slower. Reinstall with a C compiler: pip install -e .",
+                      RuntimeWarning, stacklevel=3)
+        return None
+    return _kernels
+
+
+def backend(name: str = "auto") -> str:
+    """The backend to use: ``"c"`` if compiled (or asked for and available), else ``"reference"``."""
+    if name not in ("auto", "c", "reference"):
+        raise ValueError(f"unknown backend {name!r}; valid: auto, c, reference")
+    if name == "reference":
+        return name
+    if _compiled() is None:
+        if name == "c":
+            raise RuntimeError("the compiled kernels are not available; reinstall with a C compiler")
+        return "reference"
+    return "c"
+
+
+def _args(matrix: SparseMatrix) -> tuple:
+    return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32),
+            matrix.rowptr, matrix.index, matrix.values)
+
+
+def _float32(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if array.dtype != np.float32 or array.shape != shape or not array.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous float32 of shape {shape}, "
+                         f"got {array.dtype} {array.shape}")
+    return array
+
+
+def spmm(matrix: SparseMatrix, x: np.ndarray, bias: np.ndarray | None = None, *, threads: int = 1,
+         backend_name: str = "auto", out: np.ndarray | None = None) -> np.ndarray:
+    """``matrix @ x + bias[:, None]`` for ``x`` of shape ``(cols, N)``; returns ``(rows, N)``."""
+    rows, cols = matrix.shape
+    n = x.shape[1] if x.ndim == 2 else -1
+    _float32("x", x, (cols, n))
+    if bias is not None:
+        _float32("bias", bias, (rows,))
+    if backend(backend_name) == "reference":
+        return reference.spmm(matrix, x, bias)
+    out = np.empty((rows, n), dtype=np.float32) if out is None else _float32("out", out, (rows, n))
+    _compiled().spmm(*_args(matrix), x, out, b"" if bias is None else bias, n, threads)
+    return out
+
+
+def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np.ndarray,
+              h: np.ndarray, c: np.ndarray | None = None, *, reverse: bool = False, threads: int = 1,
+              backend_name: str = "auto") -> np.ndarray:
+    """Run one recurrent layer (one direction) over ``xproj`` (T, gates*H, B), in place on ``h``/``c``.
+
+    ``xproj`` holds ``W_ih x_t + b_ih`` for every step; ``h`` and, for LSTM, ``c`` are ``(H, B)``
+    states, updated to the final step's. Returns the outputs ``(T, H, B)`` in time order (also
+    with ``reverse``, which walks the steps from last to first as a backward direction does).
+    """
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; valid: {', '.join(CELLS)}")
+    gates = CELLS[cell]
+    hidden = weight_hh.shape[1]
+    if weight_hh.shape[0] != gates * hidden:
+        raise ValueError(f"{cell} weight_hh must be ({gates * hidden}, {hidden}), got {weight_hh.shape}")
+    if hidden % weight_hh.block[0]:
+        raise ValueError(f"block {weight_hh.block} rows must divide the hidden size {hidden}")
+    steps, batch = xproj.shape[0], xproj.shape[-1]
+    _float32("xproj", xproj, (steps, gates * hidden, batch))
+    _float32("bias_hh", bias_hh, (gates * hidden,))
+    _float32("h", h, (hidden, batch))
+    if cell == "lstm":
+        _float32("c", c, (hidden, batch))
+    if backend(backend_name) == "reference":
+        return reference.recurrent(cell, weight_hh, bias_hh, xproj, h, c, reverse=reverse)
+    out = np.empty((steps, hidden, batch), dtype=np.float32)
+    _compiled().recurrent(_CELL_CODES[cell], *_args(weight_hh), bias_hh, xproj, out, h,
+                          c if c is not None else np.empty(0, np.float32), steps, batch, int(reverse),
+                          max(1, threads))
+    return out

@@ -1,0 +1,70 @@
+"""The reference backend: scipy.sparse products and PyTorch's cell equations in numpy, step by step.
+
+Slow and plain on purpose: the compiled kernels are tested against it, and it runs where they are not
+built.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import scipy.sparse
+
+if TYPE_CHECKING:
+    from sparsernn.kernels import SparseMatrix
+
+
+def to_scipy(matrix: SparseMatrix) -> scipy.sparse.sparray:
+    index = matrix.index.astype(np.int32)
+    if matrix.block == (1, 1):
+        return scipy.sparse.csr_array((matrix.values.reshape(-1), index, matrix.rowptr), shape=matrix.shape)
+    return scipy.sparse.bsr_array((matrix.values, index, matrix.rowptr), shape=matrix.shape)
+
+
+def spmm(matrix: SparseMatrix, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
+    out = np.asarray(to_scipy(matrix) @ x, dtype=np.float32)
+    if bias is not None:
+        out += bias[:, None]
+    return out
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def cell_step(cell: str, x: np.ndarray, gates: np.ndarray, h: np.ndarray,
+              c: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+    """One step: ``x`` = W_ih x_t + b_ih and ``gates`` = W_hh h + b_hh, both (gates*H, B)."""
+    if cell == "rnn_tanh":
+        return np.tanh(x + gates), None
+    if cell == "rnn_relu":
+        return np.maximum(x + gates, 0.0), None
+    if cell == "rnn_clipped_relu":
+        return np.clip(x + gates, 0.0, 20.0), None
+    if cell == "gru":
+        x_r, x_z, x_n = np.split(x, 3)
+        h_r, h_z, h_n = np.split(gates, 3)
+        r, z = _sigmoid(x_r + h_r), _sigmoid(x_z + h_z)
+        n = np.tanh(x_n + r * h_n)
+        return (1.0 - z) * n + z * h, None
+    i, f, g, o = (a + b for a, b in zip(np.split(x, 4), np.split(gates, 4), strict=True))
+    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
+    return _sigmoid(o) * np.tanh(c), c
+
+
+def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np.ndarray, h: np.ndarray,
+              c: np.ndarray | None, *, reverse: bool = False) -> np.ndarray:
+    weight = to_scipy(weight_hh)
+    out = np.empty((xproj.shape[0], *h.shape), dtype=np.float32)
+    steps = range(xproj.shape[0] - 1, -1, -1) if reverse else range(xproj.shape[0])
+    state, cell_state = h.copy(), None if c is None else c.copy()
+    for t in steps:
+        gates = weight @ state + bias_hh[:, None]
+        state, cell_state = cell_step(cell, xproj[t], gates, state, cell_state)
+        state = state.astype(np.float32)
+        out[t] = state
+    h[...] = state
+    if c is not None:
+        c[...] = cell_state
+    return out

@@ -1,0 +1,102 @@
+"""The compiled kernels against the scipy/numpy reference and against dense numpy."""
+
+import itertools
+
+import numpy as np
+import pytest
+
+from sparsernn import kernels
+from sparsernn.kernels import CELLS, FormatError, SparseMatrix, recurrent, spmm
+
+pytestmark = pytest.mark.skipif(kernels.backend() != "c", reason="compiled kernels not built")
+
+BLOCKS = [(1, 1), (4, 1), (8, 1), (16, 1), (1, 4), (1, 8), (4, 4), (8, 8), (2, 3)]
+
+
+def random_sparse(rng, shape, block, density, index_dtype=None):
+    r, c = block
+    keep = rng.random((shape[0] // r, shape[1] // c)) < density
+    dense = rng.standard_normal(shape).astype(np.float32) * np.kron(keep, np.ones(block, np.float32))
+    return dense, SparseMatrix.from_dense(dense, block, index_dtype)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+@pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 1.0])
+def test_spmm_matches_dense_and_reference(block, density):
+    rng = np.random.default_rng(hash((block, density)) % 2**32)
+    shape = (48, 96)
+    dense, matrix = random_sparse(rng, shape, block, density)
+    assert np.array_equal(matrix.to_dense(), dense)
+    for n, threads, index_dtype in itertools.product([1, 3, 4, 16, 37], [1, 2, 3], [None, np.int32]):
+        if index_dtype is not None:
+            matrix = SparseMatrix.from_dense(dense, block, index_dtype)
+        x = rng.standard_normal((shape[1], n)).astype(np.float32)
+        bias = rng.standard_normal(shape[0]).astype(np.float32)
+        expected = dense.astype(np.float64) @ x + bias[:, None]
+        np.testing.assert_allclose(spmm(matrix, x, bias, threads=threads), expected, atol=1e-4)
+        np.testing.assert_allclose(spmm(matrix, x, bias, backend_name="reference"), expected, atol=1e-4)
+        np.testing.assert_allclose(spmm(matrix, x, threads=threads), expected - bias[:, None], atol=1e-4)
+
+
+def test_long_rows_use_every_unrolled_path():
+    """Rows with 0..70 non-zeros exercise the 16-wide loop, its remainder and the scalar tail."""
+    rng = np.random.default_rng(3)
+    dense = np.zeros((71, 1760), np.float32)
+    for row in range(71):
+        cols = rng.choice(1760, size=row, replace=False)
+        dense[row, cols] = rng.standard_normal(row)
+    x = rng.standard_normal((1760, 1)).astype(np.float32)
+    np.testing.assert_allclose(spmm(SparseMatrix.from_dense(dense), x), dense @ x, atol=1e-4)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+@pytest.mark.parametrize("block", [(1, 1), (8, 1), (4, 4)])
+def test_recurrent_matches_reference(cell, block):
+    rng = np.random.default_rng(7)
+    gates, hidden, steps = CELLS[cell], 32, 9
+    dense, weight = random_sparse(rng, (gates * hidden, hidden), block, 0.3)
+    weight = SparseMatrix.from_dense(dense * 0.5, block)
+    bias = rng.standard_normal(gates * hidden).astype(np.float32)
+    for batch, threads, reverse in itertools.product([1, 3, 8], [1, 2, 3], [False, True]):
+        xproj = rng.standard_normal((steps, gates * hidden, batch)).astype(np.float32)
+        h0 = rng.standard_normal((hidden, batch)).astype(np.float32)
+        c0 = rng.standard_normal((hidden, batch)).astype(np.float32) if cell == "lstm" else None
+        results = []
+        for name in ("c", "reference"):
+            h, c = h0.copy(), None if c0 is None else c0.copy()
+            out = recurrent(cell, weight, bias, xproj, h, c, reverse=reverse, threads=threads,
+                            backend_name=name)
+            results.append((out, h, c))
+        (out, h, c), (out_ref, h_ref, c_ref) = results
+        np.testing.assert_allclose(out, out_ref, atol=1e-4)
+        np.testing.assert_allclose(h, h_ref, atol=1e-4)
+        assert np.array_equal(h, out[0] if reverse else out[-1])
+        if cell == "lstm":
+            np.testing.assert_allclose(c, c_ref, atol=1e-4)
+
+
+def test_zero_steps_leave_the_state():
+    weight = SparseMatrix.from_dense(np.eye(12, 4, dtype=np.float32))
+    h = np.ones((4, 2), np.float32)
+    out = recurrent("gru", weight, np.zeros(12, np.float32), np.zeros((0, 12, 2), np.float32), h)
+    assert out.shape == (0, 4, 2) and np.array_equal(h, np.ones((4, 2)))
+
+
+@pytest.mark.parametrize("mutate, message", [
+    (lambda m: dict(index=np.array([0, 9], np.uint16)), "out of range"),
+    (lambda m: dict(rowptr=np.array([0, 2, 1], np.int32)), "never decrease"),
+    (lambda m: dict(rowptr=np.array([0, 1, 2, 2], np.int32)), "length 3"),
+    (lambda m: dict(values=np.zeros((2, 1, 1), np.float64)), "float32"),
+    (lambda m: dict(index=np.array([0], np.uint16)), "length 2"),
+])
+def test_invalid_arrays_are_rejected(mutate, message):
+    good = SparseMatrix.from_dense(np.array([[1, 0], [0, 2]], np.float32))
+    arrays = dict(rowptr=good.rowptr, index=good.index, values=good.values) | mutate(good)
+    with pytest.raises(FormatError, match=message):
+        SparseMatrix(good.shape, good.block, **arrays)
+
+
+def test_wrong_activation_shape_is_rejected():
+    matrix = SparseMatrix.from_dense(np.ones((4, 4), np.float32))
+    with pytest.raises(ValueError, match="x must be"):
+        spmm(matrix, np.ones((3, 1), np.float32))
