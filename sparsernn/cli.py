@@ -71,6 +71,24 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    from sparsernn.export import export_checkpoint
+
+    result = export_checkpoint(args.checkpoint, args.output, args.values)
+    sparse = sum(1 for m in result["matrices"].values() if m["storage"] != "dense")
+    print(f"{result['path']}: {result['bytes']:,} bytes, {result['bytes'] / result['dense_fp32_bytes']:.1%} "
+          f"of dense fp32 ({result['dense_fp32_bytes']:,} bytes); {sparse} sparse matrices, "
+          f"values {args.values}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from sparsernn.bench import run_bench
+
+    run_bench(args)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsernn", description="Sparse recurrent networks.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -109,6 +127,28 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--temperature", type=float, default=1.0)
     generate.add_argument("--seed", type=int, default=0)
     generate.set_defaults(handler=_generate)
+
+    export = commands.add_parser("export", help="write a checkpoint as a compact sparse safetensors file")
+    export.add_argument("checkpoint")
+    export.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
+    export.add_argument("--values", choices=("fp32", "fp16", "bf16"), default="fp32")
+    export.set_defaults(handler=_export)
+
+    bench = commands.add_parser("bench", help="time the sparse kernels against dense and sparse libraries")
+    bench.add_argument("--sizes", default="1024,1760,2560,3072", help="hidden sizes n (n x n matrices)")
+    bench.add_argument("--sparsities", default="0.8,0.9,0.95")
+    bench.add_argument("--batches", default="1,4,16")
+    bench.add_argument("--threads", default="1,2")
+    bench.add_argument("--block", default="8x1", help="block shape of the block-sparse structure")
+    bench.add_argument("--seconds", type=float, default=0.05, help="timing per measurement")
+    bench.add_argument("--json", help="write the rows here")
+    bench.add_argument("--markdown", help="write the table here")
+    bench.add_argument("--plot", help="write a PNG plot here")
+    bench.add_argument("--end-to-end", action="store_true",
+                       help="also time a 90%% sparse GRU language model against the dense PyTorch model")
+    bench.add_argument("--model", help="end to end: an exported model file instead of a random GRU LM")
+    bench.add_argument("--quick", action="store_true", help="one small configuration (a smoke test)")
+    bench.set_defaults(handler=_bench)
     return parser
 
 

@@ -34,3 +34,22 @@ def tiny_config(corpus_dir):
                   "per_gate": True},
         "train": {"optimizer": "sgd", "lr": 5.0, "epochs": 2, "eval_every": 20, "log_every": 5},
     }
+
+
+@pytest.fixture(scope="session")
+def trained_checkpoint(tmp_path_factory):
+    """best.pt of a tiny 80%-sparse LSTM trained by the loop on a generated corpus (session-wide)."""
+    from sparsernn.config import RunConfig
+    from sparsernn.train.loop import train
+
+    root = tmp_path_factory.mktemp("trained")
+    config = {
+        "data": {"path": str(write_corpus(root / "corpus")), "batch_size": 4, "eval_batch_size": 4,
+                 "bptt": 8},
+        "model": {"cell": "lstm", "embedding_size": 16, "hidden_size": 16, "layers": 2, "dropout": 0.1},
+        "prune": {"method": "narang", "sparsity": 0.8, "start": 5, "ramp": 15, "end": 40, "freq": 5,
+                  "groups": ["recurrent", "linear", "embedding"]},
+        "train": {"optimizer": "sgd", "lr": 5.0, "epochs": 2, "eval_every": 20, "log_every": 5},
+    }
+    train(RunConfig.model_validate(config), root / "run")
+    return root / "run" / "checkpoints" / "best.pt"

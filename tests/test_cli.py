@@ -1,6 +1,7 @@
 import subprocess
 import sys
 
+import pytest
 import yaml
 
 from sparsernn.cli import main
@@ -52,3 +53,16 @@ def test_corrupt_checkpoint_from_the_shell(tmp_path, tiny_config):
     assert result.returncode == 2
     assert "last.pt: not a readable sparsernn checkpoint" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_export_prints_size_and_bad_model_file_exits_2(trained_checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.safetensors"
+    assert main(["export", str(trained_checkpoint), "-o", str(out), "--values", "fp16"]) == 0
+    assert "of dense fp32" in capsys.readouterr().out
+    out.write_bytes(out.read_bytes()[:50])
+    from sparsernn.engine import LanguageModelEngine
+    from sparsernn.export import ExportError
+
+    with pytest.raises(ExportError, match="m.safetensors"):
+        LanguageModelEngine(out)
+    assert main(["export", str(tmp_path / "absent.pt"), "-o", str(out)]) == 2

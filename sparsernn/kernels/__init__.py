@@ -13,6 +13,7 @@ Activations are feature-major: ``x`` is ``(features, N)``; ``xproj`` is ``(T, ga
 
 from __future__ import annotations
 
+import importlib
 import warnings
 from dataclasses import dataclass
 from functools import cache
@@ -113,7 +114,7 @@ class SparseMatrix:
 @cache
 def _compiled():
     try:
-        from sparsernn.kernels import _kernels
+        _kernels = importlib.import_module("sparsernn.kernels._kernels")
     except ImportError as error:
         warnings.warn(f"sparsernn's compiled kernels are not available ({error}); using the numpy/scipy "
                       "reference, which is much slower. Reinstall with a C compiler: pip install -e .",

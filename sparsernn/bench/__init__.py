@@ -1,0 +1,165 @@
+"""``sparsernn bench``: our kernels against the best dense and sparse libraries, side by side in one run.
+
+Kernel sweep: an n x n matrix times (n, batch) at each sparsity, unstructured and block-sparse, with 1
+or more threads. Methods: ``numpy`` (OpenBLAS) and ``torch`` dense, ``scipy`` (CSR / BSR, one thread),
+``torch_csr`` (MKL through ``torch.sparse_csr_tensor`` with int32 indices) and ``sparsernn``. Each row:
+``n, sparsity, batch, threads, structure, method, us_per_call, gbytes_per_s, speedup_vs_dense`` (against
+the fastest dense method at the same n, batch and threads) and ``bound_speedup`` (dense bytes over the
+bytes of our format: what memory traffic alone would allow).
+
+End to end: a GRU language model, 90% sparse, fed one token at a time (batch 1, state carried) and as a
+whole sequence, our engine against the dense PyTorch model.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import numpy as np
+
+from sparsernn.bench.report import markdown_table, plot_rows
+
+
+def measure(function, seconds: float) -> float:
+    """Median microseconds per call over ~10 batches of calls filling ``seconds``."""
+    function()
+    start, calls = time.perf_counter(), 0
+    while time.perf_counter() - start < seconds / 10 or calls < 1:
+        function()
+        calls += 1
+    samples = []
+    for _ in range(10):
+        start = time.perf_counter()
+        for _ in range(calls):
+            function()
+        samples.append((time.perf_counter() - start) / calls)
+    return statistics.median(samples) * 1e6
+
+
+def random_pruned(rng, n: int, sparsity: float, block: tuple[int, int]) -> np.ndarray:
+    """An n x n float32 matrix with exactly round(sparsity * blocks) blocks zeroed, at random places."""
+    r, c = block
+    blocks = (n // r) * (n // c)
+    keep = np.ones(blocks, bool)
+    keep[rng.choice(blocks, size=round(sparsity * blocks), replace=False)] = False
+    dense = rng.standard_normal((n, n)).astype(np.float32)
+    return dense * np.kron(keep.reshape(n // r, n // c), np.ones(block, np.float32))
+
+
+def _dense_methods(dense: np.ndarray, x: np.ndarray) -> dict:
+    import torch
+
+    dense_torch, x_torch = torch.from_numpy(dense), torch.from_numpy(x)
+    return {"numpy": (lambda: dense @ x, dense.nbytes),
+            "torch": (lambda: dense_torch @ x_torch, dense.nbytes)}
+
+
+def _sparse_methods(weights: np.ndarray, block: tuple[int, int], x: np.ndarray, threads: int) -> dict:
+    """Each sparse method's call and the bytes of its matrix format."""
+    import scipy.sparse
+    import torch
+
+    from sparsernn.kernels import SparseMatrix, spmm
+
+    matrix = SparseMatrix.from_dense(weights, block)
+    out = np.empty((weights.shape[0], x.shape[1]), np.float32)
+    x_torch = torch.from_numpy(x)
+    csr = torch.from_numpy(weights).to_sparse_csr()
+    csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape)
+    methods = {"sparsernn": (lambda: spmm(matrix, x, threads=threads, out=out), matrix.nbytes),
+               "torch_csr": (lambda: csr @ x_torch,
+                             csr.values().numel() * 8 + csr.crow_indices().numel() * 4)}
+    if threads == 1:  # scipy.sparse runs on one thread
+        sp = (scipy.sparse.csr_array(weights) if block == (1, 1)
+              else scipy.sparse.bsr_array(weights, blocksize=block))
+        methods["scipy"] = (lambda: sp @ x, sp.data.nbytes + sp.indices.nbytes + sp.indptr.nbytes)
+    return methods
+
+
+def kernel_rows(sizes, sparsities, batches, thread_counts, block, seconds, progress=print) -> list[dict]:
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from sparsernn.kernels import backend
+
+    if backend() != "c":
+        raise RuntimeError("the compiled kernels are not built; nothing to benchmark")
+    rng = np.random.default_rng(0)
+    structures = {"unstructured": (1, 1), "blocks": block}
+    rows = []
+    for n, batch, threads in itertools.product(sizes, batches, thread_counts):
+        x = rng.standard_normal((n, batch)).astype(np.float32)
+        torch.set_num_threads(threads)
+        with threadpool_limits(threads):
+            dense = rng.standard_normal((n, n)).astype(np.float32)
+            dense_rows = [_row(n, 0.0, batch, threads, "dense", method, measure(call, seconds), nbytes, 1.0)
+                          for method, (call, nbytes) in _dense_methods(dense, x).items()]
+            best_dense = min(row["us_per_call"] for row in dense_rows)
+            for row in dense_rows:
+                row["speedup_vs_dense"] = round(best_dense / row["us_per_call"], 3)
+            rows += dense_rows
+            for sparsity, (structure, shape) in itertools.product(sparsities, structures.items()):
+                weights = random_pruned(rng, n, sparsity, shape)
+                methods = _sparse_methods(weights, shape, x, threads)
+                ours = n * n * 4 / methods["sparsernn"][1]
+                for method, (call, nbytes) in methods.items():
+                    us = measure(call, seconds)
+                    rows.append(_row(n, sparsity, batch, threads, structure, method, us, nbytes, ours,
+                                     best_dense / us))
+        at_90 = [r for r in rows
+                 if (r["n"], r["batch"], r["threads"], r["sparsity"]) == (n, batch, threads, 0.9)]
+        progress(f"n={n} batch={batch} threads={threads}: best dense {best_dense:.1f} us; at 90%: "
+                 + ", ".join(f"{r['structure']}/{r['method']} {r['speedup_vs_dense']:.2f}x" for r in at_90))
+    return rows
+
+
+def _row(n, sparsity, batch, threads, structure, method, us, nbytes, bound, speedup=1.0) -> dict:
+    return {"n": n, "sparsity": sparsity, "batch": batch, "threads": threads, "structure": structure,
+            "method": method, "us_per_call": round(us, 2), "gbytes_per_s": round(nbytes / us / 1e3, 2),
+            "speedup_vs_dense": round(speedup, 3), "bound_speedup": round(bound, 2)}
+
+
+def machine() -> dict:
+    import os
+
+    import torch
+
+    from sparsernn.kernels import _compiled
+
+    cpuinfo = Path("/proc/cpuinfo")
+    names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines()
+             if line.startswith("model name")] if cpuinfo.exists() else []
+    compiled = _compiled()
+    return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
+            "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "avx2": bool(compiled and compiled.avx2), "openmp": bool(compiled and compiled.openmp)}
+
+
+def run_bench(args) -> None:
+    from sparsernn.bench.end_to_end import end_to_end_rows
+
+    parse = lambda text, kind: [kind(v) for v in text.split(",")]  # noqa: E731
+    if args.quick:
+        sizes, sparsities, batches, thread_counts = [512], [0.9], [1], [1]
+    else:
+        sizes, sparsities = parse(args.sizes, int), parse(args.sparsities, float)
+        batches, thread_counts = parse(args.batches, int), parse(args.threads, int)
+    block = tuple(int(v) for v in args.block.lower().split("x"))
+    result = {"machine": machine(), "block": list(block),
+              "rows": kernel_rows(sizes, sparsities, batches, thread_counts, block, args.seconds)}
+    if args.end_to_end or args.model:
+        result["end_to_end"] = end_to_end_rows(args.model, block, quick=args.quick, progress=print)
+    table = markdown_table(result)
+    print(table)
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=1) + "\n")
+    if args.markdown:
+        Path(args.markdown).write_text(table)
+    if args.plot:
+        plot_rows(result["rows"], args.plot)
+        print(f"plot: {args.plot}")

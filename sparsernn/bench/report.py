@@ -1,0 +1,55 @@
+"""Bench rows as a markdown table and a PNG plot."""
+
+from __future__ import annotations
+
+
+def markdown_table(result: dict) -> str:
+    machine = result["machine"]
+    block = "x".join(str(v) for v in result["block"])
+    lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores, AVX2 {machine['avx2']}, "
+             f"numpy {machine['numpy']}, torch {machine['torch']}. Blocks: {block}.", "",
+             "| n | sparsity | batch | threads | structure | method | us/call | GB/s "
+             "| speed-up vs best dense | bytes bound |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in result["rows"]:
+        lines.append(f"| {row['n']} | {row['sparsity']:.2f} | {row['batch']} | {row['threads']} "
+                     f"| {row['structure']} | {row['method']} | {row['us_per_call']:.1f} "
+                     f"| {row['gbytes_per_s']:.1f} | {row['speedup_vs_dense']:.2f} "
+                     f"| {row['bound_speedup']:.2f} |")
+    if result.get("end_to_end"):
+        lines += ["", "| model | mode | method | tokens/s | speed-up vs dense PyTorch |",
+                  "|---|---|---|---|---|"]
+        for row in result["end_to_end"]:
+            lines.append(f"| {row['model']} | {row['mode']} | {row['method']} "
+                         f"| {row['tokens_per_s']:,.0f} | {row['speedup_vs_dense']:.2f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_rows(rows: list[dict], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    batches = sorted({r["batch"] for r in rows})
+    sparsities = sorted({r["sparsity"] for r in rows if r["sparsity"] > 0})
+    figure, axes = plt.subplots(len(sparsities), len(batches), squeeze=False, sharex=True,
+                                figsize=(4 * len(batches), 3 * len(sparsities)))
+    threads = min(r["threads"] for r in rows)
+    for i, sparsity in enumerate(sparsities):
+        for j, batch in enumerate(batches):
+            axis = axes[i][j]
+            chosen = [r for r in rows if r["batch"] == batch and r["threads"] == threads
+                      and r["sparsity"] in (0.0, sparsity)]
+            for key in sorted({(r["structure"], r["method"]) for r in chosen}):
+                line = sorted((r["n"], r["speedup_vs_dense"]) for r in chosen
+                              if (r["structure"], r["method"]) == key)
+                axis.plot(*zip(*line, strict=True), marker="o", label=f"{key[1]} ({key[0]})")
+            axis.axhline(1.0, color="grey", linewidth=0.5)
+            axis.set_title(f"sparsity {sparsity:.2f}, batch {batch}, {threads} thread(s)", fontsize=9)
+            axis.set_xlabel("n")
+            axis.set_ylabel("speed-up vs best dense")
+    axes[0][0].legend(fontsize=7)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -1,0 +1,209 @@
+"""Exported models: a checkpoint's weights as CSR / block-CSR pieces in one safetensors file.
+
+The file is described in docs/FORMAT.md and reads with numpy and safetensors alone. :func:`export_model`
+writes it from a language model and its masks; :func:`load_exported` reads it back, checking the format
+version, a SHA-256 of every tensor, shapes against the metadata and every index range, so a damaged or
+foreign file fails when it is loaded, never later with a wrong result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparsernn.errors import UserError
+from sparsernn.kernels import CELLS, FormatError, SparseMatrix
+
+FORMAT = 1
+VALUE_TYPES = ("fp32", "fp16", "bf16")
+
+
+class ExportError(UserError):
+    """A model file that cannot be read: missing, truncated, altered or of another format."""
+
+
+@dataclass
+class ExportedModel:
+    """A loaded file: its metadata and each weight as a SparseMatrix (float32) or a dense array."""
+
+    metadata: dict
+    tensors: dict[str, SparseMatrix | np.ndarray]
+
+    @property
+    def architecture(self) -> dict:
+        return self.metadata["architecture"]
+
+
+# -- value encodings -------------------------------------------------------------------------------
+
+def encode_values(values: np.ndarray, kind: str) -> np.ndarray:
+    """float32 values as stored: fp32 as is, fp16, or bf16 as the upper 16 bits (uint16, rounded to
+    nearest even) since numpy has no bfloat16."""
+    if kind == "fp32":
+        return values.astype(np.float32)
+    if kind == "fp16":
+        return values.astype(np.float16)
+    bits = values.astype(np.float32).view(np.uint32)
+    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
+    return (rounded >> 16).astype(np.uint16)
+
+
+def decode_values(stored: np.ndarray, kind: str) -> np.ndarray:
+    if kind == "bf16":
+        return (stored.astype(np.uint32) << 16).view(np.float32)
+    return stored.astype(np.float32)
+
+
+# -- writing ---------------------------------------------------------------------------------------
+
+def _payload_digest(tensors: dict[str, np.ndarray]) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        array = np.ascontiguousarray(tensors[name])
+        digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
+        digest.update(array.tobytes())
+    return digest.hexdigest()
+
+
+def export_model(model: torch.nn.Module, masks: dict[str, torch.Tensor], path: str | Path, *,
+                 architecture: dict, vocabulary: list[str], block: tuple[int, int] = (1, 1),
+                 values: str = "fp32", extra: dict | None = None) -> dict:
+    """Write ``model``'s weights to ``path``: masked matrices sparse (in ``block`` blocks), the rest dense.
+
+    Returns a summary: file bytes, dense fp32 bytes, per-matrix storage and sparsity.
+    """
+    from safetensors.numpy import save_file
+
+    if values not in VALUE_TYPES:
+        raise ValueError(f"values must be one of {', '.join(VALUE_TYPES)}, got {values!r}")
+    tensors, matrices, dense_bytes = {}, {}, 0
+    state = {name: p.detach().float().cpu().numpy() for name, p in model.state_dict().items()}
+    if architecture.get("tie_weights"):
+        state.pop("decoder.weight")  # the same tensor as embedding.weight
+    for name, array in state.items():
+        dense_bytes += array.size * 4
+        if name in masks and array.ndim == 2:
+            array = array * masks[name].cpu().numpy().astype(np.float32)
+            try:
+                matrix = SparseMatrix.from_dense(array, tuple(block))
+            except FormatError:  # a matrix the block does not tile stays unstructured
+                matrix = SparseMatrix.from_dense(array)
+            tensors[f"{name}.rowptr"] = matrix.rowptr
+            tensors[f"{name}.index"] = matrix.index
+            tensors[f"{name}.values"] = encode_values(matrix.values, values)
+            nonzeros = int(np.count_nonzero(array))
+            matrices[name] = {"storage": "csr" if matrix.block == (1, 1) else "blocks",
+                              "shape": list(array.shape), "block": list(matrix.block), "values": values,
+                              "nonzeros": nonzeros, "sparsity": 1 - nonzeros / array.size}
+        else:
+            tensors[name] = np.ascontiguousarray(array, dtype=np.float32)
+            matrices[name] = {"storage": "dense", "shape": list(array.shape), "values": "fp32",
+                              "nonzeros": int(np.count_nonzero(array)), "sparsity": 0.0}
+    metadata = {"format": FORMAT, "architecture": architecture, "vocabulary": vocabulary,
+                "gate_layout": {"lstm": "i,f,g,o", "gru": "r,z,n", "rows": "stacked along dim 0"},
+                "matrices": matrices, "sha256": _payload_digest(tensors), **(extra or {})}
+    path = Path(path)
+    temporary = path.with_name(path.name + ".tmp")
+    save_file(tensors, str(temporary), metadata={"sparsernn": json.dumps(metadata)})
+    os.replace(temporary, path)
+    return {"path": str(path), "bytes": path.stat().st_size, "dense_fp32_bytes": dense_bytes,
+            "matrices": matrices}
+
+
+def export_checkpoint(checkpoint_path: str | Path, out: str | Path, values: str = "fp32") -> dict:
+    """Export a trained language-model checkpoint (``sparsernn export``)."""
+    from sparsernn.train.evaluate import load_trained
+
+    model, config, vocabulary, checkpoint = load_trained(checkpoint_path)
+    pruner = checkpoint["pruner"]
+    architecture = {"kind": "language_model", **checkpoint["model_config"],
+                    "vocab_size": len(vocabulary), "bidirectional": False, "level": config.data.level}
+    return export_model(model, pruner["masks"], out, architecture=architecture, vocabulary=vocabulary,
+                        block=tuple(pruner.get("block", (1, 1))), values=values,
+                        extra={"source": str(checkpoint_path), "step": checkpoint["loop"]["step"]})
+
+
+# -- reading ---------------------------------------------------------------------------------------
+
+def load_exported(path: str | Path) -> ExportedModel:
+    """Read and check a model file; raises :class:`ExportError` naming the file and the problem."""
+    from safetensors import SafetensorError, safe_open
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path}: file not found")
+    try:
+        with safe_open(str(path), framework="numpy") as handle:
+            header = handle.metadata() or {}
+            stored = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ExportError(f"{path}: not a readable safetensors file ({error})") from None
+    if "sparsernn" not in header:
+        raise ExportError(f"{path}: no sparsernn metadata; not a sparsernn model file")
+    try:
+        metadata = json.loads(header["sparsernn"])
+    except json.JSONDecodeError as error:
+        raise ExportError(f"{path}: metadata is not valid JSON ({error})") from None
+    if metadata.get("format") != FORMAT:
+        raise ExportError(f"{path}: format version {metadata.get('format')!r}; this sparsernn reads {FORMAT}")
+    if _payload_digest(stored) != metadata.get("sha256"):
+        raise ExportError(f"{path}: tensor data does not match its SHA-256; the file was altered or damaged")
+    try:
+        expected = expected_shapes(metadata["architecture"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportError(f"{path}: architecture metadata is incomplete ({error})") from None
+    shapes = {name: tuple(info["shape"]) for name, info in metadata.get("matrices", {}).items()}
+    if shapes != expected:
+        wrong = sorted(set(shapes) ^ set(expected) | {n for n in shapes if shapes[n] != expected.get(n)})
+        raise ExportError(f"{path}: tensors {', '.join(wrong)} do not match the architecture "
+                          f"(expected {', '.join(f'{n} {expected.get(n)}' for n in wrong[:3])})")
+    tensors = {}
+    for name, info in metadata["matrices"].items():
+        try:
+            tensors[name] = _matrix(name, info, stored)
+        except (KeyError, FormatError, ValueError) as error:
+            raise ExportError(f"{path}: tensor {name}: {error}") from None
+    return ExportedModel(metadata, tensors)
+
+
+def expected_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
+    """Every tensor a language model of this architecture stores, with its shape."""
+    if architecture["kind"] != "language_model":
+        raise ValueError(f"unknown kind {architecture['kind']!r}")
+    gates = CELLS[architecture["cell"]]
+    vocab, embedding = architecture["vocab_size"], architecture["embedding_size"]
+    hidden, directions = architecture["hidden_size"], 2 if architecture.get("bidirectional") else 1
+    shapes = {"embedding.weight": (vocab, embedding), "decoder.bias": (vocab,)}
+    if not architecture["tie_weights"]:
+        shapes["decoder.weight"] = (vocab, hidden * directions)
+    for layer in range(architecture["layers"]):
+        inputs = embedding if layer == 0 else hidden * directions
+        for suffix in ["", "_reverse"][:directions]:
+            shapes |= {f"rnn.weight_ih_l{layer}{suffix}": (gates * hidden, inputs),
+                       f"rnn.weight_hh_l{layer}{suffix}": (gates * hidden, hidden),
+                       f"rnn.bias_ih_l{layer}{suffix}": (gates * hidden,),
+                       f"rnn.bias_hh_l{layer}{suffix}": (gates * hidden,)}
+    return shapes
+
+
+def _matrix(name: str, info: dict, stored: dict[str, np.ndarray]) -> SparseMatrix | np.ndarray:
+    shape = tuple(info["shape"])
+    if info["storage"] == "dense":
+        array = stored[name]
+        if array.shape != shape or array.dtype != np.float32:
+            raise FormatError(f"shape {array.shape} {array.dtype}, metadata says {shape} float32")
+        return array
+    if info.get("values") not in VALUE_TYPES:
+        raise FormatError(f"unknown value type {info.get('values')!r}")
+    r, c = info["block"]
+    values = decode_values(stored[f"{name}.values"], info["values"])
+    if values.ndim != 3 or values.shape[1:] != (r, c):
+        raise FormatError(f"values of shape {values.shape} do not hold {r}x{c} blocks")
+    return SparseMatrix(shape, (r, c), stored[f"{name}.rowptr"], stored[f"{name}.index"],
+                        np.ascontiguousarray(values))

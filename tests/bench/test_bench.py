@@ -1,0 +1,31 @@
+"""The bench command end to end on its smallest configuration (a smoke test: no speed is asserted)."""
+
+import json
+
+import pytest
+
+from sparsernn import kernels
+from sparsernn.cli import main
+
+pytestmark = pytest.mark.skipif(kernels.backend() != "c", reason="compiled kernels not built")
+
+
+def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
+    paths = {kind: tmp_path / f"bench.{ext}" for kind, ext in
+             (("json", "json"), ("markdown", "md"), ("plot", "png"))}
+    assert main(["bench", "--quick", "--end-to-end", "--seconds", "0.005",
+                 *(item for kind, path in paths.items() for item in (f"--{kind}", str(path)))]) == 0
+    result = json.loads(paths["json"].read_text())
+    keys = {"n", "sparsity", "batch", "threads", "structure", "method", "us_per_call", "gbytes_per_s",
+            "speedup_vs_dense", "bound_speedup"}
+    assert all(set(row) == keys for row in result["rows"])
+    methods = {(row["structure"], row["method"]) for row in result["rows"]}
+    assert {("dense", "numpy"), ("dense", "torch"), ("unstructured", "sparsernn"), ("blocks", "sparsernn"),
+            ("unstructured", "torch_csr"), ("unstructured", "scipy")} <= methods
+    best_dense = min(r["us_per_call"] for r in result["rows"] if r["structure"] == "dense")
+    for row in result["rows"]:
+        assert row["speedup_vs_dense"] == pytest.approx(best_dense / row["us_per_call"], rel=1e-2)
+    assert {row["method"] for row in result["end_to_end"]} == {"pytorch_dense", "sparsernn_unstructured",
+                                                               "sparsernn_blocks"}
+    assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
+    assert "| blocks | sparsernn |" in paths["markdown"].read_text()

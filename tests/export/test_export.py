@@ -1,0 +1,160 @@
+"""Export files: round trip, value encodings, size, and every kind of damaged file."""
+
+import json
+import struct
+
+import numpy as np
+import pytest
+import torch
+
+from sparsernn.config import ModelConfig
+from sparsernn.export import ExportError, decode_values, encode_values, export_model, load_exported
+from sparsernn.kernels import SparseMatrix
+from sparsernn.models.lm import LanguageModel
+from sparsernn.prune import OneShotSchedule, Pruner
+
+
+def pruned_lm(cell="gru", block=(1, 1), tie=False, sparsity=0.9, vocab=48, hidden=32, seed=0):
+    torch.manual_seed(seed)
+    config = ModelConfig(cell=cell, embedding_size=hidden, hidden_size=hidden, layers=2, dropout=0.0,
+                         tie_weights=tie)
+    model = LanguageModel(vocab, config).eval()
+    pruner = Pruner(model, dict.fromkeys(("recurrent", "linear", "embedding"),
+                                         OneShotSchedule(at=1, sparsity=sparsity)), block=block)
+    pruner.step()
+    architecture = {"kind": "language_model", **config.model_dump(), "vocab_size": vocab,
+                    "bidirectional": False, "level": "word"}
+    return model, pruner.masks, architecture
+
+
+def write(tmp_path, block=(1, 1), values="fp32", **kwargs):
+    model, masks, architecture = pruned_lm(block=block, **kwargs)
+    path = tmp_path / "model.safetensors"
+    summary = export_model(model, masks, path, architecture=architecture,
+                           vocabulary=[f"w{i}" for i in range(architecture["vocab_size"])],
+                           block=block, values=values)
+    return model, masks, path, summary
+
+
+@pytest.mark.parametrize("block", [(1, 1), (8, 1)])
+def test_round_trip_is_exact_and_small(tmp_path, block):
+    model, masks, path, summary = write(tmp_path, block, hidden=64)
+    loaded = load_exported(path)
+    for name, param in model.state_dict().items():
+        tensor = loaded.tensors[name]
+        array = tensor.to_dense() if isinstance(tensor, SparseMatrix) else tensor
+        assert np.array_equal(array, param.numpy()), name
+        if name in masks:
+            assert isinstance(tensor, SparseMatrix) and tensor.block == block
+            assert tensor.index.dtype == np.uint16
+            assert loaded.metadata["matrices"][name]["sparsity"] == pytest.approx(0.9, abs=0.01)
+    # 10% of the values with 16-bit indices, plus dense biases and the JSON header
+    assert summary["bytes"] < 0.25 * summary["dense_fp32_bytes"]
+    assert loaded.metadata["vocabulary"][3] == "w3"
+
+
+def test_tied_weights_are_stored_once(tmp_path):
+    _, _, path, _ = write(tmp_path, tie=True)
+    loaded = load_exported(path)
+    assert "decoder.weight" not in loaded.tensors and "embedding.weight" in loaded.tensors
+
+
+def test_file_reads_with_numpy_and_safetensors_alone(tmp_path):
+    from safetensors.numpy import load_file
+
+    model, _, path, _ = write(tmp_path)
+    arrays = load_file(str(path))
+    rowptr, index = arrays["rnn.weight_hh_l0.rowptr"], arrays["rnn.weight_hh_l0.index"]
+    values = arrays["rnn.weight_hh_l0.values"].reshape(-1)
+    dense = np.zeros((96, 32), np.float32)
+    for row in range(96):  # the CSR definition of docs/FORMAT.md, by hand
+        dense[row, index[rowptr[row]:rowptr[row + 1]]] = values[rowptr[row]:rowptr[row + 1]]
+    assert np.array_equal(dense, model.rnn.weight_hh_l0.detach().numpy())
+
+
+@pytest.mark.parametrize("kind, tolerance", [("fp16", 1e-3), ("bf16", 8e-3)])
+def test_reduced_precision_values(tmp_path, kind, tolerance):
+    values = np.array([1.0, -0.1, 3.14159, 1e-3, 65504.0 / 2], np.float32)
+    decoded = decode_values(encode_values(values, kind), kind)
+    np.testing.assert_allclose(decoded, values, rtol=tolerance)
+    halfway = np.array([1.00390625], np.float32)  # exactly between two bfloat16 values
+    assert decode_values(encode_values(halfway, "bf16"), "bf16")[0] == 1.0  # ties to even
+    model, _, path, summary = write(tmp_path, values=kind)
+    loaded = load_exported(path)
+    weight = loaded.tensors["rnn.weight_hh_l0"].to_dense()
+    np.testing.assert_allclose(weight, model.rnn.weight_hh_l0.detach().numpy(), rtol=tolerance, atol=1e-6)
+    assert weight.dtype == np.float32
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ExportError, match="file not found"):
+        load_exported(tmp_path / "absent.safetensors")
+
+
+def test_truncated_file(tmp_path):
+    _, _, path, _ = write(tmp_path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) - 100])
+    with pytest.raises(ExportError, match="not a readable safetensors file"):
+        load_exported(path)
+
+
+def test_altered_values_fail_the_checksum(tmp_path):
+    _, _, path, _ = write(tmp_path)
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF  # a byte inside the last tensor
+    path.write_bytes(bytes(data))
+    with pytest.raises(ExportError, match="SHA-256"):
+        load_exported(path)
+
+
+def rewrite_header(path, change):
+    """Edit the JSON metadata in place (keeps the tensors)."""
+    data = path.read_bytes()
+    size = struct.unpack("<Q", data[:8])[0]
+    header = json.loads(data[8:8 + size])
+    metadata = json.loads(header["__metadata__"]["sparsernn"])
+    change(metadata)
+    header["__metadata__"]["sparsernn"] = json.dumps(metadata)
+    encoded = json.dumps(header).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size:])
+
+
+def test_unknown_format_version(tmp_path):
+    _, _, path, _ = write(tmp_path)
+    rewrite_header(path, lambda m: m.update(format=99))
+    with pytest.raises(ExportError, match="format version 99"):
+        load_exported(path)
+
+
+def test_shape_that_disagrees_with_the_metadata(tmp_path):
+    _, _, path, _ = write(tmp_path)
+    rewrite_header(path, lambda m: m["matrices"]["rnn.weight_hh_l0"].update(shape=[96, 64]))
+    with pytest.raises(ExportError, match="rnn.weight_hh_l0"):
+        load_exported(path)
+
+
+def test_index_out_of_range_is_caught_even_with_a_matching_checksum(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from sparsernn.export import _payload_digest
+
+    _, _, path, _ = write(tmp_path)
+    arrays = load_file(str(path))
+    arrays["rnn.weight_hh_l0.index"][0] = 40  # only 32 columns
+    metadata = load_exported.__globals__["json"].loads(
+        __import__("safetensors").safe_open(str(path), "numpy").metadata()["sparsernn"])
+    metadata["sha256"] = _payload_digest(arrays)
+    save_file(arrays, str(path), metadata={"sparsernn": json.dumps(metadata)})
+    with pytest.raises(ExportError, match=r"rnn.weight_hh_l0: column index out of range"):
+        load_exported(path)
+
+
+def test_foreign_safetensors_file(tmp_path):
+    from safetensors.numpy import save_file
+
+    path = tmp_path / "other.safetensors"
+    save_file({"weight": np.zeros(3, np.float32)}, str(path))
+    with pytest.raises(ExportError, match="no sparsernn metadata"):
+        load_exported(path)
