@@ -74,7 +74,8 @@ def _payload_digest(tensors: dict[str, np.ndarray]) -> str:
 def export_model(model: torch.nn.Module, masks: dict[str, torch.Tensor], path: str | Path, *,
                  architecture: dict, vocabulary: list[str], block: tuple[int, int] = (1, 1),
                  values: str = "fp32", extra: dict | None = None) -> dict:
-    """Write ``model``'s weights to ``path``: masked matrices sparse (in ``block`` blocks), the rest dense.
+    """Write ``model``'s weights to ``path``: masked matrices sparse (in ``block`` blocks) when that takes
+    fewer bytes than dense float32, everything else dense.
 
     Returns a summary: file bytes, dense fp32 bytes, per-matrix storage and sparsity.
     """
@@ -88,12 +89,16 @@ def export_model(model: torch.nn.Module, masks: dict[str, torch.Tensor], path: s
         state.pop("decoder.weight")  # the same tensor as embedding.weight
     for name, array in state.items():
         dense_bytes += array.size * 4
+        matrix = None
         if name in masks and array.ndim == 2:
             array = array * masks[name].cpu().numpy().astype(np.float32)
             try:
                 matrix = SparseMatrix.from_dense(array, tuple(block))
             except FormatError:  # a matrix the block does not tile stays unstructured
                 matrix = SparseMatrix.from_dense(array)
+            if matrix.nbytes >= array.nbytes:  # too dense to gain: keep it dense
+                matrix = None
+        if matrix is not None:
             tensors[f"{name}.rowptr"] = matrix.rowptr
             tensors[f"{name}.index"] = matrix.index
             tensors[f"{name}.values"] = encode_values(matrix.values, values)

@@ -158,3 +158,9 @@ def test_foreign_safetensors_file(tmp_path):
     save_file({"weight": np.zeros(3, np.float32)}, str(path))
     with pytest.raises(ExportError, match="no sparsernn metadata"):
         load_exported(path)
+
+
+def test_unpruned_matrices_stay_dense(tmp_path):
+    model, masks, path, summary = write(tmp_path, sparsity=0.0)
+    assert all(m["storage"] == "dense" for m in summary["matrices"].values())
+    assert summary["bytes"] < 1.1 * summary["dense_fp32_bytes"]
