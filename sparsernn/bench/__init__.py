@@ -18,6 +18,7 @@ import json
 import platform
 import statistics
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -69,8 +70,11 @@ def _sparse_methods(weights: np.ndarray, block: tuple[int, int], x: np.ndarray, 
     matrix = SparseMatrix.from_dense(weights, block)
     out = np.empty((weights.shape[0], x.shape[1]), np.float32)
     x_torch = torch.from_numpy(x)
-    csr = torch.from_numpy(weights).to_sparse_csr()
-    csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(), csr.shape)
+    with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
+        warnings.simplefilter("ignore", UserWarning)
+        csr = torch.from_numpy(weights).to_sparse_csr()
+        csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(),
+                                      csr.shape)
     methods = {"sparsernn": (lambda: spmm(matrix, x, threads=threads, out=out), matrix.nbytes),
                "torch_csr": (lambda: csr @ x_torch,
                              csr.values().numel() * 8 + csr.crow_indices().numel() * 4)}
