@@ -159,8 +159,8 @@ static void generic_kernel(const Matrix *m, int br0, int br1, const float *X, lo
 
 #ifdef __AVX2__
 /* Unstructured, one contiguous column, uint16 indices. Each non-zero needs its own load of x: 8 scalar
- * loads are packed into a vector (measured faster here than AVX2's gather instruction: 136 us against
- * 219 us at n = 1760, 90% sparse), then one FMA per 8 non-zeros; two accumulators. */
+ * loads are packed into a vector (faster here than AVX2's gather instruction or a scalar loop: see
+ * benchmarks/csr_gather_variants.c), then one FMA per 8 non-zeros; two accumulators. */
 static void csr_gather_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                            const float *bias) {
     if (ldx != 1) { /* a column of a wider x: strided */
