@@ -11,7 +11,7 @@ import torch
 
 from sparsernn.config import ModelConfig
 from sparsernn.engine import LanguageModelEngine
-from sparsernn.export import export_model, load_exported
+from sparsernn.export import export_model, lm_architecture, load_exported
 from sparsernn.models.lm import LanguageModel
 from sparsernn.prune import OneShotSchedule, Pruner
 
@@ -30,8 +30,7 @@ def _pruned_model(shape: dict, block: tuple[int, int], sparsity: float = 0.9):
     schedules = dict.fromkeys(("recurrent", "linear", "embedding"), OneShotSchedule(at=1, sparsity=sparsity))
     pruner = Pruner(model, schedules, block=block)
     pruner.step()
-    architecture = {"kind": "language_model", **config.model_dump(), "vocab_size": shape["vocab"],
-                    "bidirectional": False, "level": "word"}
+    architecture = lm_architecture(config.model_dump(), shape["vocab"])
     return model, pruner.masks, architecture
 
 
@@ -95,14 +94,14 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
             shape = QUICK_SHAPE if quick else SHAPE
             name = (f"{shape['cell']} LM {shape['layers']}x{shape['hidden_size']}, embedding "
                     f"{shape['embedding_size']}, vocabulary {shape['vocab']}, 90% sparse")
-            variants, dense_model = {}, None
+            variants = {}
             for structure, shape_of_block in (("unstructured", (1, 1)), ("blocks", block)):
                 model, masks, architecture = _pruned_model(shape, shape_of_block)
                 path = str(Path(tmp) / f"{structure}.safetensors")
                 export_model(model, masks, path, architecture=architecture,
                              vocabulary=[str(i) for i in range(shape["vocab"])], block=shape_of_block)
                 variants[structure] = path
-                dense_model = dense_model or model  # same shape; dense speed does not depend on zeros
+            dense_model = model  # run densely: PyTorch's speed does not depend on the zeros
         vocab = dense_model.decoder.out_features
         tokens = torch.randint(0, vocab, (steps, 1), generator=torch.Generator().manual_seed(0))
         dense = _time_torch(dense_model, tokens)

@@ -121,14 +121,19 @@ def export_model(model: torch.nn.Module, masks: dict[str, torch.Tensor], path: s
             "matrices": matrices}
 
 
+def lm_architecture(model_config: dict, vocab_size: int, level: str = "word") -> dict:
+    """The ``architecture`` metadata of a language model (``model_config``: ModelConfig fields)."""
+    return {"kind": "language_model", **model_config, "vocab_size": vocab_size, "bidirectional": False,
+            "level": level}
+
+
 def export_checkpoint(checkpoint_path: str | Path, out: str | Path, values: str = "fp32") -> dict:
     """Export a trained language-model checkpoint (``sparsernn export``)."""
     from sparsernn.train.evaluate import load_trained
 
     model, config, vocabulary, checkpoint = load_trained(checkpoint_path)
     pruner = checkpoint["pruner"]
-    architecture = {"kind": "language_model", **checkpoint["model_config"],
-                    "vocab_size": len(vocabulary), "bidirectional": False, "level": config.data.level}
+    architecture = lm_architecture(checkpoint["model_config"], len(vocabulary), config.data.level)
     return export_model(model, pruner["masks"], out, architecture=architecture, vocabulary=vocabulary,
                         block=tuple(pruner.get("block", (1, 1))), values=values,
                         extra={"source": str(checkpoint_path), "step": checkpoint["loop"]["step"]})

@@ -25,12 +25,17 @@
 #include <immintrin.h>
 #endif
 
-typedef struct {
+typedef struct Matrix Matrix;
+/* Block rows [br0, br1) of Y = W X + bias for a fixed number of columns (X row stride ldx, Y row stride ldy). */
+typedef void (*kernel_fn)(const Matrix *, int, int, const float *, long, float *, long, const float *);
+
+struct Matrix {
     int rows, cols, r, c, wide; /* wide: int32 block-column indices, else uint16 */
     const int32_t *rowptr;
     const void *index;
     const float *values;
-} Matrix;
+    kernel_fn by_width[3]; /* for 16, 4 and 1 columns, chosen once per call (NULL: generic_kernel) */
+};
 
 /* ---- block rows [br0, br1) of Y = W X + bias, for N columns (X row stride ldx, Y row stride ldy) ---- */
 
@@ -48,22 +53,22 @@ typedef struct {
         int32_t k = m->rowptr[br];                                                              \
         const int32_t end = m->rowptr[br + 1];                                                  \
         for (; k + U <= end; k += U)                                                            \
-            UNROLLED for (int u = 0; u < U; ++u) {                                                       \
+            UNROLLED for (int u = 0; u < U; ++u) {                                                  \
                 const float *v = m->values + (size_t)(k + u) * ((R) * (C));                     \
                 const float *x = X + (size_t)index[k + u] * (C) * (LDX);                        \
-                UNROLLED for (int i = 0; i < (R); ++i)                                                   \
+                UNROLLED for (int i = 0; i < (R); ++i)                                              \
                     UNROLLED for (int j = 0; j < (C); ++j) acc[u][i * (C) + j] += v[i * (C) + j] * x[j * (LDX)]; \
             }                                                                                   \
         for (; k < end; ++k) {                                                                  \
             const float *v = m->values + (size_t)k * ((R) * (C));                               \
             const float *x = X + (size_t)index[k] * (C) * (LDX);                                \
-            UNROLLED for (int i = 0; i < (R); ++i)                                                       \
+            UNROLLED for (int i = 0; i < (R); ++i)                                                  \
                 UNROLLED for (int j = 0; j < (C); ++j) acc[0][i * (C) + j] += v[i * (C) + j] * x[j * (LDX)]; \
         }                                                                                       \
-        UNROLLED for (int i = 0; i < (R); ++i) {                                                         \
+        UNROLLED for (int i = 0; i < (R); ++i) {                                                    \
             float sum = bias ? bias[br * (R) + i] : 0.0f;                                       \
-            UNROLLED for (int u = 0; u < U; ++u)                                                         \
-                UNROLLED for (int j = 0; j < (C); ++j) sum += acc[u][i * (C) + j];                       \
+            UNROLLED for (int u = 0; u < U; ++u)                                                    \
+                UNROLLED for (int j = 0; j < (C); ++j) sum += acc[u][i * (C) + j];                  \
             Y[(size_t)(br * (R) + i) * ldy] = sum;                                              \
         }                                                                                       \
     }
@@ -95,15 +100,15 @@ typedef struct {
                 for (int u = 0; u < U && k + u < end; ++u) {                                    \
                     const float *v = m->values + (size_t)(k + u) * ((R) * (C));                 \
                     const float *x = X + (size_t)index[k + u] * (C) * ldx;                      \
-                    UNROLLED for (int i = 0; i < (R); ++i)                                               \
-                        UNROLLED for (int j = 0; j < (C); ++j) {                                         \
+                    UNROLLED for (int i = 0; i < (R); ++i)                                          \
+                        UNROLLED for (int j = 0; j < (C); ++j) {                                    \
                             const float w = v[i * (C) + j];                                     \
                             UNROLLED for (int n = 0; n < (NN); ++n) acc[u][i * (NN) + n] += w * x[j * ldx + n]; \
                         }                                                                       \
                 }                                                                               \
-            UNROLLED for (int i = 0; i < (R); ++i) {                                                     \
+            UNROLLED for (int i = 0; i < (R); ++i) {                                                \
                 const float b = bias ? bias[br * (R) + i] : 0.0f;                               \
-                UNROLLED for (int n = 0; n < (NN); ++n) {                                                \
+                UNROLLED for (int n = 0; n < (NN); ++n) {                                           \
                     float sum = b;                                                              \
                     for (int u = 0; u < U; ++u) sum += acc[u][i * (NN) + n];                    \
                     Y[(size_t)(br * (R) + i) * ldy + n] = sum;                                  \
@@ -114,8 +119,6 @@ typedef struct {
 #define KERNEL(NAME, R, C, NN, IDX) KERNEL_##NN(NAME, R, C, IDX)
 #define KERNEL_4(NAME, R, C, IDX) KERNEL_N(NAME, R, C, 4, IDX)
 #define KERNEL_16(NAME, R, C, IDX) KERNEL_N(NAME, R, C, 16, IDX)
-
-typedef void (*kernel_fn)(const Matrix *, int, int, const float *, long, float *, long, const float *);
 
 #define SHAPES(X, NN, IDX, SUF)                                                                   \
     X(k_1x1_##NN##SUF, 1, 1, NN, IDX) X(k_4x1_##NN##SUF, 4, 1, NN, IDX)                        \
@@ -252,7 +255,7 @@ static void rows_product(const Matrix *m, int br0, int br1, const float *X, long
     long n = 0;
     static const int widths[3] = {16, 4, 1};
     for (int slot = 0; slot < 3; ++slot) {
-        kernel_fn f = pick_kernel(m, slot);
+        const kernel_fn f = m->by_width[slot];
         for (; n + widths[slot] <= N; n += widths[slot]) {
             if (f) {
                 f(m, br0, br1, X + n, ldx, Y + n, ldy, bias);
@@ -414,7 +417,8 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
     if (check_len(index, nblocks * (wide ? 4 : 2), "index") ||
         check_len(values, nblocks * r * c * 4, "values"))
         return -1;
-    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf};
+    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}};
+    for (int slot = 0; slot < 3; ++slot) m->by_width[slot] = pick_kernel(m, slot);
     return 0;
 }
 
@@ -435,14 +439,12 @@ static PyObject *py_spmm(PyObject *self, PyObject *args) {
     const float *b = bias.len ? bias.buf : NULL;
     const float *X = x.buf;
     float *Y = y.buf;
-    const int block_rows = rows / r;
+    const int block_rows = rows / r, parts = threads < 1 ? 1 : threads;
     Py_BEGIN_ALLOW_THREADS;
-#pragma omp parallel for schedule(static) num_threads(threads < 1 ? 1 : threads)
-    for (int chunk = 0; chunk < (threads < 1 ? 1 : threads); ++chunk) {
-        const int nt = threads < 1 ? 1 : threads;
-        rows_product(&m, (int)((long)block_rows * chunk / nt), (int)((long)block_rows * (chunk + 1) / nt), X, N, Y,
-                     N, N, b);
-    }
+#pragma omp parallel for schedule(static) num_threads(parts)
+    for (int part = 0; part < parts; ++part)
+        rows_product(&m, (int)((long)block_rows * part / parts), (int)((long)block_rows * (part + 1) / parts), X, N,
+                     Y, N, N, b);
     Py_END_ALLOW_THREADS;
     result = Py_None;
     Py_INCREF(result);

@@ -54,10 +54,6 @@ class PrunableWeight:
     blocks: int  # independent row blocks (gate blocks with per_gate, else 1)
     block: tuple[int, int] = (1, 1)  # pruning unit: r rows x c columns, removed together
 
-    def blockwise(self, tensor: torch.Tensor) -> torch.Tensor:
-        """View of ``tensor`` (shaped like the weight) as (blocks, elements per block)."""
-        return tensor.view(self.blocks, -1)
-
     def scores(self, tensor: torch.Tensor) -> torch.Tensor:
         """Magnitude of each pruning unit as (blocks, units per block): |w|, or with an r x c
         ``block`` the largest |w| in it (Narang, Undersander and Diamos 2017)."""

@@ -8,7 +8,15 @@ import pytest
 import torch
 
 from sparsernn.config import ModelConfig
-from sparsernn.export import ExportError, decode_values, encode_values, export_model, load_exported
+from sparsernn.export import (
+    ExportError,
+    _payload_digest,
+    decode_values,
+    encode_values,
+    export_model,
+    lm_architecture,
+    load_exported,
+)
 from sparsernn.kernels import SparseMatrix
 from sparsernn.models.lm import LanguageModel
 from sparsernn.prune import OneShotSchedule, Pruner
@@ -22,8 +30,7 @@ def pruned_lm(cell="gru", block=(1, 1), tie=False, sparsity=0.9, vocab=48, hidde
     pruner = Pruner(model, dict.fromkeys(("recurrent", "linear", "embedding"),
                                          OneShotSchedule(at=1, sparsity=sparsity)), block=block)
     pruner.step()
-    architecture = {"kind": "language_model", **config.model_dump(), "vocab_size": vocab,
-                    "bidirectional": False, "level": "word"}
+    architecture = lm_architecture(config.model_dump(), vocab)
     return model, pruner.masks, architecture
 
 
@@ -136,15 +143,14 @@ def test_shape_that_disagrees_with_the_metadata(tmp_path):
 
 
 def test_index_out_of_range_is_caught_even_with_a_matching_checksum(tmp_path):
+    from safetensors import safe_open
     from safetensors.numpy import load_file, save_file
-
-    from sparsernn.export import _payload_digest
 
     _, _, path, _ = write(tmp_path)
     arrays = load_file(str(path))
     arrays["rnn.weight_hh_l0.index"][0] = 40  # only 32 columns
-    metadata = load_exported.__globals__["json"].loads(
-        __import__("safetensors").safe_open(str(path), "numpy").metadata()["sparsernn"])
+    with safe_open(str(path), "numpy") as handle:
+        metadata = json.loads(handle.metadata()["sparsernn"])
     metadata["sha256"] = _payload_digest(arrays)
     save_file(arrays, str(path), metadata={"sparsernn": json.dumps(metadata)})
     with pytest.raises(ExportError, match=r"rnn.weight_hh_l0: column index out of range"):
