@@ -27,8 +27,12 @@ def _demo(args: argparse.Namespace) -> int:
 def _train(args: argparse.Namespace) -> int:
     from sparsernn.config import dump_config, load_config
     from sparsernn.train.loop import TrainingDiverged, train
+    from sparsernn.train.tasks import task_class
 
-    config = load_config(args.config, args.set)
+    overrides = list(args.set)
+    if args.on_bad_audio is not None:
+        overrides.append(f"data.on_bad_audio={args.on_bad_audio}")
+    config = load_config(args.config, overrides)
     if args.print_config:
         print(dump_config(config), end="")
         return 0
@@ -40,18 +44,43 @@ def _train(args: argparse.Namespace) -> int:
         print(f"sparsernn: training stopped: {error}", file=sys.stderr)
         return 1
     if int(os.environ.get("RANK", "0")) == 0:
-        print(f"step {record['step']}: validation perplexity {record['valid_perplexity']:.2f}, "
-              f"sparsity {record['sparsity']:.1%}; run directory {args.out}")
+        summary = task_class(config).summary(record)
+        print(f"step {record['step']}: {summary}, sparsity {record['sparsity']:.1%}; "
+              f"run directory {args.out}")
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from sparsernn.checkpoint import load_checkpoint
+    from sparsernn.config import RunConfig
     from sparsernn.train.evaluate import evaluate_checkpoint
 
+    if RunConfig.model_validate(load_checkpoint(args.checkpoint)["config"]).speech:
+        from sparsernn.train.recognize import evaluate_speech
+
+        if args.beam < 0:
+            raise UserError(f"--beam must be >= 0, got {args.beam}")
+        result = evaluate_speech(args.checkpoint, args.split, args.beam)
+        beam = (f"; beam {args.beam}: CER {result['cer_beam']:.2%}, WER {result['wer_beam']:.2%}"
+                if args.beam else "")
+        print(f"{args.checkpoint} ({args.split}, {result['utterances']} utterances, step {result['step']}): "
+              f"greedy CER {result['cer_greedy']:.2%}, WER {result['wer_greedy']:.2%}{beam}; "
+              f"{result['nonzero_parameters']:,} non-zero of {result['parameters']:,} parameters")
+        return 0
     result = evaluate_checkpoint(args.checkpoint, args.split)
     print(f"{args.checkpoint} ({args.split}, step {result['step']}): perplexity "
           f"{result['perplexity']:.2f}, {result['nonzero_parameters']:,} non-zero of "
           f"{result['parameters']:,} parameters, pruned tensors {result['sparsity']:.1%} sparse")
+    return 0
+
+
+def _transcribe(args: argparse.Namespace) -> int:
+    from sparsernn.train.recognize import transcribe
+
+    if args.beam < 0:
+        raise UserError(f"--beam must be >= 0, got {args.beam}")
+    for path, text in zip(args.files, transcribe(args.checkpoint, args.files, args.beam), strict=True):
+        print(f"{path}\t{text}")
     return 0
 
 
@@ -101,19 +130,28 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(handler=_demo)
 
-    train = commands.add_parser("train", help="train a language model from a YAML config")
+    train = commands.add_parser("train", help="train a language or speech model from a YAML config")
     train.add_argument("config", nargs="?", help="YAML file with data, model, prune, train sections")
     train.add_argument("--out", help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
     train.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                        help="override a config key (repeatable)")
+    train.add_argument("--on-bad-audio", choices=("error", "skip"),
+                       help="speech: stop at, or skip and count, unusable utterances (data.on_bad_audio)")
     train.add_argument("--print-config", action="store_true", help="show the resolved config and exit")
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("evaluate", help="perplexity of a checkpoint on a split")
+    evaluate = commands.add_parser("evaluate", help="perplexity, or CER and WER, of a checkpoint on a split")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
+    evaluate.add_argument("--beam", type=int, default=16, help="speech: prefix beam width (0: greedy only)")
     evaluate.set_defaults(handler=_evaluate)
+
+    transcribe = commands.add_parser("transcribe", help="transcribe WAV files with a speech checkpoint")
+    transcribe.add_argument("checkpoint")
+    transcribe.add_argument("files", nargs="+")
+    transcribe.add_argument("--beam", type=int, default=16, help="prefix beam width (0: greedy)")
+    transcribe.set_defaults(handler=_transcribe)
 
     score = commands.add_parser("score", help="perplexity of a checkpoint on text files")
     score.add_argument("checkpoint")

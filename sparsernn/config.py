@@ -1,12 +1,15 @@
 """Typed, validated run configuration: YAML sections data, model, prune, train, plus --set overrides.
 
-Unknown keys and out-of-range values are rejected with the key's full dotted name.
+Two tasks share the sections: language modelling (``data.kind: text``, the default; ``model.family:
+lm``) and speech recognition with CTC (``data.kind: an4`` or ``manifest``; ``model.family: ds2``). The
+model family follows the data kind unless given. Unknown keys and out-of-range values are rejected
+with the key's full dotted name.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,6 +27,9 @@ class _Section(BaseModel):
 
 
 class DataConfig(_Section):
+    """Text for language modelling."""
+
+    kind: Literal["text"] = "text"
     path: Path = Field(description="directory of {ptb.,}{train,valid,test}.txt, or a text file (char level)")
     level: Literal["word", "char"] = "word"
     batch_size: int = Field(20, ge=1)
@@ -33,6 +39,9 @@ class DataConfig(_Section):
 
 
 class ModelConfig(_Section):
+    """Language model: embedding -> recurrent stack -> decoder."""
+
+    family: Literal["lm"] = "lm"
     cell: Literal["rnn_tanh", "rnn_relu", "gru", "lstm"] = "lstm"
     embedding_size: int = Field(200, ge=1)
     hidden_size: int = Field(200, ge=1)
@@ -44,6 +53,60 @@ class ModelConfig(_Section):
     def _tying_needs_equal_sizes(self) -> ModelConfig:
         if self.tie_weights and self.embedding_size != self.hidden_size:
             raise ValueError("tie_weights needs embedding_size == hidden_size")
+        return self
+
+
+SPEECH_DATA = ("an4", "manifest")
+
+
+class SpeechDataConfig(_Section):
+    """Speech with transcripts for CTC: the AN4 layout or CSV/JSONL manifests."""
+
+    kind: Literal["an4", "manifest"]
+    path: Path = Field(description="an4: the AN4 root (etc/, wav/); manifest: the training manifest")
+    valid: Path | None = Field(None, description="manifest: validation manifest (default: held-out "
+                               "training speakers)")
+    test: Path | None = Field(None, description="manifest: test manifest")
+    valid_fraction: float = Field(0.08, gt=0.0, lt=1.0, description="share of training speakers "
+                                  "held out for validation when there is no validation set")
+    sample_rate: int = Field(16000, ge=1000, description="audio is resampled to this rate")
+    features: Literal["logmel", "spectrogram"] = "logmel"
+    n_mels: int = Field(64, ge=8)
+    window_ms: float = Field(20.0, gt=0.0)
+    hop_ms: float = Field(10.0, gt=0.0)
+    freq_masks: int = Field(0, ge=0, description="SpecAugment: frequency masks per training utterance")
+    freq_mask_width: int = Field(8, ge=1)
+    time_masks: int = Field(0, ge=0, description="SpecAugment: time masks per training utterance")
+    time_mask_width: int = Field(20, ge=1)
+    batch_size: int = Field(16, ge=1)
+    eval_batch_size: int = Field(32, ge=1)
+    on_bad_audio: Literal["error", "skip"] = Field("error", description="a missing, unreadable or "
+                                                  "too-short file, or a transcript outside the "
+                                                  "alphabet: stop before training, or skip and count")
+
+
+class ConvLayer(_Section):
+    channels: int = Field(ge=1)
+    kernel: tuple[int, int] = Field(description="(frequency, time)")
+    stride: tuple[int, int] = Field(description="(frequency, time)")
+
+
+class SpeechModelConfig(_Section):
+    """Deep Speech 2 family: 2-D convolutions -> recurrent layers with sequence-wise batch norm -> FC."""
+
+    family: Literal["ds2"] = "ds2"
+    conv: tuple[ConvLayer, ...] = (ConvLayer(channels=32, kernel=(21, 11), stride=(2, 2)),
+                                   ConvLayer(channels=32, kernel=(11, 5), stride=(2, 1)))
+    cell: Literal["rnn_clipped_relu", "rnn_tanh", "gru", "lstm"] = "gru"
+    hidden_size: int = Field(256, ge=1)
+    layers: int = Field(3, ge=1)
+    bidirectional: bool = True
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _conv_needed(self) -> SpeechModelConfig:
+        if not self.conv:
+            raise ValueError("conv: at least one convolution layer")
         return self
 
 
@@ -102,11 +165,36 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
+_FAMILY = {"text": "lm", "an4": "ds2", "manifest": "ds2"}
+
+
 class RunConfig(_Section):
-    data: DataConfig
-    model: ModelConfig = ModelConfig()
+    data: Annotated[DataConfig | SpeechDataConfig, Field(discriminator="kind")]
+    model: Annotated[ModelConfig | SpeechModelConfig, Field(discriminator="family")]
     prune: PruneConfig = PruneConfig()
     train: TrainConfig = TrainConfig()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults_by_task(cls, raw: Any) -> Any:
+        """``data.kind`` defaults to text and ``model.family`` to the one the data kind needs."""
+        if not isinstance(raw, dict) or not isinstance(raw.get("data", {}), dict):
+            return raw
+        data = {"kind": "text", **raw.get("data", {})}
+        model = raw.get("model", {})
+        if isinstance(model, dict):
+            model = {"family": _FAMILY.get(data["kind"], "lm"), **model}
+        return {**raw, "data": data, "model": model}
+
+    @model_validator(mode="after")
+    def _family_fits_data(self) -> RunConfig:
+        if _FAMILY[self.data.kind] != self.model.family:
+            raise ValueError(f"model.family {self.model.family} does not fit data.kind {self.data.kind}")
+        return self
+
+    @property
+    def speech(self) -> bool:
+        return self.data.kind in SPEECH_DATA
 
 
 def _parse_value(text: str) -> Any:
@@ -132,8 +220,13 @@ def apply_overrides(raw: dict, overrides: list[str]) -> dict:
 def _format_errors(error: ValidationError, source: str) -> str:
     problems = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        message = "unknown key" if item["type"] == "extra_forbidden" else item["msg"]
+        # Drop the union tags pydantic puts in the location ("data.an4.path" -> "data.path").
+        parts = [str(part) for part in item["loc"]]
+        if len(parts) > 1 and parts[0] in ("data", "model") and parts[1] in (*_FAMILY, "lm", "ds2"):
+            del parts[1]
+        key = ".".join(parts) or "(top level)"
+        message = item["msg"].removeprefix("Value error, ")
+        message = "unknown key" if item["type"] == "extra_forbidden" else message
         problems.append(f"{key}: {message}")
     return f"{source}: " + "; ".join(problems)
 

@@ -41,5 +41,5 @@ def test_missing_and_malformed_files(tmp_path):
     bad.write_text("data: [unclosed")
     with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
         load_config(bad)
-    with pytest.raises(ConfigError, match="data: Field required"):
+    with pytest.raises(ConfigError, match="data.path: Field required"):
         load_config(None, ["train.epochs=1"])

@@ -54,13 +54,6 @@ def parameter_count(vocab_size: int, config: ModelConfig) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def scaled_shape(config: ModelConfig, hidden_size: int) -> ModelConfig:
-    """``config`` with this hidden size and the embedding scaled by the same factor."""
-    ratio = config.embedding_size / config.hidden_size
-    embedding = hidden_size if config.tie_weights else max(1, round(hidden_size * ratio))
-    return config.model_copy(update={"hidden_size": hidden_size, "embedding_size": embedding})
-
-
 def size_to_parameters(vocab_size: int, config: ModelConfig, target: int) -> tuple[ModelConfig, int]:
     """The hidden size whose dense model has the parameter count closest to ``target``.
 
@@ -68,21 +61,10 @@ def size_to_parameters(vocab_size: int, config: ModelConfig, target: int) -> tup
     so the result is a smaller copy of the same model: with a large vocabulary, the embedding and
     decoder hold most parameters. Returns the sized config and its parameter count.
     """
-    def shaped(hidden: int) -> ModelConfig:
-        return scaled_shape(config, hidden)
+    from sparsernn.models import closest_hidden_size, scaled_shape
 
-    low, high = 1, 1
-    while parameter_count(vocab_size, shaped(high)) < target:
-        high *= 2
-    while low < high:  # the smallest hidden size with at least `target` parameters
-        middle = (low + high) // 2
-        if parameter_count(vocab_size, shaped(middle)) < target:
-            low = middle + 1
-        else:
-            high = middle
-    candidates = [h for h in (low - 1, low) if h >= 1]
-    best = min(candidates, key=lambda h: abs(parameter_count(vocab_size, shaped(h)) - target))
-    return shaped(best), parameter_count(vocab_size, shaped(best))
+    hidden = closest_hidden_size(lambda h: parameter_count(vocab_size, scaled_shape(config, h)), target)
+    return scaled_shape(config, hidden), parameter_count(vocab_size, scaled_shape(config, hidden))
 
 
 def nonzero_parameters(state_dict: dict[str, torch.Tensor]) -> int:

@@ -60,6 +60,14 @@ def gather(value: object, info: Distributed) -> list:
     return values
 
 
+def broadcast_buffers(model: torch.nn.Module, info: Distributed) -> None:
+    """Copy rank 0's buffers (batch-norm running statistics, which each rank updates from its own
+    batches) to every rank."""
+    if info.enabled:
+        for buffer in model.buffers():
+            dist.broadcast(buffer, 0)
+
+
 def fingerprint(tensors: dict[str, torch.Tensor]) -> str:
     """A digest of tensors' exact bytes, to check that ranks agree bit for bit."""
     digest = hashlib.sha256()

@@ -1,4 +1,5 @@
-"""Using a trained language model: perplexity on a split or a file, and sampling text."""
+"""Using a trained model: loading any checkpoint; for language models perplexity on a split or a file
+and sampling text (speech models: ``recognize.py``)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,9 @@ import torch
 from torch import nn
 
 from sparsernn.checkpoint import load_checkpoint
-from sparsernn.config import ModelConfig, RunConfig
+from sparsernn.config import ConfigError, RunConfig
 from sparsernn.data.text import EOS, DataError, batchify, bptt_windows, encode, load_corpus, word_tokens
+from sparsernn.models import build_model
 from sparsernn.models.lm import LanguageModel
 
 
@@ -27,27 +29,42 @@ def evaluate(model: LanguageModel, columns: torch.Tensor, bptt: int) -> float:
     return total / count
 
 
-def load_trained(path: str | Path) -> tuple[LanguageModel, RunConfig, list[str], dict]:
-    """A checkpoint's model (in eval mode), run config, vocabulary and the checkpoint itself."""
+def load_trained(path: str | Path,
+                 speech: bool | None = None) -> tuple[nn.Module, RunConfig, list[str], dict]:
+    """A checkpoint's model (in eval mode), run config, vocabulary and the checkpoint itself.
+
+    ``speech``: require a speech (True) or language (False) model, with an error naming the file.
+    """
     checkpoint = load_checkpoint(path)
     config = RunConfig.model_validate(checkpoint["config"])
-    model = LanguageModel(len(checkpoint["vocabulary"]), ModelConfig(**checkpoint["model_config"]))
+    if speech is not None and config.speech != speech:
+        wanted = "a speech (CTC)" if speech else "a language"
+        raise ConfigError(f"{path}: {wanted} model is needed here, this checkpoint holds "
+                          f"{'a speech' if config.speech else 'a language'} model")
+    model_config = type(config.model).model_validate({"family": config.model.family,
+                                                      **checkpoint["model_config"]})
+    model = build_model(config, model_config, len(checkpoint["vocabulary"]))
     model.load_state_dict(checkpoint["model"])
     return model.eval(), config, checkpoint["vocabulary"], checkpoint
 
 
-def _summary(model: LanguageModel, checkpoint: dict, loss: float, tokens: int) -> dict:
+def model_summary(model: nn.Module, checkpoint: dict) -> dict:
+    """Step, sparsity of the pruned tensors, parameters and non-zero parameters of a checkpoint."""
     masks = checkpoint["pruner"]["masks"].values()
     pruned_total = sum(mask.numel() for mask in masks)
-    return {"step": checkpoint["loop"]["step"], "loss": loss, "perplexity": math.exp(loss),
-            "tokens": tokens, "sparsity": 1 - sum(int(m.sum()) for m in masks) / max(1, pruned_total),
+    return {"step": checkpoint["loop"]["step"],
+            "sparsity": 1 - sum(int(m.sum()) for m in masks) / max(1, pruned_total),
             "parameters": sum(p.numel() for p in model.parameters()),
             "nonzero_parameters": sum(int(torch.count_nonzero(p)) for p in model.parameters())}
 
 
+def _summary(model: LanguageModel, checkpoint: dict, loss: float, tokens: int) -> dict:
+    return {**model_summary(model, checkpoint), "loss": loss, "perplexity": math.exp(loss), "tokens": tokens}
+
+
 def evaluate_checkpoint(path: str | Path, split: str = "test") -> dict:
     """Perplexity of a saved model on one split of the corpus it was trained on."""
-    model, config, vocabulary, checkpoint = load_trained(path)
+    model, config, vocabulary, checkpoint = load_trained(path, speech=False)
     corpus = load_corpus(config.data)
     if list(corpus.vocabulary) != vocabulary:
         raise DataError(f"{config.data.path}: vocabulary differs from the one {path} was trained on")
@@ -58,7 +75,7 @@ def evaluate_checkpoint(path: str | Path, split: str = "test") -> dict:
 
 def score_file(path: str | Path, text_path: str | Path) -> dict:
     """Perplexity of a saved model on a text file, tokenized as its training data was."""
-    model, config, vocabulary, checkpoint = load_trained(path)
+    model, config, vocabulary, checkpoint = load_trained(path, speech=False)
     try:
         text = Path(text_path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as error:
@@ -75,7 +92,7 @@ def generate(path: str | Path, prompt: str, tokens: int, temperature: float = 1.
     """Sample ``tokens`` tokens after ``prompt`` (temperature-scaled softmax)."""
     if temperature <= 0:
         raise DataError(f"--temperature must be > 0, got {temperature}")
-    model, config, vocabulary, _ = load_trained(path)
+    model, config, vocabulary, _ = load_trained(path, speech=False)
     word_level = config.data.level == "word"
     context = (prompt.split() if word_level else list(prompt)) or ([EOS] if word_level else ["\n"])
     ids = encode(context, vocabulary).view(-1, 1)  # (T, 1)

@@ -1,6 +1,7 @@
 """The one training loop: batch -> forward -> loss -> backward -> clip -> optimizer.step() ->
 pruner.step() -> log -> evaluate / checkpoint. Every method is a configuration of it
-(``methods.py``); under ``torchrun`` it runs as DDP (``distributed.py``).
+(``methods.py``), for language models and CTC speech models alike (``tasks.py`` holds what differs:
+data, batches, loss, validation metrics); under ``torchrun`` it runs as DDP (``distributed.py``).
 
 Run directory: ``config.yaml`` (resolved config), ``metrics.jsonl`` (one JSON object per logging
 step and per evaluation), ``checkpoints/last.pt`` and ``checkpoints/best.pt``, and ``sizing.json``
@@ -22,13 +23,12 @@ from tqdm import tqdm
 
 from sparsernn.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from sparsernn.config import ConfigError, RunConfig, config_to_dict, dump_config
-from sparsernn.data.text import batchify, bptt_windows, load_corpus, num_windows
-from sparsernn.models.lm import LanguageModel, detach
+from sparsernn.models import build_model
+from sparsernn.models.lm import detach
 from sparsernn.prune import Pruner
 from sparsernn.train import distributed
-from sparsernn.train.evaluate import evaluate
-from sparsernn.train.losses import distillation_loss, token_cross_entropy
 from sparsernn.train.methods import load_teacher, masks_final_from, model_shape, prune_schedule, save_sizing
+from sparsernn.train.tasks import make_task
 
 
 class TrainingDiverged(RuntimeError):
@@ -41,11 +41,12 @@ class LoopState:
 
     step: int = 0
     epoch: int = 0
-    window: int = 0  # next BPTT window within the epoch
+    position: int = 0  # next batch (BPTT window or utterance batch) within the epoch
     best_valid_loss: float = math.inf  # for the learning-rate plateau
     best_checkpoint_loss: float = math.inf  # of best.pt, once masks are final
     evaluations_without_improvement: int = 0
     train_seconds: float = 0.0  # wall time spent in training steps, summed over resumes
+    skipped: int = 0  # utterances left out of training steps for a non-finite CTC loss
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
@@ -74,10 +75,11 @@ def _resumable(config: dict) -> dict:
     return {**config, "train": {k: v for k, v in config["train"].items() if k != "max_steps"}}
 
 
-def _to(hidden, device: torch.device):
-    if hidden is None:
-        return None
-    return tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
+def _to(carry: dict, device) -> dict:
+    """A task's carried state (hidden states or nothing) detached and on ``device``."""
+    def move(hidden):
+        return tuple(h.to(device) for h in hidden) if isinstance(hidden, tuple) else hidden.to(device)
+    return {key: None if value is None else move(detach(value)) for key, value in carry.items()}
 
 
 def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> dict:
@@ -86,22 +88,21 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     out_dir = Path(out_dir)
     last_path, best_path = out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt"
     metrics_path = out_dir / "metrics.jsonl"
-    corpus = load_corpus(config.data)
-    train_columns = batchify(distributed.shard(corpus.train, ranks), config.data.batch_size)
-    valid_columns = batchify(corpus.valid, config.data.eval_batch_size).to(ranks.device)
-    train_columns = train_columns.to(ranks.device)
-    steps_per_epoch = num_windows(train_columns, config.data.bptt)
+    task = make_task(config, ranks)
+    if ranks.is_main and hasattr(task, "loading_report"):
+        print(task.loading_report())
+    steps_per_epoch = task.steps_per_epoch
     total_steps = config.train.epochs * steps_per_epoch
     if config.train.max_steps is not None:
         total_steps = min(total_steps, config.train.max_steps)
     eval_every = config.train.eval_every or steps_per_epoch
 
     torch.manual_seed(config.train.seed)
-    model_config, sizing = model_shape(config, len(corpus.vocabulary))
+    model_config, sizing = model_shape(config, len(task.vocabulary))
     if sizing is not None and ranks.is_main:
         print(sizing.explain())
-    model = LanguageModel(len(corpus.vocabulary), model_config).to(ranks.device)
-    teacher = load_teacher(config.prune, corpus.vocabulary)
+    model = build_model(config, model_config, len(task.vocabulary)).to(ranks.device)
+    teacher = load_teacher(config, task.vocabulary)
     if teacher is not None:
         teacher.to(ranks.device)
     trained = DistributedDataParallel(model) if ranks.enabled else model
@@ -109,7 +110,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     schedule = prune_schedule(config.prune, config.train.epochs, steps_per_epoch)
     pruner = Pruner(model, dict.fromkeys(config.prune.groups, schedule), optimizer,
                     per_gate=config.prune.per_gate, block=config.prune.block)
-    state, hidden, teacher_hidden = LoopState(), None, None
+    state, carry = LoopState(), task.new_carry()
 
     if resume:
         checkpoint = load_checkpoint(last_path)
@@ -124,7 +125,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
         pruner.load_state_dict(checkpoint["pruner"])
         state = LoopState(**checkpoint["loop"])
         mine = checkpoint["ranks"][ranks.rank]
-        hidden, teacher_hidden = _to(mine["hidden"], ranks.device), _to(mine["teacher_hidden"], ranks.device)
+        carry = _to({key: mine[key] for key in carry}, ranks.device)
         torch.set_rng_state(mine["rng"])
         if ranks.is_main:
             _truncate_metrics(metrics_path, state.step)
@@ -137,22 +138,24 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
             save_sizing(sizing, out_dir)
 
     def save(path: Path) -> None:
-        per_rank = {"hidden": _to(detach(hidden), "cpu"), "teacher_hidden": _to(teacher_hidden, "cpu"),
-                    "rng": torch.get_rng_state()}
+        per_rank = {**_to(carry, "cpu"), "rng": torch.get_rng_state()}
         gathered = distributed.gather(per_rank, ranks)  # every rank takes part
         if ranks.is_main:
             save_checkpoint(path, {
-                "config": config_to_dict(config), "vocabulary": list(corpus.vocabulary),
+                "config": config_to_dict(config), "vocabulary": list(task.vocabulary),
                 "model_config": model_config.model_dump(mode="json"), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "pruner": pruner.state_dict(),
                 "loop": asdict(state), "ranks": gathered})
 
     def run_evaluation() -> dict:
-        # Every rank evaluates the same data with the same weights: identical decisions, no messages.
-        valid_loss = evaluate(model, valid_columns, config.data.bptt)
-        record = {"kind": "eval", "step": state.step, "epoch": state.epoch, "valid_loss": valid_loss,
-                  "valid_perplexity": math.exp(valid_loss), "sparsity": pruner.sparsity(),
-                  "lr": optimizer.param_groups[0]["lr"], "train_seconds": state.train_seconds}
+        # Every rank evaluates the same data with the same weights (and batch-norm statistics, taken
+        # from rank 0): identical decisions, no messages.
+        distributed.broadcast_buffers(model, ranks)
+        metrics = task.evaluate(model)
+        valid_loss = metrics["valid_loss"]
+        record = {"kind": "eval", "step": state.step, "epoch": state.epoch, **metrics,
+                  "sparsity": pruner.sparsity(), "lr": optimizer.param_groups[0]["lr"],
+                  "train_seconds": state.train_seconds, **task.skipped_metrics(state.skipped)}
         if valid_loss < state.best_valid_loss:
             state.best_valid_loss, state.evaluations_without_improvement = valid_loss, 0
         else:
@@ -174,42 +177,35 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     progress = tqdm(total=total_steps, initial=state.step, unit="step",
                     disable=None if ranks.is_main else True)  # rank 0 on a TTY only
     while state.step < total_steps:
-        for window, inputs, targets in bptt_windows(train_columns, config.data.bptt, state.window):
+        for position, batch in task.batches(state.epoch, state.position):
             started = time.perf_counter()
-            hidden = detach(hidden)
-            logits, hidden = trained(inputs, hidden)  # (T, B, V)
-            if teacher is None:
-                loss = task_loss = token_cross_entropy(logits, targets)
-            else:
-                with torch.no_grad():
-                    teacher_logits, teacher_hidden = teacher(inputs, teacher_hidden)
-                loss, task_loss = distillation_loss(logits, teacher_logits, targets,
-                                                    config.prune.temperature, config.prune.alpha)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(f"loss is {loss.item()} at step {state.step + 1}; "
+            step = task.step_loss(trained, teacher, batch, carry)
+            state.skipped += step.skipped
+            if not torch.isfinite(step.loss):
+                raise TrainingDiverged(f"loss is {step.loss.item()} at step {state.step + 1}; "
                                        f"the last good checkpoint is {last_path}")
             optimizer.zero_grad()
-            loss.backward()
+            step.loss.backward()
             if config.train.clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.train.clip)
             optimizer.step()
             pruner.step()
-            state.step, state.window = state.step + 1, window + 1
+            state.step, state.position = state.step + 1, position + 1
             state.train_seconds += time.perf_counter() - started
             progress.update()
-            if state.step % config.train.log_every == 0 and ranks.is_main:
+            if state.step % config.train.log_every == 0 and ranks.is_main and step.task_loss is not None:
                 _append_metrics(metrics_path, {
-                    "kind": "train", "step": state.step, "epoch": state.epoch, "loss": task_loss.item(),
-                    "perplexity": math.exp(task_loss.item()), "lr": optimizer.param_groups[0]["lr"],
+                    "kind": "train", "step": state.step, "epoch": state.epoch,
+                    **task.train_metrics(step.task_loss.item()), "lr": optimizer.param_groups[0]["lr"],
                     "sparsity": pruner.sparsity(), "threshold": pruner.thresholds(),
-                    "step_time": time.perf_counter() - started})
-            end_of_epoch = state.window == steps_per_epoch
+                    **task.skipped_metrics(state.skipped), "step_time": time.perf_counter() - started})
+            end_of_epoch = state.position == steps_per_epoch
             if end_of_epoch:
-                state.epoch, state.window, hidden, teacher_hidden = state.epoch + 1, 0, None, None
+                state.epoch, state.position, carry = state.epoch + 1, 0, task.new_carry()
             if state.step % eval_every == 0 or end_of_epoch or state.step == total_steps:
                 record = run_evaluation()
-                progress.set_postfix(valid_ppl=f"{record['valid_perplexity']:.1f}",
-                                     sparsity=f"{record['sparsity']:.1%}", refresh=False)
+                progress.set_postfix_str(f"{task.summary(record)}, sparsity {record['sparsity']:.1%}",
+                                         refresh=False)
             if state.step >= total_steps or end_of_epoch:
                 break
     progress.close()

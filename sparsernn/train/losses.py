@@ -23,3 +23,31 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     log_teacher = functional.log_softmax(teacher_logits / temperature, dim=-1)
     kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1).mean()
     return (1.0 - alpha) * task + alpha * temperature ** 2 * kl, task
+
+
+def ctc_loss(log_probs: torch.Tensor, output_lengths: torch.Tensor, labels: torch.Tensor,
+             label_lengths: torch.Tensor) -> tuple[torch.Tensor | None, int]:
+    """Mean CTC loss per label over the utterances whose loss is finite, and how many were not.
+
+    A loss is infinite when an utterance's output is too short for its labels; averaging it in (or
+    zeroing it, as ``zero_infinity`` does) would hide it, so it is left out and counted. Returns
+    ``None`` when no utterance of the batch has a finite loss.
+    """
+    losses = functional.ctc_loss(log_probs, labels, output_lengths, label_lengths, blank=0,
+                                 reduction="none", zero_infinity=False)  # (B,)
+    finite = torch.isfinite(losses)
+    skipped = int((~finite).sum())
+    if skipped == len(losses):
+        return None, skipped
+    return (losses[finite] / label_lengths[finite].to(losses.dtype)).mean(), skipped
+
+
+def frame_distillation(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor,
+                       output_lengths: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Frame-level ``T^2 * KL(teacher_T || student_T)`` on CTC posteriors (T, B, alphabet), averaged
+    over the valid frames (Takashima et al. 2018 distil CTC models the same way)."""
+    log_student = functional.log_softmax(student_log_probs / temperature, dim=-1)
+    log_teacher = functional.log_softmax(teacher_log_probs / temperature, dim=-1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1)  # (T, B)
+    mask = torch.arange(kl.shape[0], device=kl.device)[:, None] < output_lengths.to(kl.device)[None]
+    return temperature ** 2 * kl[mask].mean()

@@ -11,15 +11,12 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from torch import nn
+
 from sparsernn.checkpoint import load_checkpoint
 from sparsernn.config import ConfigError, ModelConfig, PruneConfig, RunConfig
-from sparsernn.models.lm import (
-    LanguageModel,
-    nonzero_parameters,
-    parameter_count,
-    scaled_shape,
-    size_to_parameters,
-)
+from sparsernn.models import build_model, closest_hidden_size, parameter_count, scaled_shape
+from sparsernn.models.lm import nonzero_parameters
 from sparsernn.prune import AGPSchedule, NarangSchedule, NoSchedule, OneShotSchedule, Schedule, paper_steps
 
 
@@ -66,7 +63,7 @@ class Sizing:
     target_nonzeros: int
     source: str
     hidden_size: int
-    embedding_size: int
+    embedding_size: int | None  # language models scale it with the hidden size
     parameters: int
     parameters_one_size_up: int  # hidden_size + 1 (embedding scaled with it)
 
@@ -87,25 +84,39 @@ def model_shape(config: RunConfig, vocab_size: int) -> tuple[ModelConfig, Sizing
     else:
         target = nonzero_parameters(load_checkpoint(prune.match_checkpoint)["model"])
         source = f"non-zeros of {prune.match_checkpoint}"
-    model, parameters = size_to_parameters(vocab_size, config.model, target)
-    one_up = scaled_shape(config.model, model.hidden_size + 1)
-    return model, Sizing(target, source, model.hidden_size, model.embedding_size, parameters,
-                         parameter_count(vocab_size, one_up))
+
+    def count(hidden: int) -> int:
+        return parameter_count(config, scaled_shape(config.model, hidden), vocab_size)
+
+    hidden = closest_hidden_size(count, target)
+    model = scaled_shape(config.model, hidden)
+    return model, Sizing(target, source, hidden, getattr(model, "embedding_size", None), count(hidden),
+                         count(hidden + 1))
 
 
 def save_sizing(sizing: Sizing, out_dir: Path) -> None:
     (out_dir / "sizing.json").write_text(json.dumps(asdict(sizing), indent=2) + "\n")
 
 
-def load_teacher(config: PruneConfig, vocabulary: tuple[str, ...]) -> LanguageModel | None:
+def load_teacher(config: RunConfig, vocabulary: tuple[str, ...]) -> nn.Module | None:
     """The frozen teacher of a distill run, or None."""
-    if config.teacher is None:
+    if config.prune.teacher is None:
         return None
-    checkpoint = load_checkpoint(config.teacher)
+    path = config.prune.teacher
+    checkpoint = load_checkpoint(path)
     if checkpoint.get("vocabulary") != list(vocabulary):
-        raise ConfigError(f"{config.teacher}: the teacher was trained on a different vocabulary")
+        raise ConfigError(f"{path}: the teacher was trained on a different vocabulary")
     teacher_config = RunConfig.model_validate(checkpoint["config"])
-    teacher = LanguageModel(len(vocabulary), teacher_config.model)
+    if teacher_config.data.kind != config.data.kind:
+        raise ConfigError(f"{path}: the teacher was trained on {teacher_config.data.kind} data, "
+                          f"not {config.data.kind}")
+    if config.speech and (teacher_config.model.conv != config.model.conv
+                          or teacher_config.data.features != config.data.features
+                          or teacher_config.data.n_mels != config.data.n_mels):
+        raise ConfigError(f"{path}: the teacher's features or convolutions differ from the "
+                          "student's, so their CTC frames do not line up")
+    model_config = type(teacher_config.model).model_validate(checkpoint["model_config"])
+    teacher = build_model(teacher_config, model_config, len(vocabulary))
     teacher.load_state_dict(checkpoint["model"])
     teacher.eval()
     teacher.requires_grad_(False)

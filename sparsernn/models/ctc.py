@@ -1,0 +1,146 @@
+"""Deep Speech 2 family (Amodei et al. 2016) for CTC: 2-D convolutions with batch norm and clipped
+ReLU -> recurrent layers with sequence-wise batch norm between them -> a fully connected layer.
+
+The recurrent layers are ``nn.RNN``/``nn.GRU``/``nn.LSTM`` (one layer each, so that batch norm can sit
+between them), which the pruner finds as the ``recurrent`` group and gates as PyTorch lays them out;
+the output layer is an ``nn.Linear`` (``linear`` group); convolutions (``conv``) stay dense unless
+asked. A vanilla RNN with clipped ReLU, ``min(max(x, 0), 20)`` as in DS2, is an ``nn.RNN`` whose
+forward runs that recurrence. Bidirectional layers sum their two directions, as DS2 does.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sparsernn.config import SpeechModelConfig
+
+CLIP = 20.0
+
+
+def clipped_relu(x: torch.Tensor) -> torch.Tensor:
+    return x.clamp(0.0, CLIP)
+
+
+def reverse_padded(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """Reverse each sequence of ``x`` (T, B, F) within its own length, leaving the padding in place."""
+    steps = torch.arange(x.shape[0], device=x.device)[:, None]  # (T, 1)
+    lengths = lengths.to(x.device)[None]  # (1, B)
+    index = torch.where(steps < lengths, lengths - 1 - steps, steps)  # (T, B)
+    return x.gather(0, index[..., None].expand_as(x))
+
+
+class ClippedReLURNN(nn.RNN):
+    """One-layer vanilla RNN ``h_t = min(max(W x_t + U h_{t-1} + b, 0), 20)``, PyTorch's parameter names.
+
+    The input projection of every step is one matrix product; the loop runs the recurrent product.
+    """
+
+    def __init__(self, input_size: int, hidden_size: int, bidirectional: bool):
+        super().__init__(input_size, hidden_size, 1, nonlinearity="relu", bidirectional=bidirectional)
+
+    def _direction(self, x: torch.Tensor, suffix: str) -> torch.Tensor:
+        w_ih, w_hh = getattr(self, f"weight_ih_l0{suffix}"), getattr(self, f"weight_hh_l0{suffix}")
+        projected = x @ w_ih.t() + getattr(self, f"bias_ih_l0{suffix}") + getattr(self, f"bias_hh_l0{suffix}")
+        h = x.new_zeros(x.shape[1], self.hidden_size)
+        outputs = []
+        for step in projected:  # (B, H)
+            h = clipped_relu(step + h @ w_hh.t())
+            outputs.append(h)
+        return torch.stack(outputs)  # (T, B, H)
+
+    def forward(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:  # type: ignore[override]
+        out = self._direction(x, "")
+        if self.bidirectional:
+            out = torch.cat([out, reverse_padded(self._direction(reverse_padded(x, lengths), "_reverse"),
+                                                 lengths)], dim=-1)
+        return out  # (T, B, directions * H)
+
+
+_RECURRENT = {
+    "rnn_tanh": lambda i, h, b: nn.RNN(i, h, 1, nonlinearity="tanh", bidirectional=b),
+    "gru": lambda i, h, b: nn.GRU(i, h, 1, bidirectional=b),
+    "lstm": lambda i, h, b: nn.LSTM(i, h, 1, bidirectional=b),
+    "rnn_clipped_relu": ClippedReLURNN,
+}
+
+
+class SequenceBatchNorm(nn.Module):
+    """Sequence-wise batch norm (DS2 section 3.2): statistics over every valid frame of the batch,
+    padding excluded."""
+
+    def __init__(self, size: int):
+        super().__init__()
+        self.norm = nn.BatchNorm1d(size)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:  # x (T, B, F), mask (T, B)
+        out = torch.zeros_like(x)
+        out[mask] = self.norm(x[mask])
+        return out
+
+
+def _conv_out(length: torch.Tensor | int, kernel: int, stride: int):
+    return (length + 2 * (kernel // 2) - kernel) // stride + 1
+
+
+class SpeechModel(nn.Module):
+    def __init__(self, features: int, alphabet_size: int, config: SpeechModelConfig):
+        super().__init__()
+        self.config = config
+        layers: list[nn.Module] = []
+        channels, bins = 1, features
+        for conv in config.conv:
+            layers += [nn.Conv2d(channels, conv.channels, conv.kernel, conv.stride,
+                                 padding=(conv.kernel[0] // 2, conv.kernel[1] // 2), bias=False),
+                       nn.BatchNorm2d(conv.channels), nn.Hardtanh(0.0, CLIP)]
+            channels, bins = conv.channels, _conv_out(bins, conv.kernel[0], conv.stride[0])
+        if bins < 1:
+            raise ValueError(f"the convolutions reduce {features} feature bins to none")
+        self.conv = nn.Sequential(*layers)
+        directions = 2 if config.bidirectional else 1
+        sizes = [channels * bins] + [config.hidden_size] * config.layers
+        self.rnns = nn.ModuleList(_RECURRENT[config.cell](sizes[i], config.hidden_size, config.bidirectional)
+                                  for i in range(config.layers))
+        # Batch norm on each recurrent layer's input but the first (the conv block has its own).
+        self.norms = nn.ModuleList(SequenceBatchNorm(config.hidden_size) for _ in range(config.layers - 1))
+        self.directions = directions
+        self.dropout = nn.Dropout(config.dropout)
+        self.output_norm = SequenceBatchNorm(config.hidden_size)
+        self.fc = nn.Linear(config.hidden_size, alphabet_size)
+
+    def output_lengths(self, lengths):
+        """Output frames for input frames (a tensor or an int), through the strided convolutions."""
+        for conv in self.config.conv:
+            lengths = _conv_out(lengths, conv.kernel[1], conv.stride[1])
+        return lengths
+
+    def _recurrent(self, rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        if isinstance(rnn, ClippedReLURNN):
+            out = rnn(x, lengths)
+        else:
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths.cpu(), enforce_sorted=False)
+            out, _ = rnn(packed)
+            out, _ = nn.utils.rnn.pad_packed_sequence(out, total_length=x.shape[0])
+        if self.directions == 2:  # sum the directions
+            out = out[..., :self.config.hidden_size] + out[..., self.config.hidden_size:]
+        return out
+
+    def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Features (B, bins, frames) and their lengths -> log-probabilities (T', B, alphabet) and T'."""
+        x = self.conv(features.unsqueeze(1))  # (B, C, bins', T')
+        x = x.flatten(1, 2).permute(2, 0, 1)  # (T', B, C * bins')
+        lengths = self.output_lengths(lengths).clamp(min=1)
+        mask = torch.arange(x.shape[0], device=x.device)[:, None] < lengths.to(x.device)[None]  # (T', B)
+        x = x * mask[..., None]
+        for i, rnn in enumerate(self.rnns):
+            if i > 0:
+                x = self.norms[i - 1](x, mask)
+            x = self.dropout(self._recurrent(rnn, x, lengths))  # (T', B, H)
+        logits = self.fc(self.output_norm(x, mask))  # (T', B, alphabet)
+        return logits.log_softmax(dim=-1), lengths
+
+
+def parameter_count(features: int, alphabet_size: int, config: SpeechModelConfig) -> int:
+    with torch.device("meta"):
+        model = SpeechModel(features, alphabet_size, config)
+    return sum(p.numel() for p in model.parameters())
