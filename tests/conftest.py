@@ -53,3 +53,67 @@ def trained_checkpoint(tmp_path_factory):
     }
     train(RunConfig.model_validate(config), root / "run")
     return root / "run" / "checkpoints" / "best.pt"
+
+
+# ---------------------------------------------------------------- speech
+
+SPEECH_WORDS = ["ONE", "TWO", "SIX", "GO", "NO", "YES", "ERASE"]
+
+
+def tone_utterance(text, rate=16000, seconds_per_char=0.07, seed=0):
+    """Audio for a transcript: a tone per letter (its own frequency), silence for a space, faint noise."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    n = round(rate * seconds_per_char)
+    t = np.arange(n) / rate
+    pieces = [np.zeros(n) if c == " " else 0.5 * np.sin(2 * np.pi * (300 + 120 * (ord(c) - 65)) * t)
+              for c in text]
+    return (np.concatenate(pieces) + 0.01 * rng.standard_normal(n * len(text))).astype(np.float32)
+
+
+def write_wav16(path, audio, rate=16000):
+    import numpy as np
+    import scipy.io.wavfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    scipy.io.wavfile.write(path, rate, (np.clip(audio, -1, 1) * 32767).astype(np.int16))
+
+
+def write_an4(directory, speakers=(4, 2), per_speaker=4, seed=0):
+    """An AN4-layout directory (etc/ listings, wav/ files) of tone utterances: train lines with
+    <s> ... </s>, test lines without, as the real AN4 has."""
+    rng = random.Random(seed)
+    (directory / "etc").mkdir(parents=True, exist_ok=True)
+    for split, folder, count in (("train", "an4_clstk", speakers[0]), ("test", "an4test_clstk", speakers[1])):
+        ids, lines = [], []
+        for s in range(count):
+            speaker = f"{split[:2]}{s:02d}"
+            for _ in range(per_speaker):
+                text = " ".join(rng.choice(SPEECH_WORDS) for _ in range(rng.randint(1, 3)))
+                utterance = f"an{len(ids) + 100 * s}-{speaker}-b"
+                ids.append(f"{folder}/{speaker}/{utterance}")
+                write_wav16(directory / "wav" / f"{ids[-1]}.wav", tone_utterance(text, seed=len(ids)))
+                line = f"{text} ({utterance})"
+                lines.append(f"<s> {text} </s> ({utterance})" if split == "train" else line)
+        (directory / "etc" / f"an4_{split}.fileids").write_text("\n".join(ids) + "\n")
+        (directory / "etc" / f"an4_{split}.transcription").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+@pytest.fixture(scope="session")
+def an4_dir(tmp_path_factory):
+    return write_an4(tmp_path_factory.mktemp("an4") / "an4")
+
+
+@pytest.fixture
+def speech_config(an4_dir):
+    """Raw config for a DS2 model that trains on the generated AN4 in a few seconds."""
+    return {
+        "data": {"kind": "an4", "path": str(an4_dir), "n_mels": 16, "batch_size": 4, "eval_batch_size": 4,
+                 "valid_fraction": 0.25},
+        "model": {"conv": [{"channels": 4, "kernel": [5, 5], "stride": [2, 2]}], "cell": "gru",
+                  "hidden_size": 16, "layers": 2},
+        "prune": {"method": "narang", "sparsity": 0.8, "start": 2, "ramp": 6, "end": 10, "freq": 2},
+        "train": {"optimizer": "adam", "lr": 0.003, "clip": 5.0, "epochs": 4, "log_every": 2},
+    }

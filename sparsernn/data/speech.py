@@ -45,8 +45,8 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
             rate, samples = scipy.io.wavfile.read(path)
     except FileNotFoundError:
         raise DataError(f"{path}: audio file not found") from None
-    except (OSError, ValueError, EOFError) as error:
-        raise DataError(f"{path}: not a readable WAV file ({error})") from None
+    except Exception as error:  # noqa: BLE001 - scipy raises many kinds (even UnboundLocalError) on junk
+        raise DataError(f"{path}: not a readable WAV file ({type(error).__name__}: {error})") from None
     if samples.dtype == np.uint8:
         audio = (samples.astype(np.float32) - 128.0) / 128.0
     elif samples.dtype == np.int16:
@@ -89,7 +89,8 @@ def mel_filterbank(n_mels: int, n_fft: int, rate: int) -> torch.Tensor:
 
 
 def features(audio: np.ndarray, config: SpeechDataConfig) -> torch.Tensor:
-    """Log-mel or log-spectrogram features, normalized per utterance: (bins, frames)."""
+    """Log-mel or log-spectrogram features, each bin normalized to zero mean and unit variance over
+    the utterance (cepstral mean and variance normalization): (bins, frames)."""
     window = round(config.sample_rate * config.window_ms / 1000)
     hop = round(config.sample_rate * config.hop_ms / 1000)
     samples = torch.from_numpy(np.ascontiguousarray(audio))
@@ -101,7 +102,9 @@ def features(audio: np.ndarray, config: SpeechDataConfig) -> torch.Tensor:
     if config.features == "logmel":
         power = mel_filterbank(config.n_mels, window, config.sample_rate) @ power
     values = torch.log(power + 1e-10)
-    return (values - values.mean()) / (values.std() + 1e-5)
+    mean = values.mean(dim=1, keepdim=True)
+    deviation = values.std(dim=1, keepdim=True) if values.shape[1] > 1 else torch.ones_like(mean)
+    return (values - mean) / (deviation + 1e-5)
 
 
 def feature_size(config: SpeechDataConfig) -> int:
@@ -175,6 +178,8 @@ def list_an4(root: Path, split: str) -> list[Entry]:
 def list_manifest(path: Path) -> list[Entry]:
     """A CSV (header with ``audio`` and ``text`` columns) or JSONL (objects with ``audio`` and ``text``)
     manifest; an optional ``speaker`` column. Audio paths are relative to the manifest."""
+    if path.suffix not in (".csv", ".jsonl"):
+        raise DataError(f"{path}: manifest must be .csv or .jsonl")
     try:
         raw = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -189,11 +194,9 @@ def list_manifest(path: Path) -> list[Entry]:
                     rows.append((number, json.loads(line)))
                 except json.JSONDecodeError as error:
                     raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    elif path.suffix == ".csv":
+    else:
         reader = csv.DictReader(raw.splitlines())
         rows = [(number, row) for number, row in enumerate(reader, start=2)]
-    else:
-        raise DataError(f"{path}: manifest must be .csv or .jsonl")
     entries = []
     for number, row in rows:
         if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ("audio", "text")):

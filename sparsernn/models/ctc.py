@@ -94,8 +94,6 @@ class SpeechModel(nn.Module):
                                  padding=(conv.kernel[0] // 2, conv.kernel[1] // 2), bias=False),
                        nn.BatchNorm2d(conv.channels), nn.Hardtanh(0.0, CLIP)]
             channels, bins = conv.channels, _conv_out(bins, conv.kernel[0], conv.stride[0])
-        if bins < 1:
-            raise ValueError(f"the convolutions reduce {features} feature bins to none")
         self.conv = nn.Sequential(*layers)
         directions = 2 if config.bidirectional else 1
         sizes = [channels * bins] + [config.hidden_size] * config.layers
@@ -127,11 +125,17 @@ class SpeechModel(nn.Module):
 
     def forward(self, features: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Features (B, bins, frames) and their lengths -> log-probabilities (T', B, alphabet) and T'."""
-        x = self.conv(features.unsqueeze(1))  # (B, C, bins', T')
+        x = features.unsqueeze(1)  # (B, 1, bins, T)
+        for i, conv in enumerate(self.config.conv):
+            # Zero each layer's output past each utterance's length, so that the next layer sees
+            # zeros there, as it would alone (Conv2d pads with zeros): padding changes no output.
+            x = self.conv[3 * i:3 * i + 3](x)
+            lengths = _conv_out(lengths, conv.kernel[1], conv.stride[1])
+            valid = torch.arange(x.shape[-1], device=x.device)[None] < lengths.to(x.device)[:, None]
+            x = x * valid[:, None, None]
         x = x.flatten(1, 2).permute(2, 0, 1)  # (T', B, C * bins')
-        lengths = self.output_lengths(lengths).clamp(min=1)
+        lengths = lengths.clamp(min=1)
         mask = torch.arange(x.shape[0], device=x.device)[:, None] < lengths.to(x.device)[None]  # (T', B)
-        x = x * mask[..., None]
         for i, rnn in enumerate(self.rnns):
             if i > 0:
                 x = self.norms[i - 1](x, mask)
