@@ -106,8 +106,7 @@ def an4_dir(tmp_path_factory):
     return write_an4(tmp_path_factory.mktemp("an4") / "an4")
 
 
-@pytest.fixture
-def speech_config(an4_dir):
+def speech_config_for(an4_dir):
     """Raw config for a DS2 model that trains on the generated AN4 in a few seconds."""
     return {
         "data": {"kind": "an4", "path": str(an4_dir), "n_mels": 16, "batch_size": 4, "eval_batch_size": 4,
@@ -117,3 +116,8 @@ def speech_config(an4_dir):
         "prune": {"method": "narang", "sparsity": 0.8, "start": 2, "ramp": 6, "end": 10, "freq": 2},
         "train": {"optimizer": "adam", "lr": 0.003, "clip": 5.0, "epochs": 4, "log_every": 2},
     }
+
+
+@pytest.fixture
+def speech_config(an4_dir):
+    return speech_config_for(an4_dir)

@@ -41,6 +41,17 @@ def test_two_process_training_keeps_ranks_identical_and_resumes(tmp_path, tiny_c
     assert records(tmp_path / "run")[-1] == {"kind": "ranks", "step": 30, "ranks_identical": True}
 
 
+def test_two_process_speech_training_keeps_ranks_identical(tmp_path, speech_config):
+    """Each rank takes every other batch; batch-norm statistics are taken from rank 0 before every
+    evaluation, so the models, masks and buffers agree bit for bit."""
+    speech_config["train"]["epochs"] = 2
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(speech_config))
+    result = torchrun(config_path, tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert records(tmp_path / "run")[-1] == {"kind": "ranks", "step": 2, "ranks_identical": True}
+
+
 def test_shards_are_disjoint_and_equal():
     tokens = torch.arange(11)
     parts = [shard(tokens, Distributed(rank, 3)) for rank in range(3)]

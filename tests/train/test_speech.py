@@ -1,0 +1,141 @@
+"""The one training loop on the speech task: run directory, pruning, resume, methods, evaluate, CLI."""
+
+import json
+
+import pytest
+import torch
+import yaml
+
+from sparsernn.checkpoint import load_checkpoint
+from sparsernn.cli import main
+from sparsernn.config import RunConfig
+from sparsernn.prune import Pruner
+from sparsernn.train.loop import train
+from sparsernn.train.recognize import evaluate_speech, transcribe
+
+
+def records(run_dir):
+    out = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in out:
+        record.pop("step_time", None)
+        record.pop("train_seconds", None)
+    return out
+
+
+@pytest.fixture(scope="module")
+def speech_run(tmp_path_factory, an4_dir):
+    from tests.conftest import speech_config_for
+
+    out = tmp_path_factory.mktemp("speech") / "run"
+    record = train(RunConfig.model_validate(speech_config_for(an4_dir)), out)
+    return out, record
+
+
+def test_training_prunes_and_writes_the_run_directory(speech_run):
+    run, record = speech_run
+    checkpoint = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert checkpoint["loop"]["step"] == record["step"] == 4 * 3  # 12 utterances / batch 4, 4 epochs
+    assert record["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert checkpoint["vocabulary"][0] == "<blank>" and len(checkpoint["vocabulary"]) == 29
+    masks = checkpoint["pruner"]["masks"]
+    assert set(masks) == {f"rnns.{i}.weight_{k}_l0{s}" for i in range(2) for k in ("ih", "hh")
+                          for s in ("", "_reverse")} | {"fc.weight"}
+    evals = [r for r in records(run) if r["kind"] == "eval"]
+    assert [r["step"] for r in evals] == [3, 6, 9, 12]
+    assert {"valid_loss", "valid_cer", "valid_wer", "valid_skipped", "skipped_in_training"} <= set(evals[-1])
+    train_record = next(r for r in records(run) if r["kind"] == "train")
+    assert "perplexity" not in train_record and train_record["skipped_in_training"] == 0
+
+
+def test_evaluate_and_transcribe(speech_run, an4_dir):
+    run, _ = speech_run
+    result = evaluate_speech(run / "checkpoints/best.pt", "test", beam=4)
+    assert result["utterances"] == 8 and 0 <= result["cer_greedy"] and 0 <= result["cer_beam"]
+    assert result["nonzero_parameters"] < result["parameters"]
+    wav = next((an4_dir / "wav/an4test_clstk").rglob("*.wav"))
+    texts = transcribe(run / "checkpoints/best.pt", [wav, wav], beam=0)
+    assert len(texts) == 2 and texts[0] == texts[1] and set(texts[0]) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
+
+
+def test_interrupted_speech_run_resumes_to_identical_end(tmp_path, speech_config, monkeypatch):
+    speech_config["data"].update(freq_masks=1, time_masks=1)  # augmentation must resume exactly too
+    config = RunConfig.model_validate(speech_config)
+    train(config, tmp_path / "straight")
+    original = Pruner.step
+
+    def crashing(self):
+        original(self)
+        if self.current_step == 8:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pruner, "step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, tmp_path / "resumed")
+    monkeypatch.setattr(Pruner, "step", original)
+    assert load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")["loop"]["step"] == 6
+    train(config, tmp_path / "resumed", resume=True)
+    straight = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")
+    resumed = load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")
+    for name, value in straight["model"].items():
+        assert torch.equal(value, resumed["model"][name]), name
+    assert records(tmp_path / "straight") == records(tmp_path / "resumed")
+
+
+def test_small_dense_and_distillation(tmp_path, speech_config, speech_run):
+    run, _ = speech_run
+    small = {**speech_config, "prune": {"method": "small_dense", "match_checkpoint": str(run / "checkpoints/best.pt")}}
+    train(RunConfig.model_validate(small), tmp_path / "small")
+    sizing = json.loads((tmp_path / "small/sizing.json").read_text())
+    assert sizing["hidden_size"] < 16 and sizing["embedding_size"] is None
+    assert abs(sizing["parameters"] - sizing["target_nonzeros"]) <= abs(
+        sizing["parameters_one_size_up"] - sizing["target_nonzeros"])
+    distill = {**speech_config, "prune": {"method": "distill", "teacher": str(run / "checkpoints/best.pt"),
+                                           "match_checkpoint": str(run / "checkpoints/best.pt")}}
+    record = train(RunConfig.model_validate(distill), tmp_path / "distill")
+    assert record["step"] == 12 and record["valid_cer"] >= 0
+    other_conv = {**distill, "model": {**speech_config["model"], "conv": [
+        {"channels": 4, "kernel": [5, 5], "stride": [2, 3]}]}}
+    with pytest.raises(Exception, match="convolutions differ"):
+        train(RunConfig.model_validate(other_conv), tmp_path / "bad")
+
+
+def test_non_finite_ctc_losses_are_skipped_and_counted(tmp_path, speech_config, monkeypatch):
+    from sparsernn.train import losses
+
+    original = losses.functional.ctc_loss
+
+    def one_infinite(*args, **kwargs):
+        out = original(*args, **kwargs)
+        if kwargs.get("reduction") == "none" and torch.is_grad_enabled():
+            out = out.clone()
+            out[0] = float("inf")
+        return out
+
+    monkeypatch.setattr(losses.functional, "ctc_loss", one_infinite)
+    record = train(RunConfig.model_validate(speech_config), tmp_path / "run")
+    assert record["skipped_in_training"] == 12  # one per step
+    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "run/checkpoints/last.pt")["model"].values())
+
+
+def test_cli_bad_audio_stops_before_training_or_is_skipped(tmp_path, speech_config, an4_dir, capsys):
+    import shutil
+
+    data = tmp_path / "an4"
+    shutil.copytree(an4_dir, data)
+    broken = sorted((data / "wav/an4_clstk").rglob("*.wav"))[0]
+    broken.write_bytes(b"garbage")
+    speech_config["data"]["path"] = str(data)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(speech_config))
+    assert main(["train", str(config_path), "--out", str(tmp_path / "run")]) == 2
+    error = capsys.readouterr().err
+    assert "an4_train.transcription:" in error and "not a readable WAV file" in error
+    assert len(error.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+    assert main(["train", str(config_path), "--out", str(tmp_path / "run"), "--on-bad-audio", "skip",
+                 "--set", "train.epochs=1"]) == 0
+    out = capsys.readouterr().out
+    assert "skipped" in out and broken.name.removesuffix(".wav") in out and "validation CER" in out
+    assert main(["evaluate", str(tmp_path / "run/checkpoints/last.pt"), "--beam", "2"]) == 0
+    assert "greedy CER" in capsys.readouterr().out
+    assert main(["transcribe", str(tmp_path / "run/checkpoints/last.pt"), str(tmp_path / "missing.wav")]) == 2
+    assert "missing.wav: audio file not found" in capsys.readouterr().err
