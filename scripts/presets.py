@@ -34,7 +34,8 @@ READS = {
 def train(preset: str, runs: Path, overrides: list[str]) -> None:
     out = runs / preset
     command = [sys.executable, "-m", "sparsernn", "train", f"configs/{preset}.yaml", "--out", str(out)]
-    command += [f"--set={key}={runs / run / 'checkpoints/best.pt'}" for key, run in READS.get(preset, {}).items()]
+    for key, run in READS.get(preset, {}).items():
+        command.append(f"--set={key}={runs / run / 'checkpoints/best.pt'}")
     command += [f"--set={item}" for item in overrides]
     if (out / "checkpoints" / "last.pt").exists():
         command.append("--resume")
@@ -62,7 +63,8 @@ def an4_row(preset: str, runs: Path) -> str:
     best = runs / preset / "checkpoints" / "best.pt"
     model, config, _, _ = load_trained(best)
     test = evaluate_speech(best, "test", beam=16)
-    shape = f"{model.config.cell} {'bi' if model.config.bidirectional else 'uni'} {model.config.layers}x{model.config.hidden_size}"
+    shape = model.config
+    shape = f"{shape.cell} {'bi' if shape.bidirectional else 'uni'} {shape.layers}x{shape.hidden_size}"
     return (f"| {preset} | {config.prune.method} | {shape} | {test['nonzero_parameters']:,} | "
             f"{test['sparsity']:.1%} | {test['cer_greedy']:.1%} | {test['wer_greedy']:.1%} | "
             f"{test['cer_beam']:.1%} | {test['wer_beam']:.1%} | {_minutes(runs / preset):.1f} |")
@@ -71,8 +73,9 @@ def an4_row(preset: str, runs: Path) -> str:
 HEADERS = {
     "ptb": "| preset | method | hidden | non-zero parameters | pruned-tensor sparsity | valid ppl | test ppl "
            "| train minutes |\n|---|---|---|---|---|---|---|---|",
-    "an4": "| preset | method | recurrent layers | non-zero parameters | pruned-tensor sparsity | test CER greedy "
-           "| test WER greedy | test CER beam 16 | test WER beam 16 | train minutes |\n|---|---|---|---|---|---|---|---|---|---|",
+    "an4": "| preset | method | recurrent layers | non-zero parameters | pruned-tensor sparsity "
+           "| test CER greedy | test WER greedy | test CER beam 16 | test WER beam 16 | train minutes |"
+           "\n|---|---|---|---|---|---|---|---|---|---|",
 }
 
 

@@ -83,7 +83,8 @@ def test_interrupted_speech_run_resumes_to_identical_end(tmp_path, speech_config
 
 def test_small_dense_and_distillation(tmp_path, speech_config, speech_run):
     run, _ = speech_run
-    small = {**speech_config, "prune": {"method": "small_dense", "match_checkpoint": str(run / "checkpoints/best.pt")}}
+    best = str(run / "checkpoints/best.pt")
+    small = {**speech_config, "prune": {"method": "small_dense", "match_checkpoint": best}}
     train(RunConfig.model_validate(small), tmp_path / "small")
     sizing = json.loads((tmp_path / "small/sizing.json").read_text())
     assert sizing["hidden_size"] < 16 and sizing["embedding_size"] is None
@@ -114,7 +115,8 @@ def test_non_finite_ctc_losses_are_skipped_and_counted(tmp_path, speech_config, 
     monkeypatch.setattr(losses.functional, "ctc_loss", one_infinite)
     record = train(RunConfig.model_validate(speech_config), tmp_path / "run")
     assert record["skipped_in_training"] == 12  # one per step
-    assert all(torch.isfinite(v).all() for v in load_checkpoint(tmp_path / "run/checkpoints/last.pt")["model"].values())
+    model = load_checkpoint(tmp_path / "run/checkpoints/last.pt")["model"]
+    assert all(torch.isfinite(value).all() for value in model.values())
 
 
 def test_cli_bad_audio_stops_before_training_or_is_skipped(tmp_path, speech_config, an4_dir, capsys):
