@@ -4,7 +4,9 @@
 and direction, the input projections of all time steps as one sparse-times-dense product, then the
 recurrence with gates fused in one compiled call. :class:`LanguageModelEngine` adds the embedding and
 the decoder and carries the state between calls, so tokens can be fed one by one (streaming) or as
-whole sequences; both give the masked PyTorch model's outputs.
+whole sequences; both give the masked PyTorch model's outputs. :class:`SpeechEngine` runs an exported
+DS2 CTC model on one utterance: convolutions (dense, numpy), batch norms folded to scales and shifts,
+the recurrent layers on the sparse kernels, the output layer, log-softmax, and greedy or beam decoding.
 """
 
 from __future__ import annotations
@@ -122,3 +124,84 @@ class LanguageModelEngine:
         logits = kernels.spmm(self.decoder, hidden.reshape(hidden.shape[0], -1), self.decoder_bias,
                               threads=self.threads, backend_name=self.backend)  # (V, T*B)
         return logits.reshape(-1, steps, batch).transpose(1, 2, 0)  # (T, B, V)
+
+
+def _batch_norm(tensors: dict, prefix: str, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Inference batch norm as ``x * scale + shift`` per feature."""
+    scale = tensors[f"{prefix}.weight"] / np.sqrt(tensors[f"{prefix}.running_var"] + eps)
+    shift = tensors[f"{prefix}.bias"] - tensors[f"{prefix}.running_mean"] * scale
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def _conv2d(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    """PyTorch's Conv2d (no bias, zero padding of kernel // 2) on one input (C, bins, T): im2col + GEMM."""
+    out_channels, channels, kf, kt = weight.shape
+    padded = np.pad(x, ((0, 0), (kf // 2, kf // 2), (kt // 2, kt // 2)))
+    windows = np.lib.stride_tricks.sliding_window_view(padded, (kf, kt), axis=(1, 2))
+    windows = windows[:, ::stride[0], ::stride[1]]  # (C, bins', T', kf, kt)
+    bins, steps = windows.shape[1:3]
+    columns = windows.transpose(0, 3, 4, 1, 2).reshape(channels * kf * kt, bins * steps)
+    return (weight.reshape(out_channels, -1) @ columns).reshape(out_channels, bins, steps)
+
+
+class SpeechEngine:
+    """An exported DS2 CTC model: ``engine.log_probs(features)`` or ``engine.transcribe(audio, rate)``."""
+
+    def __init__(self, model: ExportedModel | str | Path, *, threads: int = 1, backend: str = "auto"):
+        if not isinstance(model, ExportedModel):
+            model = load_exported(model)
+        arch = self.architecture = model.architecture
+        if arch.get("kind") != "speech_ctc":
+            raise ValueError(f"not a speech model: kind {arch.get('kind')!r}")
+        dense = {name: t.to_dense() if isinstance(t, SparseMatrix) else t
+                 for name, t in model.tensors.items()}
+        self.alphabet = model.metadata["vocabulary"]
+        self.convs = [(dense[f"conv.{3 * i}.weight"], tuple(conv["stride"]),
+                       *_batch_norm(dense, f"conv.{3 * i + 1}")) for i, conv in enumerate(arch["conv"])]
+        self.rnns = [RecurrentStack.from_tensors(arch["cell"], model.tensors, f"rnns.{i}.", 1,
+                                                 arch["bidirectional"], threads=threads, backend=backend)
+                     for i in range(arch["layers"])]
+        self.norms = [_batch_norm(dense, f"norms.{i}.norm") for i in range(arch["layers"] - 1)]
+        self.output_norm = _batch_norm(dense, "output_norm.norm")
+        self.fc, self.fc_bias = as_sparse(model.tensors["fc.weight"]), dense["fc.bias"]
+        self.threads, self.backend = threads, self.rnns[0].backend
+
+    def log_probs(self, features: np.ndarray) -> np.ndarray:
+        """Features (bins, T) of one utterance -> CTC log-probabilities (T', alphabet)."""
+        x = np.asarray(features, np.float32)[None]  # (1, bins, T)
+        for weight, stride, scale, shift in self.convs:
+            x = np.clip(_conv2d(x, weight, stride) * scale[:, None, None] + shift[:, None, None], 0.0, 20.0)
+        x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (C * bins', T')
+        hidden = self.architecture["hidden_size"]
+        for i, rnn in enumerate(self.rnns):
+            if i > 0:
+                scale, shift = self.norms[i - 1]
+                x = x * scale[:, None] + shift[:, None]
+            out = rnn(np.ascontiguousarray(x[:, :, None]), rnn.initial_state(1))[:, :, 0]  # (dirs*H, T')
+            x = out[:hidden] + out[hidden:] if len(out) > hidden else out  # directions summed
+        scale, shift = self.output_norm
+        x = np.ascontiguousarray(x * scale[:, None] + shift[:, None])
+        logits = kernels.spmm(self.fc, x, self.fc_bias, threads=self.threads, backend_name=self.backend).T
+        logits = logits - logits.max(axis=1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # (T', alphabet)
+
+    def features(self, audio: np.ndarray, rate: int) -> np.ndarray:
+        """The model's input features for float audio at ``rate`` Hz."""
+        from types import SimpleNamespace
+
+        from sparsernn.data import speech
+
+        config = SimpleNamespace(**self.architecture["input"])
+        return speech.features(speech.resample(np.asarray(audio, np.float32), rate, config.sample_rate),
+                               config).numpy()
+
+    def transcribe(self, audio: np.ndarray, rate: int, beam: int = 0) -> str:
+        """Text of one utterance: greedy decoding, or prefix beam search of width ``beam``."""
+        import torch
+
+        from sparsernn.train.metrics import greedy_decode, prefix_beam_decode
+
+        frames = torch.from_numpy(self.log_probs(self.features(audio, rate)))
+        if beam > 0:
+            return prefix_beam_decode(frames, self.alphabet, beam)
+        return greedy_decode(frames, self.alphabet)

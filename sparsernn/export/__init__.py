@@ -1,9 +1,10 @@
 """Exported models: a checkpoint's weights as CSR / block-CSR pieces in one safetensors file.
 
-The file is described in docs/FORMAT.md and reads with numpy and safetensors alone. :func:`export_model`
-writes it from a language model and its masks; :func:`load_exported` reads it back, checking the format
-version, a SHA-256 of every tensor, shapes against the metadata and every index range, so a damaged or
-foreign file fails when it is loaded, never later with a wrong result.
+The file is described in docs/FORMAT.md and reads with numpy and safetensors alone.
+:func:`export_model` writes it from a language model or a DS2 speech model and its masks;
+:func:`load_exported` reads it back, checking the format version, a SHA-256 of every tensor, shapes
+against the metadata and every index range, so a damaged or foreign file fails when it is loaded,
+never later with a wrong result.
 """
 
 from __future__ import annotations
@@ -84,7 +85,8 @@ def export_model(model: torch.nn.Module, masks: dict[str, torch.Tensor], path: s
     if values not in VALUE_TYPES:
         raise ValueError(f"values must be one of {', '.join(VALUE_TYPES)}, got {values!r}")
     tensors, matrices, dense_bytes = {}, {}, 0
-    state = {name: p.detach().float().cpu().numpy() for name, p in model.state_dict().items()}
+    state = {name: p.detach().float().cpu().numpy() for name, p in model.state_dict().items()
+             if not name.endswith("num_batches_tracked")}  # a training counter, not a weight
     if architecture.get("tie_weights"):
         state.pop("decoder.weight")  # the same tensor as embedding.weight
     for name, array in state.items():
@@ -127,13 +129,24 @@ def lm_architecture(model_config: dict, vocab_size: int, level: str = "word") ->
             "level": level}
 
 
+def speech_architecture(model_config: dict, data_config: dict, alphabet_size: int) -> dict:
+    """The ``architecture`` metadata of a DS2 speech model: its model config and the features it takes."""
+    features = {key: data_config[key] for key in ("sample_rate", "features", "n_mels", "window_ms", "hop_ms")}
+    return {"kind": "speech_ctc", **model_config, "alphabet_size": alphabet_size, "input": features}
+
+
 def export_checkpoint(checkpoint_path: str | Path, out: str | Path, values: str = "fp32") -> dict:
-    """Export a trained language-model checkpoint (``sparsernn export``)."""
+    """Export a trained language-model or speech checkpoint (``sparsernn export``)."""
+    from sparsernn.config import config_to_dict
     from sparsernn.train.evaluate import load_trained
 
     model, config, vocabulary, checkpoint = load_trained(checkpoint_path)
     pruner = checkpoint["pruner"]
-    architecture = lm_architecture(checkpoint["model_config"], len(vocabulary), config.data.level)
+    if config.speech:
+        architecture = speech_architecture(model.config.model_dump(mode="json"),
+                                           config_to_dict(config)["data"], len(vocabulary))
+    else:
+        architecture = lm_architecture(checkpoint["model_config"], len(vocabulary), config.data.level)
     return export_model(model, pruner["masks"], out, architecture=architecture, vocabulary=vocabulary,
                         block=tuple(pruner.get("block", (1, 1))), values=values,
                         extra={"source": str(checkpoint_path), "step": checkpoint["loop"]["step"]})
@@ -183,7 +196,9 @@ def load_exported(path: str | Path) -> ExportedModel:
 
 
 def expected_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
-    """Every tensor a language model of this architecture stores, with its shape."""
+    """Every tensor a model of this architecture stores, with its shape."""
+    if architecture["kind"] == "speech_ctc":
+        return _speech_shapes(architecture)
     if architecture["kind"] != "language_model":
         raise ValueError(f"unknown kind {architecture['kind']!r}")
     gates = CELLS[architecture["cell"]]
@@ -200,6 +215,37 @@ def expected_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
                        f"rnn.bias_ih_l{layer}{suffix}": (gates * hidden,),
                        f"rnn.bias_hh_l{layer}{suffix}": (gates * hidden,)}
     return shapes
+
+
+def _norm(prefix: str, size: int) -> dict[str, tuple[int, ...]]:
+    return {f"{prefix}.{name}": (size,) for name in ("weight", "bias", "running_mean", "running_var")}
+
+
+def _speech_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
+    from types import SimpleNamespace
+
+    from sparsernn.data.speech import feature_size
+    from sparsernn.models.ctc import conv_output_size
+
+    gates, hidden = CELLS[architecture["cell"]], architecture["hidden_size"]
+    shapes, channels = {}, 1
+    bins = feature_size(SimpleNamespace(**architecture["input"]))
+    for i, conv in enumerate(architecture["conv"]):
+        shapes[f"conv.{3 * i}.weight"] = (conv["channels"], channels, *conv["kernel"])
+        shapes |= _norm(f"conv.{3 * i + 1}", conv["channels"])
+        channels, bins = conv["channels"], conv_output_size(bins, conv["kernel"][0], conv["stride"][0])
+    inputs = channels * bins
+    for layer in range(architecture["layers"]):
+        for suffix in ["", "_reverse"][:2 if architecture["bidirectional"] else 1]:
+            shapes |= {f"rnns.{layer}.weight_ih_l0{suffix}": (gates * hidden, inputs),
+                       f"rnns.{layer}.weight_hh_l0{suffix}": (gates * hidden, hidden),
+                       f"rnns.{layer}.bias_ih_l0{suffix}": (gates * hidden,),
+                       f"rnns.{layer}.bias_hh_l0{suffix}": (gates * hidden,)}
+        if layer > 0:
+            shapes |= _norm(f"norms.{layer - 1}.norm", hidden)
+        inputs = hidden
+    return shapes | _norm("output_norm.norm", hidden) | {
+        "fc.weight": (architecture["alphabet_size"], hidden), "fc.bias": (architecture["alphabet_size"],)}
 
 
 def _matrix(name: str, info: dict, stored: dict[str, np.ndarray]) -> SparseMatrix | np.ndarray:

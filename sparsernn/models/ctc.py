@@ -79,7 +79,8 @@ class SequenceBatchNorm(nn.Module):
         return out
 
 
-def _conv_out(length: torch.Tensor | int, kernel: int, stride: int):
+def conv_output_size(length: torch.Tensor | int, kernel: int, stride: int):
+    """Output length of a convolution padded by ``kernel // 2`` on both sides."""
     return (length + 2 * (kernel // 2) - kernel) // stride + 1
 
 
@@ -93,7 +94,7 @@ class SpeechModel(nn.Module):
             layers += [nn.Conv2d(channels, conv.channels, conv.kernel, conv.stride,
                                  padding=(conv.kernel[0] // 2, conv.kernel[1] // 2), bias=False),
                        nn.BatchNorm2d(conv.channels), nn.Hardtanh(0.0, CLIP)]
-            channels, bins = conv.channels, _conv_out(bins, conv.kernel[0], conv.stride[0])
+            channels, bins = conv.channels, conv_output_size(bins, conv.kernel[0], conv.stride[0])
         self.conv = nn.Sequential(*layers)
         directions = 2 if config.bidirectional else 1
         sizes = [channels * bins] + [config.hidden_size] * config.layers
@@ -109,7 +110,7 @@ class SpeechModel(nn.Module):
     def output_lengths(self, lengths):
         """Output frames for input frames (a tensor or an int), through the strided convolutions."""
         for conv in self.config.conv:
-            lengths = _conv_out(lengths, conv.kernel[1], conv.stride[1])
+            lengths = conv_output_size(lengths, conv.kernel[1], conv.stride[1])
         return lengths
 
     def _recurrent(self, rnn: nn.Module, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
@@ -130,7 +131,7 @@ class SpeechModel(nn.Module):
             # Zero each layer's output past each utterance's length, so that the next layer sees
             # zeros there, as it would alone (Conv2d pads with zeros): padding changes no output.
             x = self.conv[3 * i:3 * i + 3](x)
-            lengths = _conv_out(lengths, conv.kernel[1], conv.stride[1])
+            lengths = conv_output_size(lengths, conv.kernel[1], conv.stride[1])
             valid = torch.arange(x.shape[-1], device=x.device)[None] < lengths.to(x.device)[:, None]
             x = x * valid[:, None, None]
         x = x.flatten(1, 2).permute(2, 0, 1)  # (T', B, C * bins')

@@ -82,3 +82,66 @@ def test_missing_compiled_kernels_fall_back_with_a_warning(monkeypatch):
             assert kernels.backend() == "reference"
     finally:
         kernels._compiled.cache_clear()
+
+
+def pruned_speech_model(cell, bidirectional, block=(1, 1)):
+    """A DS2 model with random batch-norm statistics and 80% of its recurrent and output weights pruned."""
+    from sparsernn.config import SpeechModelConfig
+    from sparsernn.models.ctc import SpeechModel
+    from sparsernn.prune import OneShotSchedule, Pruner
+
+    torch.manual_seed(0)
+    config = SpeechModelConfig(conv=({"channels": 4, "kernel": (5, 5), "stride": (2, 2)},
+                                     {"channels": 3, "kernel": (3, 3), "stride": (2, 1)}),
+                               cell=cell, hidden_size=16, layers=3, bidirectional=bidirectional)
+    model = SpeechModel(16, 29, config)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.uniform_(-0.5, 0.5)
+    pruner = Pruner(model, OneShotSchedule(at=1, sparsity=0.8), block=block)
+    pruner.step()
+    return model.eval(), pruner.masks, config
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh", "rnn_clipped_relu"])
+@pytest.mark.parametrize("bidirectional", [True, False])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_speech_model_matches_pytorch(tmp_path, cell, bidirectional, backend):
+    from sparsernn.engine import SpeechEngine
+    from sparsernn.export import speech_architecture
+
+    model, masks, config = pruned_speech_model(cell, bidirectional, block=(1, 4) if cell == "gru" else (1, 1))
+    data = {"sample_rate": 16000, "features": "logmel", "n_mels": 16, "window_ms": 20.0, "hop_ms": 10.0}
+    summary = export_model(model, masks, tmp_path / "s.safetensors", vocabulary=[str(i) for i in range(29)],
+                           architecture=speech_architecture(config.model_dump(mode="json"), data, 29),
+                           block=(1, 4) if cell == "gru" else (1, 1))
+    assert {name for name, m in summary["matrices"].items() if m["storage"] != "dense"} == set(masks)
+    features = torch.randn(16, 45)
+    with torch.no_grad():
+        expected, _ = model(features[None], torch.tensor([45]))
+    for threads in (1, 2):
+        engine = SpeechEngine(tmp_path / "s.safetensors", threads=threads, backend=backend)
+        np.testing.assert_allclose(engine.log_probs(features.numpy()), expected[:, 0].numpy(), atol=1e-4)
+
+
+def test_trained_speech_checkpoint_transcribes_like_pytorch(tmp_path, speech_config, an4_dir):
+    """A speech model trained by the loop, exported by the CLI, gives the checkpoint's transcripts."""
+    from sparsernn.cli import main
+    from sparsernn.config import RunConfig
+    from sparsernn.data.speech import read_wav
+    from sparsernn.engine import SpeechEngine
+    from sparsernn.train.loop import train
+    from sparsernn.train.recognize import transcribe
+
+    speech_config["train"]["epochs"] = 1
+    train(RunConfig.model_validate(speech_config), tmp_path / "run")
+    checkpoint = tmp_path / "run/checkpoints/last.pt"
+    assert main(["export", str(checkpoint), "-o", str(tmp_path / "s.safetensors")]) == 0
+    engine = SpeechEngine(tmp_path / "s.safetensors")
+    files = sorted((an4_dir / "wav/an4test_clstk").rglob("*.wav"))[:3]
+    for file, text in zip(files, transcribe(checkpoint, files, beam=4), strict=True):
+        assert engine.transcribe(*read_wav(file), beam=4) == text
