@@ -5,7 +5,7 @@ and direction, the input projections of all time steps as one sparse-times-dense
 recurrence with gates fused in one compiled call. :class:`LanguageModelEngine` adds the embedding and
 the decoder and carries the state between calls, so tokens can be fed one by one (streaming) or as
 whole sequences; both give the masked PyTorch model's outputs. :class:`SpeechEngine` runs an exported
-DS2 CTC model on one utterance: convolutions (dense, numpy), batch norms folded to scales and shifts,
+DS2 CTC model on one utterance: convolutions (dense, torch), batch norms folded to scales and shifts,
 the recurrent layers on the sparse kernels, the output layer, log-softmax, and greedy or beam decoding.
 """
 
@@ -134,14 +134,18 @@ def _batch_norm(tensors: dict, prefix: str, eps: float = 1e-5) -> tuple[np.ndarr
 
 
 def _conv2d(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
-    """PyTorch's Conv2d (no bias, zero padding of kernel // 2) on one input (C, bins, T): im2col + GEMM."""
-    out_channels, channels, kf, kt = weight.shape
-    padded = np.pad(x, ((0, 0), (kf // 2, kf // 2), (kt // 2, kt // 2)))
-    windows = np.lib.stride_tricks.sliding_window_view(padded, (kf, kt), axis=(1, 2))
-    windows = windows[:, ::stride[0], ::stride[1]]  # (C, bins', T', kf, kt)
-    bins, steps = windows.shape[1:3]
-    columns = windows.transpose(0, 3, 4, 1, 2).reshape(channels * kf * kt, bins * steps)
-    return (weight.reshape(out_channels, -1) @ columns).reshape(out_channels, bins, steps)
+    """PyTorch's Conv2d (no bias, zero padding of kernel // 2) on one input (C, bins, T).
+
+    The convolutions stay dense, so the best dense library does them: torch's (oneDNN) is about 4x
+    faster here than im2col + numpy GEMM on the 2-core development machine.
+    """
+    import torch
+
+    padding = (weight.shape[2] // 2, weight.shape[3] // 2)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weight), stride=stride,
+                                         padding=padding)
+    return out[0].numpy()
 
 
 class SpeechEngine:
