@@ -231,6 +231,7 @@ class SpeechSet:
     features: list[torch.Tensor]  # (bins, frames) each
     labels: list[torch.Tensor]  # (characters,) each
     texts: list[str]
+    sources: list[str]  # where each utterance is listed ("file:line")
     skipped: list[str] = field(default_factory=list)  # "source: reason"
 
     def __len__(self) -> int:
@@ -242,7 +243,7 @@ class SpeechSet:
 
 def load_entries(entries: list[Entry], config: SpeechDataConfig) -> SpeechSet:
     """Read, check and featurize every entry; bad ones raise or are skipped per ``on_bad_audio``."""
-    data = SpeechSet([], [], [], [])
+    data = SpeechSet([], [], [], [], [])
     for entry in entries:
         try:
             bad = [c for c in dict.fromkeys(entry.text) if c not in ALPHABET[1:]]
@@ -263,6 +264,7 @@ def load_entries(entries: list[Entry], config: SpeechDataConfig) -> SpeechSet:
         data.features.append(values)
         data.labels.append(encode_text(entry.text))
         data.texts.append(entry.text)
+        data.sources.append(entry.source)
     return data
 
 
@@ -277,13 +279,13 @@ def drop_too_short(data: SpeechSet, output_frames, on_bad_audio: str) -> SpeechS
         if frames >= needed:
             keep.append(i)
             continue
-        reason = (f"{data.ids[i]}: audio too short for its transcript ({frames} output frames, "
-                  f"CTC needs {needed})")
+        reason = (f"{data.sources[i]}: {data.ids[i]}: audio too short for its transcript ({frames} "
+                  f"output frames, CTC needs {needed})")
         if on_bad_audio == "error":
             raise DataError(f"{reason} (data.on_bad_audio: skip to skip such utterances)")
         data.skipped.append(reason)
-    return SpeechSet([data.ids[i] for i in keep], [data.features[i] for i in keep],
-                     [data.labels[i] for i in keep], [data.texts[i] for i in keep], data.skipped)
+    return SpeechSet(*([column[i] for i in keep] for column in
+                       (data.ids, data.features, data.labels, data.texts, data.sources)), data.skipped)
 
 
 def load_speech(config: SpeechDataConfig, seed: int = 0,

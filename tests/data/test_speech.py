@@ -171,8 +171,9 @@ def test_bad_utterances_stop_loading_or_are_skipped_and_counted(tmp_path):
 
 def test_too_short_audio_is_refused_or_dropped(tmp_path):
     data = speech.SpeechSet(["short", "fine"], [torch.zeros(4, 3), torch.zeros(4, 10)],
-                            [speech.encode_text("AAB"), speech.encode_text("AB")], ["AAB", "AB"])
-    with pytest.raises(DataError, match=r"short: audio too short .* \(3 output frames, CTC needs 4\)"):
+                            [speech.encode_text("AAB"), speech.encode_text("AB")], ["AAB", "AB"],
+                            ["list.csv:2", "list.csv:3"])
+    with pytest.raises(DataError, match=r"list.csv:2: short: audio too short .*\(3 output frames, CTC needs 4"):
         speech.drop_too_short(data, lambda frames: frames, "error")
     kept = speech.drop_too_short(data, lambda frames: frames, "skip")
     assert kept.ids == ["fine"] and len(kept.skipped) == 1
@@ -207,7 +208,7 @@ def test_load_speech_an4_and_manifest_splits(an4_dir, tmp_path):
 def test_length_sorted_batches_cover_every_utterance_once():
     lengths = [7, 3, 9, 1, 5, 8, 2]
     data = speech.SpeechSet([str(i) for i in range(7)], [torch.zeros(2, n) for n in lengths],
-                            [speech.encode_text("A")] * 7, ["A"] * 7)
+                            [speech.encode_text("A")] * 7, ["A"] * 7, ["x"] * 7)
     first = speech.length_sorted_batches(data, 3, epoch=0, seed=0)
     assert first == [[3, 6, 1], [4, 0, 5], [2]]  # shortest first (SortaGrad)
     later = speech.length_sorted_batches(data, 3, epoch=1, seed=0)
