@@ -111,6 +111,23 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _study(args: argparse.Namespace) -> int:
+    import shlex
+
+    from sparsernn.study import run_study
+
+    command = shlex.join(["sparsernn", "study", args.config, "--out", args.out])
+    print(f"report: {run_study(args.config, args.out, command)}")
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from sparsernn.study import rebuild_report
+
+    print(f"report: {rebuild_report(args.directory)}")
+    return 0
+
+
 def _bench(args: argparse.Namespace) -> int:
     from sparsernn.bench import run_bench
 
@@ -171,6 +188,16 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
     export.add_argument("--values", choices=("fp32", "fp16", "bf16"), default="fp32")
     export.set_defaults(handler=_export)
+
+    study = commands.add_parser("study", help="train, evaluate, export and time runs; write a report")
+    study.add_argument("config", help="study YAML: title, baseline, runs (name, config, set)")
+    study.add_argument("--out", required=True, help="study directory (finished runs are skipped, "
+                       "an interrupted one resumed)")
+    study.set_defaults(handler=_study)
+
+    report = commands.add_parser("report", help="rebuild a study's report from its finished runs")
+    report.add_argument("directory")
+    report.set_defaults(handler=_report)
 
     bench = commands.add_parser("bench", help="time the sparse kernels against dense and sparse libraries")
     bench.add_argument("--sizes", default="1024,1760,2560,3072", help="hidden sizes n (n x n matrices)")

@@ -30,7 +30,8 @@ class DataConfig(_Section):
     """Text for language modelling."""
 
     kind: Literal["text"] = "text"
-    path: Path = Field(description="directory of {ptb.,}{train,valid,test}.txt, or a text file (char level)")
+    path: Path = Field(description="directory of {ptb.,}{train,valid,test}.txt, or a text file (char "
+                       "level; stdlib:pydoc is Python's bundled reference docs)")
     level: Literal["word", "char"] = "word"
     batch_size: int = Field(20, ge=1)
     eval_batch_size: int = Field(10, ge=1)

@@ -2,8 +2,9 @@
 
 Word level reads the PTB / WikiText layout (``ptb.{train,valid,test}.txt`` or ``{train,valid,test}.txt``
 in a directory): whitespace tokens, ``<eos>`` at each line end, the vocabulary from the training split,
-unseen words mapped to ``<unk>``. Character level reads one plain text file (Tiny Shakespeare) and
-splits it into train/valid/test by fractions.
+unseen words mapped to ``<unk>``. Character level reads one plain text file (Tiny Shakespeare), or
+``stdlib:pydoc`` (Python's bundled reference docs, offline everywhere), and splits it into
+train/valid/test by fractions.
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ from sparsernn.config import DataConfig
 from sparsernn.errors import UserError
 
 UNK, EOS = "<unk>", "<eos>"
+#: ``data.path`` of a built-in character corpus: the Python reference docs bundled with CPython.
+STDLIB_CORPUS = "stdlib:pydoc"
 SPLITS = ("train", "valid", "test")
 
 
@@ -87,9 +90,14 @@ def load_corpus(config: DataConfig) -> Corpus:
     if config.level == "word":
         files = split_files(path)
         return _build(*(word_tokens(_read(files[split])) for split in SPLITS))
-    if path.is_dir():
+    if str(path) == STDLIB_CORPUS:
+        from sparsernn.demo import stdlib_text
+
+        text = stdlib_text()
+    elif path.is_dir():
         raise DataError(f"{path}: character level reads one text file, not a directory")
-    text = _read(path)
+    else:
+        text = _read(path)
     train_fraction, valid_fraction = config.split
     if train_fraction + valid_fraction >= 1.0 or min(config.split) <= 0:
         raise DataError(f"data.split {list(config.split)}: need positive fractions summing below 1")

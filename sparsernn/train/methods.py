@@ -24,6 +24,8 @@ def prune_schedule(config: PruneConfig, epochs: int, steps_per_epoch: int) -> Sc
     """The schedule a prune config asks for; the window defaults to the paper's Table 1."""
     if config.method in ("dense", "small_dense", "distill"):
         return NoSchedule()
+    if config.method == "oneshot" and config.at is not None:  # needs no window
+        return OneShotSchedule(at=config.at, sparsity=config.sparsity)
     if config.start is None or config.end is None:
         try:
             defaults = paper_steps(epochs, steps_per_epoch)

@@ -1,0 +1,142 @@
+"""Studies: train a list of runs, evaluate, export and time each, and write one report.
+
+A study config (YAML) names a baseline and lists runs, each a training config file plus ``--set``
+style overrides, in which ``{out}`` is the study directory and ``{run:NAME}`` the ``best.pt`` of an
+earlier run (for sizing a small dense model or naming a teacher)::
+
+    title: PTB language modelling
+    baseline: dense
+    runs:
+      - {name: dense, config: configs/ptb-dense.yaml}
+      - {name: narang90, config: configs/ptb-narang90.yaml}
+      - {name: small-dense, config: configs/ptb-small-dense.yaml,
+         set: ["prune.match_checkpoint={run:narang90}"]}
+
+``sparsernn study CONFIG --out DIR`` trains the runs in order into ``DIR/runs/<name>`` (a finished run
+is skipped, an interrupted one resumed), writes each run's measurements to ``result.json`` beside it
+(``measure.py``), then the report (``report.py``). ``sparsernn report DIR`` rebuilds the report from
+the finished runs without training.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from sparsernn.config import ConfigError, RunConfig, _format_errors, load_config
+
+
+class StudyRun(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+    config: Path
+    set: tuple[str, ...] = ()
+
+
+class StudyConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    title: str
+    baseline: str = Field(description="the dense run every other run is compared with")
+    runs: tuple[StudyRun, ...] = Field(min_length=1)
+    speed_tokens: int = Field(500, ge=2, description="language models: test tokens timed at batch 1")
+    speed_utterances: int = Field(20, ge=1, description="speech: test utterances timed one at a time")
+    beam: int = Field(16, ge=0, description="speech: prefix beam width for the beam CER/WER (0: off)")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> StudyConfig:
+        names = [run.name for run in self.runs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"run names must be unique: {names}")
+        if self.baseline not in names:
+            raise ValueError(f"baseline {self.baseline!r} is not one of the runs {names}")
+        for i, run in enumerate(self.runs):
+            for reference in re.findall(r"\{run:([^}]*)\}", " ".join(run.set)):
+                if reference not in names[:i]:
+                    raise ValueError(f"run {run.name}: {{run:{reference}}} must name an earlier run")
+        return self
+
+
+def load_study(path: str | Path) -> StudyConfig:
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except OSError as error:
+        raise ConfigError(f"{path}: cannot read study config ({error.strerror})") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML ({error})") from None
+    try:
+        return StudyConfig.model_validate(raw)
+    except ValidationError as error:
+        raise ConfigError(_format_errors(error, str(path))) from None
+
+
+def run_dir(out: Path, name: str) -> Path:
+    return out / "runs" / name
+
+
+def run_config(study: StudyConfig, run: StudyRun, out: Path) -> RunConfig:
+    """A run's resolved training config: its file with the study's placeholders filled in."""
+    def fill(item: str) -> str:
+        item = item.replace("{out}", str(out))
+        def best(match: re.Match) -> str:
+            return str(run_dir(out, match.group(1)) / "checkpoints" / "best.pt")
+
+        return re.sub(r"\{run:([^}]*)\}", best, item)
+
+    return load_config(run.config, [fill(item) for item in run.set])
+
+
+def is_finished(directory: Path) -> bool:
+    return (directory / "finished.json").exists()
+
+
+def run_study(path: str | Path, out: str | Path, command: str) -> Path:
+    """Train, measure and report every run of the study at ``path`` into ``out``; returns report.md."""
+    from sparsernn.study.measure import measure_run
+    from sparsernn.study.report import write_report
+    from sparsernn.train.loop import train
+
+    study, out = load_study(path), Path(out)
+    configs = {}
+    out.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(path, out / "study.yaml")
+    (out / "command.txt").write_text(command + "\n")
+    for number, run in enumerate(study.runs, start=1):
+        directory = run_dir(out, run.name)
+        configs[run.name] = config = run_config(study, run, out)
+        if is_finished(directory):
+            print(f"[{number}/{len(study.runs)}] {run.name}: finished earlier, skipped", flush=True)
+        else:
+            resume = (directory / "checkpoints" / "last.pt").exists()
+            print(f"[{number}/{len(study.runs)}] {run.name}: {'resuming' if resume else 'training'} "
+                  f"{run.config}", flush=True)
+            record = train(config, directory, resume=resume)
+            (directory / "finished.json").write_text(json.dumps(record) + "\n")
+        if not (directory / "result.json").exists():
+            measure_run(study, run.name, config, out)
+    return write_report(out)
+
+
+def rebuild_report(out: str | Path) -> Path:
+    """``sparsernn report DIR``: measure finished runs not yet measured, then write the report."""
+    from sparsernn.study.measure import measure_run
+    from sparsernn.study.report import write_report
+
+    out = Path(out)
+    if not (out / "study.yaml").exists():
+        raise ConfigError(f"{out}: no study.yaml; not a study directory")
+    study = load_study(out / "study.yaml")
+    for run in study.runs:
+        directory = run_dir(out, run.name)
+        if is_finished(directory) and not (directory / "result.json").exists():
+            measure_run(study, run.name, run_config(study, run, out), out)
+        elif not is_finished(directory):
+            print(f"{run.name}: not finished; left out of the report", file=sys.stderr)
+    return write_report(out)

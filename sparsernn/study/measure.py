@@ -1,0 +1,114 @@
+"""What a study records about one finished run (``DIR/runs/<name>/result.json``).
+
+Test metric (perplexity, or CER and WER greedy and with beam search), parameter counts, sparsity per
+pruned tensor, training time, exported file size, and the time at batch 1 (one thread) of the PyTorch
+model and of the sparse engine on the same test input.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+
+from sparsernn.config import RunConfig
+from sparsernn.export import export_checkpoint
+
+
+def _best_seconds(function, repeats: int = 3) -> float:
+    function()  # warm up
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        function()
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
+def _speed(config: RunConfig, model, model_file: Path, study) -> dict:
+    """Seconds at batch 1, one thread, for PyTorch and for the engine on the same test input."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        if config.speech:
+            from sparsernn.data.speech import load_speech
+            from sparsernn.engine import SpeechEngine
+
+            data = load_speech(config.data, config.train.seed, splits=("test",))["test"]
+            inputs = data.features[:study.speed_utterances]
+            engine = SpeechEngine(model_file, threads=1)
+
+            def pytorch():
+                with torch.no_grad():
+                    for features in inputs:
+                        model(features[None], torch.tensor([features.shape[1]]))
+
+            def ours():
+                for features in inputs:
+                    engine.log_probs(features.numpy())
+
+            amount = {"audio_seconds": sum(f.shape[1] for f in inputs) * config.data.hop_ms / 1000}
+        else:
+            from sparsernn.data.text import load_corpus
+            from sparsernn.engine import LanguageModelEngine
+
+            tokens = load_corpus(config.data).test[:study.speed_tokens].reshape(-1, 1)
+            engine = LanguageModelEngine(model_file, threads=1)
+
+            def pytorch():
+                with torch.no_grad():
+                    model(tokens)
+
+            def ours():
+                engine.reset()
+                engine(tokens.numpy())
+
+            amount = {"tokens": len(tokens)}
+        return {**amount, "pytorch_seconds": _best_seconds(pytorch), "engine_seconds": _best_seconds(ours)}
+    finally:
+        torch.set_num_threads(threads)
+
+
+def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
+    """Evaluate, export and time a finished run; writes and returns its ``result.json``."""
+    from sparsernn.study import run_dir
+    from sparsernn.train.evaluate import evaluate_checkpoint, load_trained
+
+    directory = run_dir(out, name)
+    best = directory / "checkpoints" / "best.pt"
+    model, config, _, checkpoint = load_trained(best)
+    if config.speech:
+        from sparsernn.train.recognize import evaluate_speech
+
+        evaluation = evaluate_speech(best, "test", beam=study.beam)
+        metrics = {key: evaluation[key] for key in evaluation if key.startswith(("cer_", "wer_"))}
+    else:
+        evaluation = evaluate_checkpoint(best, "test")
+        metrics = {"perplexity": evaluation["perplexity"]}
+    masks = checkpoint["pruner"]["masks"]
+    records = [json.loads(line) for line in (directory / "metrics.jsonl").read_text().splitlines()]
+    exported = export_checkpoint(best, directory / "model.safetensors")
+    shape = model.config
+    result = {
+        "name": name, "task": "speech" if config.speech else "language_model",
+        "method": config.prune.method, "cell": shape.cell, "layers": shape.layers,
+        "hidden_size": shape.hidden_size, "block": list(config.prune.block), "seed": config.train.seed,
+        "step": evaluation["step"], "parameters": evaluation["parameters"],
+        "nonzero_parameters": evaluation["nonzero_parameters"], "sparsity": evaluation["sparsity"],
+        "layer_sparsity": {tensor: 1 - float(mask.float().mean()) for tensor, mask in masks.items()},
+        "metrics": metrics,
+        "train_seconds": [r for r in records if r["kind"] == "eval"][-1]["train_seconds"],
+        "file_bytes": exported["bytes"], "dense_fp32_bytes": exported["dense_fp32_bytes"],
+        **_speed(config, model, directory / "model.safetensors", study),
+    }
+    (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")
+    return result
+
+
+def training_curves(directory: Path) -> list[dict]:
+    """The run's training records (step, sparsity, threshold per group)."""
+    lines = (directory / "metrics.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["kind"] == "train"]
+

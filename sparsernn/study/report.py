@@ -1,0 +1,182 @@
+"""A study's report: the joint table (``report.md``, ``results.csv``, ``results.json``) and its plots."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+from sparsernn.study.measure import training_curves
+
+PRUNED = ("narang", "agp", "oneshot")
+
+
+def _metric(result: dict) -> tuple[str, float]:
+    """The headline metric: test perplexity, or greedy CER."""
+    if result["task"] == "speech":
+        return "CER", result["metrics"]["cer_greedy"]
+    return "perplexity", result["metrics"]["perplexity"]
+
+
+def _rows(results: list[dict], baseline: dict) -> list[dict]:
+    name, base = _metric(baseline)
+    rows = []
+    for r in results:
+        value = _metric(r)[1]
+        rows.append({
+            "run": r["name"], "method": r["method"], "seed": r["seed"],
+            "recurrent": f"{r['cell']} {r['layers']}x{r['hidden_size']}"
+                         + ("" if r["block"] == [1, 1] else f", blocks {r['block'][0]}x{r['block'][1]}"),
+            "nonzero_parameters": r["nonzero_parameters"], "sparsity": r["sparsity"],
+            **{key: value for key, value in sorted(r["metrics"].items())},
+            f"{name}_vs_baseline": value / base - 1,
+            "file_bytes": r["file_bytes"],
+            "file_vs_baseline_fp32": r["file_bytes"] / baseline["dense_fp32_bytes"],
+            "engine_speedup_vs_baseline_pytorch": baseline["pytorch_seconds"] / r["engine_seconds"],
+            "train_time_vs_baseline": r["train_seconds"] / baseline["train_seconds"],
+        })
+    return rows
+
+
+def _markdown(rows: list[dict], speech: bool) -> list[str]:
+    metric_headers = ("test CER | test WER | CER beam | WER beam | CER vs dense" if speech
+                      else "test perplexity | vs dense")
+    header = (f"| run | method | recurrent | non-zero parameters | sparsity | {metric_headers} | model file "
+              "(vs dense fp32) | engine speed at batch 1 vs dense PyTorch | training time vs dense |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        if speech:
+            beam = " | ".join(f"{row[k]:.1%}" if k in row else "-" for k in ("cer_beam", "wer_beam"))
+            metrics = (f"{row['cer_greedy']:.1%} | {row['wer_greedy']:.1%} | {beam} "
+                       f"| {row['CER_vs_baseline']:+.1%}")
+        else:
+            metrics = f"{row['perplexity']:.2f} | {row['perplexity_vs_baseline']:+.1%}"
+        lines.append(f"| {row['run']} | {row['method']} | {row['recurrent']} "
+                     f"| {row['nonzero_parameters']:,} | {row['sparsity']:.1%} | {metrics} "
+                     f"| {row['file_bytes'] / 1e6:.2f} MB ({row['file_vs_baseline_fp32']:.1%}) "
+                     f"| {row['engine_speedup_vs_baseline_pytorch']:.2f}x "
+                     f"| {row['train_time_vs_baseline']:.2f}x |")
+    return lines
+
+
+def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, str]]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    made = []
+    methods = ("dense", "narang", "agp", "oneshot", "small_dense", "distill")
+    colors = {method: f"C{i}" for i, method in enumerate(methods)}
+
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for r in results:
+        value = _metric(r)[1]
+        axis.scatter(r["nonzero_parameters"], value, color=colors[r["method"]], label=r["method"])
+        axis.annotate(r["name"], (r["nonzero_parameters"], value), fontsize=7, xytext=(3, 3),
+                      textcoords="offset points")
+    handles, labels = axis.get_legend_handles_labels()
+    unique = dict(zip(labels, handles, strict=True))
+    axis.legend(unique.values(), unique.keys(), fontsize=7)
+    axis.set_xscale("log")
+    axis.set_xlabel("non-zero parameters")
+    axis.set_ylabel(f"test {metric_name}")
+    axis.set_title("accuracy against size")
+    figure.tight_layout()
+    figure.savefig(out / "frontier.png", dpi=110)
+    plt.close(figure)
+    made.append(("frontier.png", f"Test {metric_name} against non-zero parameters, every run"))
+
+    pruned = [r for r in results if r["method"] in PRUNED]
+    if pruned:
+        figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
+        for r in pruned:
+            curve = training_curves(out / "runs" / r["name"])
+            steps = [c["step"] for c in curve]
+            left.plot(steps, [c["sparsity"] for c in curve], label=r["name"], marker=".", markersize=3)
+            for group in sorted(curve[-1]["threshold"]) if curve else []:
+                thresholds = [c["threshold"].get(group, 0.0) for c in curve]
+                right.plot(steps, thresholds, label=f"{r['name']} {group}", marker=".", markersize=3)
+        left.set_xlabel("training step")
+        left.set_ylabel("sparsity of the pruned tensors")
+        right.set_xlabel("training step")
+        right.set_ylabel("largest threshold applied")
+        left.legend(fontsize=7)
+        right.legend(fontsize=6)
+        figure.tight_layout()
+        figure.savefig(out / "schedule.png", dpi=110)
+        plt.close(figure)
+        made.append(("schedule.png", "Sparsity and threshold (per layer group) against training step"))
+
+        figure, axis = plt.subplots(figsize=(10, 3.8))
+        tensors = list(pruned[0]["layer_sparsity"])
+        width = 0.8 / len(pruned)
+        for i, r in enumerate(pruned):
+            values = [r["layer_sparsity"].get(t, 0.0) for t in tensors]
+            axis.bar([x + i * width for x in range(len(tensors))], values, width, label=r["name"])
+        axis.set_xticks([x + 0.4 - width / 2 for x in range(len(tensors))], tensors, rotation=30,
+                        ha="right", fontsize=7)
+        axis.set_ylabel("final sparsity")
+        axis.legend(fontsize=7)
+        figure.tight_layout()
+        figure.savefig(out / "layers.png", dpi=110)
+        plt.close(figure)
+        made.append(("layers.png", "Final sparsity of every pruned tensor"))
+
+        figure, axis = plt.subplots(figsize=(6, 3.8))
+        for i, r in enumerate(sorted(pruned, key=lambda r: (round(r["sparsity"], 2), r["method"]))):
+            axis.bar(i, _metric(r)[1], color=colors[r["method"]], label=r["method"])
+            axis.annotate(f"{r['sparsity']:.0%}", (i, _metric(r)[1]), ha="center", fontsize=7,
+                          xytext=(0, 2), textcoords="offset points")
+        axis.set_xticks(range(len(pruned)), [r["name"] for r in sorted(
+            pruned, key=lambda r: (round(r["sparsity"], 2), r["method"]))], rotation=20, fontsize=7)
+        handles, labels = axis.get_legend_handles_labels()
+        unique = dict(zip(labels, handles, strict=True))
+        axis.legend(unique.values(), unique.keys(), fontsize=7)
+        axis.set_ylabel(f"test {metric_name}")
+        axis.set_title("gradual (narang, agp) against hard (oneshot) pruning")
+        figure.tight_layout()
+        figure.savefig(out / "gradual_vs_hard.png", dpi=110)
+        plt.close(figure)
+        made.append(("gradual_vs_hard.png",
+                     f"Test {metric_name} of the pruned runs, by method and sparsity"))
+    return made
+
+
+def write_report(out: Path) -> Path:
+    from sparsernn.bench import machine
+    from sparsernn.study import load_study, run_dir
+
+    study = load_study(out / "study.yaml")
+    results = [json.loads((run_dir(out, run.name) / "result.json").read_text()) for run in study.runs
+               if (run_dir(out, run.name) / "result.json").exists()]
+    baseline = next((r for r in results if r["name"] == study.baseline), None)
+    if baseline is None:
+        from sparsernn.config import ConfigError
+
+        raise ConfigError(f"{out}: the baseline run {study.baseline!r} has no results yet")
+    speech = baseline["task"] == "speech"
+    rows = _rows(results, baseline)
+    (out / "results.json").write_text(json.dumps({"title": study.title, "baseline": study.baseline,
+                                                   "machine": machine(), "runs": results}, indent=2) + "\n")
+    with (out / "results.csv").open("w", newline="") as file:
+        writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
+        writer.writeheader()
+        writer.writerows(rows)
+    command = (out / "command.txt").read_text().strip()
+    host = machine()
+    timed = (f"the first {study.speed_utterances} test utterances" if speech
+             else f"{study.speed_tokens} test tokens")
+    lines = [f"# {study.title}", "", "```sh", command, "```", "",
+             f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}. Metrics on the test "
+             f"split. Speeds at batch 1 on one thread over {timed} (best of 3): the engine on each run's "
+             "exported model against the dense baseline in PyTorch.", "",
+             *_markdown(rows, speech), ""]
+    missing = [run.name for run in study.runs if run.name not in {r["name"] for r in results}]
+    if missing:
+        lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
+    for file, caption in _plots(out, results, "CER" if speech else "perplexity"):
+        lines += [f"![{caption}]({file})", "", f"*{caption}.*", ""]
+    path = out / "report.md"
+    path.write_text("\n".join(lines))
+    return path

@@ -1,0 +1,115 @@
+"""`sparsernn study` and `sparsernn report` on tiny generated data."""
+
+import csv
+import json
+
+import pytest
+import yaml
+
+from sparsernn.cli import main
+from sparsernn.config import ConfigError
+from sparsernn.study import load_study
+
+
+def write_study(tmp_path, runs, **fields):
+    path = tmp_path / "study.yaml"
+    path.write_text(yaml.safe_dump({"title": "tiny", "baseline": "dense", "speed_tokens": 50, **fields,
+                                    "runs": runs}))
+    return path
+
+
+def write_config(tmp_path, name, raw):
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return str(path)
+
+
+def test_language_model_study_trains_measures_and_reports(tmp_path, tiny_config, capsys):
+    dense = write_config(tmp_path, "dense", {**tiny_config, "prune": {"method": "dense"}})
+    sparse = write_config(tmp_path, "sparse", tiny_config)
+    study = write_study(tmp_path, [
+        {"name": "dense", "config": dense},
+        {"name": "narang", "config": sparse},
+        {"name": "oneshot", "config": sparse, "set": ["prune.method=oneshot", "prune.at=30"]},
+        {"name": "small", "config": dense, "set": ["prune.method=small_dense",
+                                                   "prune.match_checkpoint={run:narang}"]},
+    ])
+    out = tmp_path / "out"
+    assert main(["study", str(study), "--out", str(out)]) == 0
+    assert f"report: {out / 'report.md'}" in capsys.readouterr().out
+    results = json.loads((out / "results.json").read_text())["runs"]
+    assert [r["name"] for r in results] == ["dense", "narang", "oneshot", "small"]
+    by_name = {r["name"]: r for r in results}
+    assert by_name["narang"]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert by_name["small"]["hidden_size"] < 16 and by_name["small"]["method"] == "small_dense"
+    assert by_name["narang"]["file_bytes"] < by_name["dense"]["file_bytes"]
+    assert set(by_name["narang"]["layer_sparsity"]) == {"rnn.weight_ih_l0", "rnn.weight_hh_l0",
+                                                        "rnn.weight_ih_l1", "rnn.weight_hh_l1",
+                                                        "decoder.weight"}
+    assert all(r["engine_seconds"] > 0 and r["pytorch_seconds"] > 0 and r["tokens"] == 50 for r in results)
+    rows = list(csv.DictReader((out / "results.csv").open()))
+    assert [row["run"] for row in rows] == ["dense", "narang", "oneshot", "small"]
+    assert float(rows[0]["perplexity_vs_baseline"]) == 0.0
+    ratio = by_name["narang"]["metrics"]["perplexity"] / by_name["dense"]["metrics"]["perplexity"] - 1
+    assert float(rows[1]["perplexity_vs_baseline"]) == pytest.approx(ratio)
+    report = (out / "report.md").read_text()
+    assert report.startswith("# tiny\n\n```sh\nsparsernn study ")
+    assert report.count("\n| ") == 1 + 4  # header and four runs
+    for plot in ("frontier.png", "schedule.png", "layers.png", "gradual_vs_hard.png"):
+        assert (out / plot).stat().st_size > 1000 and f"]({plot})" in report
+
+    # Run again: nothing is retrained; `report` rebuilds from the run directories.
+    (out / "report.md").unlink()
+    assert main(["study", str(study), "--out", str(out)]) == 0
+    assert capsys.readouterr().out.count("finished earlier, skipped") == 4
+    (out / "report.md").unlink()
+    (out / "runs/oneshot/result.json").unlink()
+    assert main(["report", str(out)]) == 0
+    assert (out / "report.md").read_text().count("\n| ") == 5
+
+
+def test_an_interrupted_study_resumes_its_run(tmp_path, tiny_config, monkeypatch):
+    from sparsernn.prune import Pruner
+
+    dense = write_config(tmp_path, "dense", {**tiny_config, "prune": {"method": "dense"}})
+    study = write_study(tmp_path, [{"name": "dense", "config": dense}])
+    original = Pruner.step
+
+    def crash(self):
+        original(self)
+        if self.current_step == 30:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pruner, "step", crash)
+    with pytest.raises(KeyboardInterrupt):
+        main(["study", str(study), "--out", str(tmp_path / "out")])
+    monkeypatch.setattr(Pruner, "step", original)
+    assert not (tmp_path / "out/runs/dense/finished.json").exists()
+    assert main(["study", str(study), "--out", str(tmp_path / "out")]) == 0
+    assert (tmp_path / "out/runs/dense/finished.json").exists()
+
+
+def test_speech_study_measures_error_rates_and_audio_speed(tmp_path, speech_config):
+    speech_config["train"]["epochs"] = 1
+    speech_config["prune"] = {"method": "oneshot", "at": 2, "sparsity": 0.8}
+    sparse = write_config(tmp_path, "sparse", speech_config)
+    runs = [{"name": "dense", "config": sparse, "set": ["prune.method=dense"]},
+            {"name": "sparse", "config": sparse}]
+    study = write_study(tmp_path, runs, speed_utterances=2, beam=2)
+    assert main(["study", str(study), "--out", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out/results.json").read_text())["runs"]
+    assert set(results[1]["metrics"]) == {"cer_greedy", "wer_greedy", "cer_beam", "wer_beam"}
+    assert results[1]["audio_seconds"] > 0 and results[1]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    report = (tmp_path / "out/report.md").read_text()
+    assert "| test CER | test WER | CER beam | WER beam | CER vs dense |" in report
+
+
+def test_bad_study_configs_name_the_problem(tmp_path):
+    with pytest.raises(ConfigError, match="baseline 'dense' is not one of the runs"):
+        load_study(write_study(tmp_path, [{"name": "a", "config": "x.yaml"}]))
+    with pytest.raises(ConfigError, match=r"\{run:b\} must name an earlier run"):
+        load_study(write_study(tmp_path, [{"name": "dense", "config": "x.yaml", "set": ["a.b={run:b}"]},
+                                          {"name": "b", "config": "x.yaml"}]))
+    with pytest.raises(ConfigError, match="runs.0.sets: unknown key"):
+        load_study(write_study(tmp_path, [{"name": "dense", "config": "x.yaml", "sets": []}]))
+    assert main(["report", str(tmp_path / "nowhere")]) == 2
