@@ -1,4 +1,4 @@
-# Two commands on a fresh clone: `make run` (the demo) and `make test`. Both create .venv first.
+# Two commands on a fresh clone: `make run` (the showcase study) and `make test`. Both create .venv first.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -12,7 +12,7 @@ $(BIN)/.installed: pyproject.toml setup.py sparsernn/kernels/_kernels.c
 	touch $@
 
 run: $(BIN)/.installed
-	$(BIN)/sparsernn demo
+	$(BIN)/sparsernn study configs/showcase/study.yaml --out runs/showcase
 
 test: $(BIN)/.installed
 	$(BIN)/ruff check sparsernn tests benchmarks scripts

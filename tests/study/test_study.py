@@ -2,13 +2,14 @@
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 import yaml
 
 from sparsernn.cli import main
 from sparsernn.config import ConfigError
-from sparsernn.study import load_study
+from sparsernn.study import load_study, run_config
 
 
 def write_study(tmp_path, runs, **fields):
@@ -113,3 +114,16 @@ def test_bad_study_configs_name_the_problem(tmp_path):
     with pytest.raises(ConfigError, match="runs.0.sets: unknown key"):
         load_study(write_study(tmp_path, [{"name": "dense", "config": "x.yaml", "sets": []}]))
     assert main(["report", str(tmp_path / "nowhere")]) == 2
+
+
+@pytest.mark.parametrize("name", ["an4", "ptb"])
+def test_committed_studies_resolve_every_run(name, tmp_path, monkeypatch):
+    root = Path(__file__).parent.parent.parent
+    study = load_study(root / "configs/studies" / f"{name}.yaml")
+    monkeypatch.chdir(root)  # configs name data and each other relative to the repository
+    configs = {run.name: run_config(study, run, tmp_path) for run in study.runs}
+    assert study.baseline == "dense" and configs["dense"].prune.method == "dense"
+    assert configs["distill"].prune.teacher == tmp_path / "runs/dense/checkpoints/best.pt"
+    assert configs["narang90-blocks"].prune.block == (8, 1)
+    assert {c.prune.method for c in configs.values()} == {"dense", "narang", "oneshot", "agp", "small_dense",
+                                                         "distill"}
