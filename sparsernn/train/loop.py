@@ -89,7 +89,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     last_path, best_path = out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt"
     metrics_path = out_dir / "metrics.jsonl"
     task = make_task(config, ranks)
-    if ranks.is_main and hasattr(task, "loading_report"):
+    if ranks.is_main:
         print(task.loading_report())
     steps_per_epoch = task.steps_per_epoch
     total_steps = config.train.epochs * steps_per_epoch

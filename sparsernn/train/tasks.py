@@ -48,6 +48,9 @@ class LanguageModelling:
         self.steps_per_epoch = num_windows(self.train_columns, config.data.bptt)
         self.device = ranks.device
 
+    def loading_report(self) -> str:
+        return f"vocabulary: {len(self.vocabulary):,} {self.config.data.level}s"
+
     def new_carry(self) -> dict:
         return {"hidden": None, "teacher_hidden": None}
 
@@ -92,17 +95,14 @@ class SpeechRecognition:
         sets = speech.load_speech(config.data, config.train.seed, splits=("train", "valid"))
         self.train_set, self.valid_set = sets["train"], sets["valid"]
         self.vocabulary = speech.ALPHABET
-        self.features = speech.feature_size(config.data)
         # The model's output length depends only on its convolutions: check every utterance now.
         with torch.device("meta"):
             probe = build_model(config, config.model, len(self.vocabulary))
-        for split in (self.train_set, self.valid_set):
-            kept = speech.drop_too_short(split, probe.output_lengths, config.data.on_bad_audio)
-            split.__dict__.update(kept.__dict__)
+        self.train_set = speech.drop_too_short(self.train_set, probe.output_lengths, config.data.on_bad_audio)
+        self.valid_set = speech.drop_too_short(self.valid_set, probe.output_lengths, config.data.on_bad_audio)
         if len(self.train_set) == 0 or len(self.valid_set) == 0:
             raise speech.DataError(f"{config.data.path}: no usable utterances in the "
                                    f"{'training' if len(self.train_set) == 0 else 'validation'} split")
-        self.skipped = {"train": len(self.train_set.skipped), "valid": len(self.valid_set.skipped)}
         batches = -(-len(self.train_set) // config.data.batch_size)
         self.steps_per_epoch = max(1, batches // ranks.world_size)
         self.device = ranks.device
