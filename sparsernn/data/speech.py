@@ -23,7 +23,7 @@ import scipy.signal
 import torch
 
 from sparsernn.config import SpeechDataConfig
-from sparsernn.data.text import DataError
+from sparsernn.data.text import DataError, read_text
 
 #: CTC blank at index 0, then space, apostrophe and the letters.
 BLANK = "<blank>"
@@ -180,12 +180,7 @@ def list_manifest(path: Path) -> list[Entry]:
     manifest; an optional ``speaker`` column. Audio paths are relative to the manifest."""
     if path.suffix not in (".csv", ".jsonl"):
         raise DataError(f"{path}: manifest must be .csv or .jsonl")
-    try:
-        raw = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise DataError(f"{path}: manifest not found") from None
-    except (OSError, UnicodeDecodeError) as error:
-        raise DataError(f"{path}: cannot read the manifest ({error})") from None
+    raw = read_text(path)
     rows: list[tuple[int, dict]] = []
     if path.suffix == ".jsonl":
         for number, line in enumerate(raw.splitlines(), start=1):

@@ -39,7 +39,8 @@ class Corpus:
         return {"train": self.train, "valid": self.valid, "test": self.test}[name]
 
 
-def _read(path: Path) -> str:
+def read_text(path: Path) -> str:
+    """A UTF-8 text file's contents; a missing, unreadable or empty file is a DataError naming it."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -89,7 +90,7 @@ def load_corpus(config: DataConfig) -> Corpus:
     path = Path(config.path)
     if config.level == "word":
         files = split_files(path)
-        return _build(*(word_tokens(_read(files[split])) for split in SPLITS))
+        return _build(*(word_tokens(read_text(files[split])) for split in SPLITS))
     if str(path) == STDLIB_CORPUS:
         from sparsernn.demo import stdlib_text
 
@@ -97,7 +98,7 @@ def load_corpus(config: DataConfig) -> Corpus:
     elif path.is_dir():
         raise DataError(f"{path}: character level reads one text file, not a directory")
     else:
-        text = _read(path)
+        text = read_text(path)
     train_fraction, valid_fraction = config.split
     if train_fraction + valid_fraction >= 1.0 or min(config.split) <= 0:
         raise DataError(f"data.split {list(config.split)}: need positive fractions summing below 1")

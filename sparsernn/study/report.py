@@ -66,6 +66,13 @@ def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, 
     import matplotlib.pyplot as plt
 
     made = []
+
+    def save(figure, file: str, caption: str) -> None:
+        figure.tight_layout()
+        figure.savefig(out / file, dpi=110)
+        plt.close(figure)
+        made.append((file, caption))
+
     methods = ("dense", "narang", "agp", "oneshot", "small_dense", "distill")
     colors = {method: f"C{i}" for i, method in enumerate(methods)}
 
@@ -82,10 +89,7 @@ def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, 
     axis.set_xlabel("non-zero parameters")
     axis.set_ylabel(f"test {metric_name}")
     axis.set_title("accuracy against size")
-    figure.tight_layout()
-    figure.savefig(out / "frontier.png", dpi=110)
-    plt.close(figure)
-    made.append(("frontier.png", f"Test {metric_name} against non-zero parameters, every run"))
+    save(figure, "frontier.png", f"Test {metric_name} against non-zero parameters, every run")
 
     pruned = [r for r in results if r["method"] in PRUNED]
     if pruned:
@@ -103,10 +107,7 @@ def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, 
         right.set_ylabel("largest threshold applied")
         left.legend(fontsize=7)
         right.legend(fontsize=6)
-        figure.tight_layout()
-        figure.savefig(out / "schedule.png", dpi=110)
-        plt.close(figure)
-        made.append(("schedule.png", "Sparsity and threshold (per layer group) against training step"))
+        save(figure, "schedule.png", "Sparsity and threshold (per layer group) against training step")
 
         figure, axis = plt.subplots(figsize=(10, 3.8))
         tensors = list(pruned[0]["layer_sparsity"])
@@ -118,28 +119,21 @@ def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, 
                         ha="right", fontsize=7)
         axis.set_ylabel("final sparsity")
         axis.legend(fontsize=7)
-        figure.tight_layout()
-        figure.savefig(out / "layers.png", dpi=110)
-        plt.close(figure)
-        made.append(("layers.png", "Final sparsity of every pruned tensor"))
+        save(figure, "layers.png", "Final sparsity of every pruned tensor")
 
         figure, axis = plt.subplots(figsize=(6, 3.8))
-        for i, r in enumerate(sorted(pruned, key=lambda r: (round(r["sparsity"], 2), r["method"]))):
+        ordered = sorted(pruned, key=lambda r: (round(r["sparsity"], 2), r["method"]))
+        for i, r in enumerate(ordered):
             axis.bar(i, _metric(r)[1], color=colors[r["method"]], label=r["method"])
             axis.annotate(f"{r['sparsity']:.0%}", (i, _metric(r)[1]), ha="center", fontsize=7,
                           xytext=(0, 2), textcoords="offset points")
-        axis.set_xticks(range(len(pruned)), [r["name"] for r in sorted(
-            pruned, key=lambda r: (round(r["sparsity"], 2), r["method"]))], rotation=20, fontsize=7)
+        axis.set_xticks(range(len(ordered)), [r["name"] for r in ordered], rotation=20, fontsize=7)
         handles, labels = axis.get_legend_handles_labels()
         unique = dict(zip(labels, handles, strict=True))
         axis.legend(unique.values(), unique.keys(), fontsize=7)
         axis.set_ylabel(f"test {metric_name}")
         axis.set_title("gradual (narang, agp) against hard (oneshot) pruning")
-        figure.tight_layout()
-        figure.savefig(out / "gradual_vs_hard.png", dpi=110)
-        plt.close(figure)
-        made.append(("gradual_vs_hard.png",
-                     f"Test {metric_name} of the pruned runs, by method and sparsity"))
+        save(figure, "gradual_vs_hard.png", f"Test {metric_name} of the pruned runs by method and sparsity")
     return made
 
 

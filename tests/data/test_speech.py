@@ -151,7 +151,7 @@ def test_manifests_csv_and_jsonl_with_relative_paths(tmp_path):
         speech.list_manifest(tmp_path / "bad.jsonl")
     with pytest.raises(DataError, match="must be .csv or .jsonl"):
         speech.list_manifest(tmp_path / "audio/a.wav")
-    with pytest.raises(DataError, match="nope.csv: manifest not found"):
+    with pytest.raises(DataError, match="nope.csv: file not found"):
         speech.list_manifest(tmp_path / "nope.csv")
 
 
