@@ -46,7 +46,7 @@ class LoopState:
     best_checkpoint_loss: float = math.inf  # of best.pt, once masks are final
     evaluations_without_improvement: int = 0
     train_seconds: float = 0.0  # wall time spent in training steps, summed over resumes
-    skipped: int = 0  # utterances left out of training steps for a non-finite CTC loss
+    skipped: int = 0  # utterances left out of training steps for a non-finite CTC loss (rank 0's count)
 
 
 def make_optimizer(model: nn.Module, config: RunConfig) -> torch.optim.Optimizer:
