@@ -68,9 +68,12 @@ def size_to_parameters(vocab_size: int, config: ModelConfig, target: int) -> tup
 
 
 def nonzero_parameters(state_dict: dict[str, torch.Tensor]) -> int:
-    """Non-zero entries of a model state, counting storage shared by tied weights once."""
+    """Non-zero parameters of a model state, counting storage shared by tied weights once; batch-norm
+    statistics (buffers, not parameters) are left out."""
     seen, total = set(), 0
-    for tensor in state_dict.values():
+    for name, tensor in state_dict.items():
+        if name.endswith(("running_mean", "running_var", "num_batches_tracked")):
+            continue
         key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape))
         if key not in seen:
             seen.add(key)

@@ -98,3 +98,10 @@ def test_parameter_count_matches_a_hand_count():
     assert parameter_count(16, 29, config) == expected
     assert expected == sum(p.numel() for p in SpeechModel(16, 29, config).parameters())
 
+
+
+def test_nonzero_parameters_leave_out_batch_norm_statistics():
+    from sparsernn.models.lm import nonzero_parameters
+
+    net = model()
+    assert nonzero_parameters(net.state_dict()) == sum(int(p.count_nonzero()) for p in net.parameters())
