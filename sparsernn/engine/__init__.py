@@ -136,8 +136,8 @@ def _batch_norm(tensors: dict, prefix: str, eps: float = 1e-5) -> tuple[np.ndarr
 def _conv2d(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
     """PyTorch's Conv2d (no bias, zero padding of kernel // 2) on one input (C, bins, T).
 
-    The convolutions stay dense, so the best dense library does them: torch's (oneDNN) is about 4x
-    faster here than im2col + numpy GEMM on the 2-core development machine.
+    The convolutions stay dense, so the best dense library does them (torch's oneDNN convolution
+    rather than im2col and a numpy GEMM, which was several times slower on the development machine).
     """
     import torch
 
