@@ -125,9 +125,7 @@ class SpeechRecognition:
         if data.freq_masks or data.time_masks:
             def augment(values):
                 return speech.spec_augment(values, data, generator)
-        for position in range(len(mine)):
-            if position < first:
-                continue
+        for position in range(first, len(mine)):
             # Masks drawn from a generator seeded by (seed, epoch, rank, position): resumable exactly.
             generator.manual_seed(hash((self.config.train.seed, epoch, self.ranks.rank, position)))
             yield position, speech.collate(self.train_set, mine[position], augment).to(self.device)
