@@ -144,8 +144,3 @@ class SpeechModel(nn.Module):
         logits = self.fc(self.output_norm(x, mask))  # (T', B, alphabet)
         return logits.log_softmax(dim=-1), lengths
 
-
-def parameter_count(features: int, alphabet_size: int, config: SpeechModelConfig) -> int:
-    with torch.device("meta"):
-        model = SpeechModel(features, alphabet_size, config)
-    return sum(p.numel() for p in model.parameters())
