@@ -116,8 +116,11 @@ def _study(args: argparse.Namespace) -> int:
 
     from sparsernn.study import run_study
 
-    command = shlex.join(["sparsernn", "study", args.config, "--out", args.out])
-    print(f"report: {run_study(args.config, args.out, command)}")
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    jobs = [f"--jobs={args.jobs}"] if args.jobs > 1 else []
+    command = shlex.join(["sparsernn", "study", args.config, "--out", args.out, *jobs])
+    print(f"report: {run_study(args.config, args.out, command, args.jobs)}")
     return 0
 
 
@@ -193,6 +196,8 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("config", help="study YAML: title, baseline, runs (name, config, set)")
     study.add_argument("--out", required=True, help="study directory (finished runs are skipped, "
                        "an interrupted one resumed)")
+    study.add_argument("--jobs", type=int, default=1, help="train this many runs side by side, each in "
+                       "its own process on its share of the cores")
     study.set_defaults(handler=_study)
 
     report = commands.add_parser("report", help="rebuild a study's report from its finished runs")

@@ -21,15 +21,23 @@ the finished runs without training.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sparsernn.config import ConfigError, RunConfig, _format_errors, load_config
+from sparsernn.errors import UserError
+
+
+class TrainingFailed(UserError):
+    """A run's training process failed; its log says why."""
 
 
 class StudyRun(BaseModel):
@@ -58,7 +66,7 @@ class StudyConfig(BaseModel):
         if self.baseline not in names:
             raise ValueError(f"baseline {self.baseline!r} is not one of the runs {names}")
         for i, run in enumerate(self.runs):
-            for reference in re.findall(r"\{run:([^}]*)\}", " ".join(run.set)):
+            for reference in references(run):
                 if reference not in names[:i]:
                     raise ValueError(f"run {run.name}: {{run:{reference}}} must name an earlier run")
         return self
@@ -81,46 +89,112 @@ def run_dir(out: Path, name: str) -> Path:
     return out / "runs" / name
 
 
+def references(run: StudyRun) -> list[str]:
+    """The earlier runs whose ``best.pt`` this run's overrides name."""
+    return re.findall(r"\{run:([^}]*)\}", " ".join(run.set))
+
+
+def overrides(run: StudyRun, out: Path) -> list[str]:
+    """The run's ``--set`` items with ``{out}`` and ``{run:NAME}`` filled in."""
+    def best(match: re.Match) -> str:
+        return str(run_dir(out, match.group(1)) / "checkpoints" / "best.pt")
+
+    return [re.sub(r"\{run:([^}]*)\}", best, item.replace("{out}", str(out))) for item in run.set]
+
+
 def run_config(study: StudyConfig, run: StudyRun, out: Path) -> RunConfig:
     """A run's resolved training config: its file with the study's placeholders filled in."""
-    def fill(item: str) -> str:
-        item = item.replace("{out}", str(out))
-        def best(match: re.Match) -> str:
-            return str(run_dir(out, match.group(1)) / "checkpoints" / "best.pt")
-
-        return re.sub(r"\{run:([^}]*)\}", best, item)
-
-    return load_config(run.config, [fill(item) for item in run.set])
+    return load_config(run.config, overrides(run, out))
 
 
 def is_finished(directory: Path) -> bool:
     return (directory / "finished.json").exists()
 
 
-def run_study(path: str | Path, out: str | Path, command: str) -> Path:
-    """Train, measure and report every run of the study at ``path`` into ``out``; returns report.md."""
-    from sparsernn.study.measure import measure_run
-    from sparsernn.study.report import write_report
+def _train_in_turn(study: StudyConfig, out: Path) -> None:
     from sparsernn.train.loop import train
 
+    for number, run in enumerate(study.runs, start=1):
+        directory = run_dir(out, run.name)
+        if is_finished(directory):
+            print(f"[{number}/{len(study.runs)}] {run.name}: finished earlier, skipped", flush=True)
+            continue
+        resume = (directory / "checkpoints" / "last.pt").exists()
+        print(f"[{number}/{len(study.runs)}] {run.name}: {'resuming' if resume else 'training'} "
+              f"{run.config}", flush=True)
+        record = train(run_config(study, run, out), directory, resume=resume)
+        (directory / "finished.json").write_text(json.dumps(record) + "\n")
+
+
+def _train_side_by_side(study: StudyConfig, out: Path, jobs: int) -> None:
+    """``jobs`` runs at a time, each a ``sparsernn train`` process on its share of the cores (its log in
+    ``train.log`` beside it); a run starts once the runs it names are finished."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    pending = [run for run in study.runs if not is_finished(run_dir(out, run.name))]
+    for run in study.runs:
+        if run not in pending:
+            print(f"{run.name}: finished earlier, skipped", flush=True)
+    running: dict[str, tuple[subprocess.Popen, object]] = {}
+    try:
+        while pending or running:
+            for run in [r for r in pending if all(is_finished(run_dir(out, d)) for d in references(r))]:
+                if len(running) == jobs:
+                    break
+                directory = run_dir(out, run.name)
+                directory.mkdir(parents=True, exist_ok=True)
+                resume = (directory / "checkpoints" / "last.pt").exists()
+                command = [sys.executable, "-m", "sparsernn", "train", str(run.config), "--out",
+                           str(directory), *(f"--set={item}" for item in overrides(run, out)),
+                           *(["--resume"] if resume else [])]
+                log = (directory / "train.log").open("a")
+                environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=environment)
+                running[run.name] = (process, log)
+                pending.remove(run)
+                print(f"{run.name}: {'resuming' if resume else 'training'} {run.config} on {threads} "
+                      f"thread(s), log in {directory / 'train.log'}", flush=True)
+            if not running:
+                raise ConfigError(f"runs {[r.name for r in pending]} wait for runs that cannot finish")
+            time.sleep(1.0)
+            for name, (process, log) in list(running.items()):
+                if process.poll() is None:
+                    continue
+                log.close()
+                del running[name]
+                directory = run_dir(out, name)
+                if process.returncode != 0:
+                    raise TrainingFailed(f"{name}: training failed (exit {process.returncode}); see "
+                                         f"{directory / 'train.log'}")
+                records = (directory / "metrics.jsonl").read_text().splitlines()
+                last = next(json.loads(r) for r in reversed(records) if json.loads(r)["kind"] == "eval")
+                (directory / "finished.json").write_text(json.dumps(last) + "\n")
+                print(f"{name}: finished", flush=True)
+    finally:
+        for process, log in running.values():
+            process.terminate()
+            process.wait()
+            log.close()
+
+
+def run_study(path: str | Path, out: str | Path, command: str, jobs: int = 1) -> Path:
+    """Train, measure and report every run of the study at ``path`` into ``out``; returns report.md.
+
+    ``jobs`` > 1 trains that many runs side by side in separate processes.
+    """
+    from sparsernn.study.measure import measure_run
+    from sparsernn.study.report import write_report
+
     study, out = load_study(path), Path(out)
-    configs = {}
     out.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(path, out / "study.yaml")
     (out / "command.txt").write_text(command + "\n")
-    for number, run in enumerate(study.runs, start=1):
-        directory = run_dir(out, run.name)
-        configs[run.name] = config = run_config(study, run, out)
-        if is_finished(directory):
-            print(f"[{number}/{len(study.runs)}] {run.name}: finished earlier, skipped", flush=True)
-        else:
-            resume = (directory / "checkpoints" / "last.pt").exists()
-            print(f"[{number}/{len(study.runs)}] {run.name}: {'resuming' if resume else 'training'} "
-                  f"{run.config}", flush=True)
-            record = train(config, directory, resume=resume)
-            (directory / "finished.json").write_text(json.dumps(record) + "\n")
-        if not (directory / "result.json").exists():
-            measure_run(study, run.name, config, out)
+    if jobs > 1:
+        _train_side_by_side(study, out, jobs)
+    else:
+        _train_in_turn(study, out)
+    for run in study.runs:
+        if not (run_dir(out, run.name) / "result.json").exists():
+            measure_run(study, run.name, run_config(study, run, out), out)
     return write_report(out)
 
 

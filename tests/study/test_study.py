@@ -69,6 +69,28 @@ def test_language_model_study_trains_measures_and_reports(tmp_path, tiny_config,
     assert (out / "report.md").read_text().count("\n| ") == 5
 
 
+def test_runs_side_by_side_wait_for_the_runs_they_name(tmp_path, tiny_config, capsys):
+    tiny_config["train"]["epochs"] = 1
+    dense = write_config(tmp_path, "dense", {**tiny_config, "prune": {"method": "dense"}})
+    sparse = write_config(tmp_path, "sparse", {**tiny_config, "prune": {**tiny_config["prune"], "end": 20}})
+    study = write_study(tmp_path, [
+        {"name": "dense", "config": dense},
+        {"name": "narang", "config": sparse},
+        {"name": "small", "config": dense, "set": ["prune.method=small_dense",
+                                                   "prune.match_checkpoint={run:narang}"]},
+    ])
+    out = tmp_path / "out"
+    assert main(["study", str(study), "--out", str(out), "--jobs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("narang: finished") < printed.index("small: training")  # waited for narang
+    assert "--jobs=2" in (out / "report.md").read_text()
+    for name in ("dense", "narang", "small"):
+        assert {"finished.json", "train.log"} <= {f.name for f in (out / "runs" / name).iterdir()}
+    sizing = json.loads((out / "runs/small/sizing.json").read_text())
+    narang = json.loads((out / "runs/narang/result.json").read_text())
+    assert sizing["target_nonzeros"] == narang["nonzero_parameters"]
+
+
 def test_an_interrupted_study_resumes_its_run(tmp_path, tiny_config, monkeypatch):
     from sparsernn.prune import Pruner
 
