@@ -63,11 +63,13 @@ def _append_metrics(path: Path, record: dict) -> None:
         file.write(json.dumps(record) + "\n")
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop records written after the checkpoint we resume from."""
-    if path.exists():
-        lines = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= step]
-        path.write_text("".join(line + "\n" for line in lines))
+def _truncate_metrics(path: Path, step: int) -> list[dict]:
+    """Drop records written after the checkpoint we resume from; returns the records kept."""
+    if not path.exists():
+        return []
+    kept = [record for record in map(json.loads, path.read_text().splitlines()) if record["step"] <= step]
+    path.write_text("".join(json.dumps(record) + "\n" for record in kept))
+    return kept
 
 
 def _resumable(config: dict) -> dict:
@@ -111,6 +113,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     pruner = Pruner(model, dict.fromkeys(config.prune.groups, schedule), optimizer,
                     per_gate=config.prune.per_gate, block=config.prune.block)
     state, carry = LoopState(), task.new_carry()
+    record = {}  # the last evaluation
 
     if resume:
         checkpoint = load_checkpoint(last_path)
@@ -127,8 +130,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
         mine = checkpoint["ranks"][ranks.rank]
         carry = _to({key: mine[key] for key in carry}, ranks.device)
         torch.set_rng_state(mine["rng"])
-        if ranks.is_main:
-            _truncate_metrics(metrics_path, state.step)
+        if ranks.is_main:  # a run resumed after its last step returns its last evaluation
+            evaluations = [r for r in _truncate_metrics(metrics_path, state.step) if r["kind"] == "eval"]
+            record = evaluations[-1] if evaluations else {}
     elif ranks.is_main:
         out_dir.mkdir(parents=True, exist_ok=True)
         metrics_path.write_text("")
@@ -173,7 +177,6 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
             _append_metrics(metrics_path, record)
         return record
 
-    record = {}
     progress = tqdm(total=total_steps, initial=state.step, unit="step",
                     disable=None if ranks.is_main else True)  # rank 0 on a TTY only
     while state.step < total_steps:

@@ -70,6 +70,14 @@ def test_interrupted_run_resumes_to_identical_end(tmp_path, tiny_config, monkeyp
     assert metrics_without_timing(tmp_path / "straight") == metrics_without_timing(tmp_path / "resumed")
 
 
+def test_resuming_a_finished_run_returns_its_last_evaluation(tmp_path, tiny_config):
+    config = RunConfig.model_validate(tiny_config)
+    record = train(config, tmp_path / "run")
+    before = (tmp_path / "run/checkpoints/last.pt").read_bytes()
+    assert train(config, tmp_path / "run", resume=True) == record
+    assert (tmp_path / "run/checkpoints/last.pt").read_bytes() == before
+
+
 def test_nan_loss_stops_and_keeps_last_checkpoint(tmp_path, tiny_config, monkeypatch):
     config = RunConfig.model_validate(tiny_config)
     original = loop.nn.functional.cross_entropy
