@@ -1,8 +1,9 @@
 """What a study records about one finished run (``DIR/runs/<name>/result.json``).
 
 Test metric (perplexity, or CER and WER greedy and with beam search), parameter counts, sparsity per
-pruned tensor, training time, exported file size, and the time at batch 1 (one thread) of the PyTorch
-model and of the sparse engine on the same test input.
+pruned tensor, training time, exported file size, and the time at batch 1 (one thread) on the same
+test input of the run's PyTorch model, the baseline's PyTorch model and the engine on the exported file,
+taken in turns in one process so that the ratios compare like with like.
 """
 
 from __future__ import annotations
@@ -17,18 +18,22 @@ from sparsernn.config import RunConfig
 from sparsernn.export import export_checkpoint
 
 
-def _best_seconds(function, repeats: int = 3) -> float:
-    function()  # warm up
-    times = []
+def _best_seconds(functions: dict, repeats: int = 3) -> dict:
+    """The best of ``repeats`` timings of each function, taken in turns so drift hits them alike."""
+    for function in functions.values():
+        function()  # warm up
+    best = dict.fromkeys(functions, float("inf"))
     for _ in range(repeats):
-        started = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - started)
-    return min(times)
+        for name, function in functions.items():
+            started = time.perf_counter()
+            function()
+            best[name] = min(best[name], time.perf_counter() - started)
+    return best
 
 
-def _speed(config: RunConfig, model, model_file: Path, study) -> dict:
-    """Seconds at batch 1, one thread, for PyTorch and for the engine on the same test input."""
+def _speed(config: RunConfig, model, baseline, model_file: Path, study) -> dict:
+    """Seconds at batch 1, one thread, on the same test input: the run's PyTorch model, the baseline's
+    PyTorch model and the engine on the run's exported file, side by side."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -40,10 +45,10 @@ def _speed(config: RunConfig, model, model_file: Path, study) -> dict:
             inputs = data.features[:study.speed_utterances]
             engine = SpeechEngine(model_file, threads=1)
 
-            def pytorch():
+            def pytorch(network):
                 with torch.no_grad():
                     for features in inputs:
-                        model(features[None], torch.tensor([features.shape[1]]))
+                        network(features[None], torch.tensor([features.shape[1]]))
 
             def ours():
                 for features in inputs:
@@ -57,16 +62,19 @@ def _speed(config: RunConfig, model, model_file: Path, study) -> dict:
             tokens = load_corpus(config.data).test[:study.speed_tokens].reshape(-1, 1)
             engine = LanguageModelEngine(model_file, threads=1)
 
-            def pytorch():
+            def pytorch(network):
                 with torch.no_grad():
-                    model(tokens)
+                    network(tokens)
 
             def ours():
                 engine.reset()
                 engine(tokens.numpy())
 
             amount = {"tokens": len(tokens)}
-        return {**amount, "pytorch_seconds": _best_seconds(pytorch), "engine_seconds": _best_seconds(ours)}
+        seconds = _best_seconds({"pytorch_seconds": lambda: pytorch(model),
+                                 "baseline_pytorch_seconds": lambda: pytorch(baseline),
+                                 "engine_seconds": ours})
+        return {**amount, **seconds}
     finally:
         torch.set_num_threads(threads)
 
@@ -79,6 +87,7 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
     directory = run_dir(out, name)
     best = directory / "checkpoints" / "best.pt"
     model, config, _, checkpoint = load_trained(best)
+    baseline = load_trained(run_dir(out, study.baseline) / "checkpoints" / "best.pt")[0]
     if config.speech:
         from sparsernn.train.recognize import evaluate_speech
 
@@ -101,7 +110,7 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
         "metrics": metrics,
         "train_seconds": [r for r in records if r["kind"] == "eval"][-1]["train_seconds"],
         "file_bytes": exported["bytes"], "dense_fp32_bytes": exported["dense_fp32_bytes"],
-        **_speed(config, model, directory / "model.safetensors", study),
+        **_speed(config, model, baseline, directory / "model.safetensors", study),
     }
     (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

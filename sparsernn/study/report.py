@@ -32,7 +32,7 @@ def _rows(results: list[dict], baseline: dict) -> list[dict]:
             f"{name}_vs_baseline": value / base - 1,
             "file_bytes": r["file_bytes"],
             "file_vs_baseline_fp32": r["file_bytes"] / baseline["dense_fp32_bytes"],
-            "engine_speedup_vs_baseline_pytorch": baseline["pytorch_seconds"] / r["engine_seconds"],
+            "engine_speedup_vs_baseline_pytorch": r["baseline_pytorch_seconds"] / r["engine_seconds"],
             "train_time_vs_baseline": r["train_seconds"] / baseline["train_seconds"],
         })
     return rows
@@ -57,6 +57,30 @@ def _markdown(rows: list[dict], speech: bool) -> list[str]:
                      f"| {row['engine_speedup_vs_baseline_pytorch']:.2f}x "
                      f"| {row['train_time_vs_baseline']:.2f}x |")
     return lines
+
+
+def _seed_spread(study, results: list[dict], speech: bool) -> list[str]:
+    """Runs that differ only in ``train.seed``: their metric side by side, so readers see the noise."""
+    by_name = {r["name"]: r for r in results}
+    groups: dict[tuple, list[dict]] = {}
+    for run in study.runs:
+        if run.name in by_name:
+            key = (str(run.config), tuple(item for item in run.set if not item.startswith("train.seed=")))
+            groups.setdefault(key, []).append(by_name[run.name])
+    lines = []
+    for group in groups.values():
+        if len(group) > 1:
+            values = [_metric(r)[1] for r in group]
+            form = "{:.1%}" if speech else "{:.2f}"
+            shown = ", ".join(f"{r['name']} (seed {r['seed']}) {form.format(v)}"
+                              for r, v in zip(group, values, strict=True))
+            spread = (f"{max(values) - min(values):.1%} absolute" if speech
+                      else f"{max(values) / min(values) - 1:.1%}")
+            lines.append(f"- {shown}: spread {spread}")
+    if not lines:
+        return []
+    return [f"Seed spread (runs that differ only in `train.seed`), test {_metric(group[0])[0]}:", "",
+            *lines, ""]
 
 
 def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, str]]:
@@ -163,9 +187,12 @@ def write_report(out: Path) -> Path:
              else f"{study.speed_tokens} test tokens")
     lines = [f"# {study.title}", "", "```sh", command, "```", "",
              f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}. Metrics on the test "
-             f"split. Speeds at batch 1 on one thread over {timed} (best of 3): the engine on each run's "
-             "exported model against the dense baseline in PyTorch.", "",
-             *_markdown(rows, speech), ""]
+             f"split. Speeds at batch 1 on one thread over {timed} (best of 3, timed in turns in one "
+             "process): the engine on each run's exported model against the dense baseline in PyTorch.", "",
+             *_markdown(rows, speech), "", *_seed_spread(study, results, speech)]
+    notes = out / "notes.md"  # how the runs were made, where that is more than the command
+    if notes.exists():
+        lines[6:6] = [notes.read_text().strip(), ""]
     missing = [run.name for run in study.runs if run.name not in {r["name"] for r in results}]
     if missing:
         lines += [f"Not finished, left out: {', '.join(missing)}.", ""]

@@ -47,7 +47,8 @@ def test_language_model_study_trains_measures_and_reports(tmp_path, tiny_config,
     assert set(by_name["narang"]["layer_sparsity"]) == {"rnn.weight_ih_l0", "rnn.weight_hh_l0",
                                                         "rnn.weight_ih_l1", "rnn.weight_hh_l1",
                                                         "decoder.weight"}
-    assert all(r["engine_seconds"] > 0 and r["pytorch_seconds"] > 0 and r["tokens"] == 50 for r in results)
+    assert all(r["engine_seconds"] > 0 and r["pytorch_seconds"] > 0 and r["baseline_pytorch_seconds"] > 0
+               and r["tokens"] == 50 for r in results)
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [row["run"] for row in rows] == ["dense", "narang", "oneshot", "small"]
     assert float(rows[0]["perplexity_vs_baseline"]) == 0.0
@@ -125,6 +126,37 @@ def test_speech_study_measures_error_rates_and_audio_speed(tmp_path, speech_conf
     assert results[1]["audio_seconds"] > 0 and results[1]["sparsity"] == pytest.approx(0.8, abs=0.01)
     report = (tmp_path / "out/report.md").read_text()
     assert "| test CER | test WER | CER beam | WER beam | CER vs dense |" in report
+
+
+def test_report_shows_seed_spread_and_notes(tmp_path):
+    study = write_study(tmp_path, [
+        {"name": "dense", "config": "d.yaml"},
+        {"name": "small", "config": "d.yaml", "set": ["model.hidden_size=8"]},
+        {"name": "dense-seed1", "config": "d.yaml", "set": ["train.seed=1"]},
+    ])
+    out = tmp_path / "out"
+    for name, seed, perplexity, hidden in [("dense", 0, 100.0, 16), ("small", 0, 150.0, 8),
+                                           ("dense-seed1", 1, 104.0, 16)]:
+        directory = out / "runs" / name
+        directory.mkdir(parents=True)
+        (directory / "finished.json").write_text("{}")
+        (directory / "result.json").write_text(json.dumps({
+            "name": name, "task": "language_model", "method": "dense", "seed": seed, "cell": "lstm",
+            "layers": 1, "hidden_size": hidden, "block": [1, 1], "nonzero_parameters": hidden * 100,
+            "sparsity": 0.0, "metrics": {"perplexity": perplexity}, "file_bytes": 1000,
+            "dense_fp32_bytes": 1000, "pytorch_seconds": 1.0, "baseline_pytorch_seconds": 1.0,
+            "engine_seconds": 0.5,
+            "train_seconds": 10.0, "layer_sparsity": {}}))
+    (out / "study.yaml").write_text(study.read_text())
+    (out / "command.txt").write_text("sparsernn study s.yaml --out out\n")
+    (out / "notes.md").write_text("The dense run was copied in.\n")
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert report.startswith("# tiny\n\n```sh\nsparsernn study s.yaml --out out\n```\n\n"
+                             "The dense run was copied in.\n\nMachine: ")
+    assert ("- dense (seed 0) 100.00, dense-seed1 (seed 1) 104.00: spread 4.0%\n") in report
+    assert report.count(": spread ") == 1  # the small model repeats nothing
+    assert report.count("| 2.00x | 1.00x |") == 3  # engine against the baseline's PyTorch; training time
 
 
 def test_bad_study_configs_name_the_problem(tmp_path):
