@@ -20,12 +20,26 @@ from sparsernn import kernels
 from sparsernn.export import ExportedModel, load_exported
 from sparsernn.kernels import CELLS, SparseMatrix
 
+#: Above this density an unstructured matrix runs faster as dense 16x1 or 8x1 blocks (the vectorized
+#: block kernels) than as CSR: at full density about 7x faster for a 576x192 GRU matrix at batch 1, and
+#: break-even near 10% density (measured on the development machine; see the note on the engine issue).
+DENSE_ENOUGH = 0.3
 
-def as_sparse(weight: SparseMatrix | np.ndarray) -> SparseMatrix:
-    """Kernels take every matrix as a SparseMatrix; a dense one becomes CSR with all entries."""
+
+def as_kernel_matrix(weight: SparseMatrix | np.ndarray, rows_unit: int | None = None) -> SparseMatrix:
+    """The layout the kernels run fastest: a pruned matrix as stored; a dense or nearly dense one as
+    16x1 (or 8x1) blocks when that many rows divide ``rows_unit`` (the hidden size for recurrent
+    weights, whose gates the blocks must not straddle), else as CSR."""
     if isinstance(weight, SparseMatrix):
-        return weight
-    return SparseMatrix.from_dense(weight)
+        rows, cols = weight.shape
+        if weight.block != (1, 1) or weight.nnz < DENSE_ENOUGH * rows * cols:
+            return weight
+        weight = weight.to_dense()
+    elif np.count_nonzero(weight) < DENSE_ENOUGH * weight.size:
+        return SparseMatrix.from_dense(weight)
+    unit = weight.shape[0] if rows_unit is None else rows_unit
+    block = next(((r, 1) for r in (16, 8) if unit % r == 0 and weight.shape[0] % r == 0), (1, 1))
+    return SparseMatrix.from_dense(weight, block)
 
 
 @dataclass
@@ -51,9 +65,10 @@ class RecurrentStack:
                      **options) -> RecurrentStack:
         """From PyTorch-named tensors (``{prefix}weight_ih_l0``, ``..._reverse``, biases)."""
         suffixes = ["", "_reverse"] if bidirectional else [""]
-        layers = [[Direction(as_sparse(tensors[f"{prefix}weight_ih_l{k}{s}"]),
+        hidden = tensors[f"{prefix}weight_hh_l0"].shape[1]
+        layers = [[Direction(as_kernel_matrix(tensors[f"{prefix}weight_ih_l{k}{s}"], hidden),
                              np.asarray(tensors[f"{prefix}bias_ih_l{k}{s}"], np.float32),
-                             as_sparse(tensors[f"{prefix}weight_hh_l{k}{s}"]),
+                             as_kernel_matrix(tensors[f"{prefix}weight_hh_l{k}{s}"], hidden),
                              np.asarray(tensors[f"{prefix}bias_hh_l{k}{s}"], np.float32))
                    for s in suffixes] for k in range(num_layers)]
         return cls(cell, layers, **options)
@@ -97,7 +112,7 @@ class LanguageModelEngine:
         embedding = tensors["embedding.weight"]
         self.embedding = embedding.to_dense() if isinstance(embedding, SparseMatrix) else embedding
         decoder = tensors["embedding.weight" if arch["tie_weights"] else "decoder.weight"]
-        self.decoder = as_sparse(decoder)
+        self.decoder = as_kernel_matrix(decoder)
         self.decoder_bias = tensors["decoder.bias"]
         self.rnn = RecurrentStack.from_tensors(arch["cell"], tensors, "rnn.", arch["layers"],
                                                arch.get("bidirectional", False), threads=threads,
@@ -167,7 +182,7 @@ class SpeechEngine:
                      for i in range(arch["layers"])]
         self.norms = [_batch_norm(dense, f"norms.{i}.norm") for i in range(arch["layers"] - 1)]
         self.output_norm = _batch_norm(dense, "output_norm.norm")
-        self.fc, self.fc_bias = as_sparse(model.tensors["fc.weight"]), dense["fc.bias"]
+        self.fc, self.fc_bias = as_kernel_matrix(model.tensors["fc.weight"]), dense["fc.bias"]
         self.threads, self.backend = threads, self.rnns[0].backend
 
     def log_probs(self, features: np.ndarray) -> np.ndarray:

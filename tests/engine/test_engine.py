@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from sparsernn import kernels
-from sparsernn.engine import LanguageModelEngine, RecurrentStack
+from sparsernn.engine import DENSE_ENOUGH, LanguageModelEngine, RecurrentStack, as_kernel_matrix
 from sparsernn.export import export_model, load_exported
 from tests.export.test_export import pruned_lm
 
@@ -47,20 +47,36 @@ def test_real_text_through_a_trained_checkpoint(trained_checkpoint, tmp_path):
 
 
 @pytest.mark.parametrize("cell, module", [("lstm", nn.LSTM), ("gru", nn.GRU)])
-def test_bidirectional_stack_matches_pytorch(cell, module):
+@pytest.mark.parametrize("keep", [0.1, 1.0])  # pruned (CSR) and dense (16x1 blocks)
+def test_bidirectional_stack_matches_pytorch(cell, module, keep):
     torch.manual_seed(0)
     rnn = module(24, 16, num_layers=2, bidirectional=True).eval()
     with torch.no_grad():
         for name, p in rnn.named_parameters():
             if name.startswith("weight"):
-                p.mul_((torch.rand_like(p) > 0.7).float())
+                p.mul_((torch.rand_like(p) < keep).float())
     tensors = {name: p.detach().numpy() for name, p in rnn.named_parameters()}
     stack = RecurrentStack.from_tensors(cell, tensors, "", 2, True, threads=2)
+    assert stack.layers[1][1].weight_hh.block == ((1, 1) if keep < DENSE_ENOUGH else (16, 1))
     x = torch.randn(9, 4, 24)
     with torch.no_grad():
         expected = rnn(x)[0].numpy()  # (T, B, 2H)
     out = stack(np.ascontiguousarray(x.numpy().transpose(2, 0, 1)), stack.initial_state(4))
     np.testing.assert_allclose(out.transpose(1, 2, 0), expected, atol=1e-4)
+
+
+def test_dense_matrices_run_as_blocks_that_keep_gates_apart():
+    rng = np.random.default_rng(0)
+    dense = rng.standard_normal((3 * 24, 40)).astype(np.float32)
+    assert as_kernel_matrix(dense).block == (8, 1)  # 72 rows: 8 divides, 16 does not
+    assert as_kernel_matrix(dense, rows_unit=12).block == (1, 1)  # blocks may not straddle gates
+    assert as_kernel_matrix(np.zeros((64, 8), np.float32) + dense[:64, :8]).block == (16, 1)
+    sparse = dense * (rng.random(dense.shape) < 0.1)
+    stored = kernels.SparseMatrix.from_dense(sparse)
+    assert as_kernel_matrix(stored) is stored  # pruned: as exported
+    for matrix in (dense, sparse):
+        np.testing.assert_array_equal(as_kernel_matrix(kernels.SparseMatrix.from_dense(matrix)).to_dense(),
+                                      matrix)
 
 
 def test_bad_tokens_are_rejected(tmp_path):
