@@ -81,6 +81,7 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study) -> dict:
 
 def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
     """Evaluate, export and time a finished run; writes and returns its ``result.json``."""
+    from sparsernn.bench import machine
     from sparsernn.study import run_dir
     from sparsernn.train.evaluate import evaluate_checkpoint, load_trained
 
@@ -111,6 +112,7 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
         "train_seconds": [r for r in records if r["kind"] == "eval"][-1]["train_seconds"],
         "file_bytes": exported["bytes"], "dense_fp32_bytes": exported["dense_fp32_bytes"],
         **_speed(config, model, baseline, directory / "model.safetensors", study),
+        "machine": machine(),  # where it was timed, so a report rebuilt elsewhere still says so
     }
     (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result

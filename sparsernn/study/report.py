@@ -162,7 +162,6 @@ def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, 
 
 
 def write_report(out: Path) -> Path:
-    from sparsernn.bench import machine
     from sparsernn.study import load_study, run_dir
 
     study = load_study(out / "study.yaml")
@@ -176,20 +175,25 @@ def write_report(out: Path) -> Path:
     speech = baseline["task"] == "speech"
     rows = _rows(results, baseline)
     (out / "results.json").write_text(json.dumps({"title": study.title, "baseline": study.baseline,
-                                                   "machine": machine(), "runs": results}, indent=2) + "\n")
+                                                   "runs": results}, indent=2) + "\n")
     with (out / "results.csv").open("w", newline="") as file:
         writer = csv.DictWriter(file, fieldnames=list(dict.fromkeys(k for row in rows for k in row)))
         writer.writeheader()
         writer.writerows(rows)
     command = (out / "command.txt").read_text().strip()
-    host = machine()
+    host = baseline["machine"]
+    elsewhere = [r["name"] for r in results if r["machine"] != host]
     timed = (f"the first {study.speed_utterances} test utterances" if speech
              else f"{study.speed_tokens} test tokens")
     lines = [f"# {study.title}", "", "```sh", command, "```", "",
              f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}. Metrics on the test "
              f"split. Speeds at batch 1 on one thread over {timed} (best of 3, timed in turns in one "
              "process): the engine on each run's exported model against the dense baseline in PyTorch.", "",
-             *_markdown(rows, speech), "", *_seed_spread(study, results, speech)]
+             *_markdown(rows, speech), ""]
+    if elsewhere:
+        lines += [f"Measured on another machine or software than the baseline (see results.json): "
+                  f"{', '.join(elsewhere)}.", ""]
+    lines += _seed_spread(study, results, speech)
     notes = out / "notes.md"  # how the runs were made, where that is more than the command
     if notes.exists():
         lines[6:6] = [notes.read_text().strip(), ""]

@@ -146,7 +146,8 @@ def test_report_shows_seed_spread_and_notes(tmp_path):
             "sparsity": 0.0, "metrics": {"perplexity": perplexity}, "file_bytes": 1000,
             "dense_fp32_bytes": 1000, "pytorch_seconds": 1.0, "baseline_pytorch_seconds": 1.0,
             "engine_seconds": 0.5,
-            "train_seconds": 10.0, "layer_sparsity": {}}))
+            "train_seconds": 10.0, "layer_sparsity": {},
+            "machine": {"cpu": "x", "cores": 2, "torch": "2" if name != "small" else "3"}}))
     (out / "study.yaml").write_text(study.read_text())
     (out / "command.txt").write_text("sparsernn study s.yaml --out out\n")
     (out / "notes.md").write_text("The dense run was copied in.\n")
@@ -156,6 +157,7 @@ def test_report_shows_seed_spread_and_notes(tmp_path):
                              "The dense run was copied in.\n\nMachine: ")
     assert ("- dense (seed 0) 100.00, dense-seed1 (seed 1) 104.00: spread 4.0%\n") in report
     assert report.count(": spread ") == 1  # the small model repeats nothing
+    assert "Measured on another machine or software than the baseline (see results.json): small." in report
     assert report.count("| 2.00x | 1.00x |") == 3  # engine against the baseline's PyTorch; training time
 
 
