@@ -74,7 +74,7 @@ def _seed_spread(study, results: list[dict], speech: bool) -> list[str]:
             form = "{:.1%}" if speech else "{:.2f}"
             shown = ", ".join(f"{r['name']} (seed {r['seed']}) {form.format(v)}"
                               for r, v in zip(group, values, strict=True))
-            spread = (f"{max(values) - min(values):.1%} absolute" if speech
+            spread = (f"{100 * (max(values) - min(values)):.1f} points" if speech
                       else f"{max(values) / min(values) - 1:.1%}")
             lines.append(f"- {shown}: spread {spread}")
     if not lines:
@@ -118,13 +118,16 @@ def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, 
     pruned = [r for r in results if r["method"] in PRUNED]
     if pruned:
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-        for r in pruned:
+        styles = ("-", "--", ":", "-.")  # one color per run, one line style per layer group
+        for i, r in enumerate(pruned):
             curve = training_curves(out / "runs" / r["name"])
             steps = [c["step"] for c in curve]
-            left.plot(steps, [c["sparsity"] for c in curve], label=r["name"], marker=".", markersize=3)
-            for group in sorted(curve[-1]["threshold"]) if curve else []:
+            color = plt.get_cmap("tab20")(i % 20)
+            left.plot(steps, [c["sparsity"] for c in curve], label=r["name"], color=color)
+            for j, group in enumerate(sorted(curve[-1]["threshold"]) if curve else []):
                 thresholds = [c["threshold"].get(group, 0.0) for c in curve]
-                right.plot(steps, thresholds, label=f"{r['name']} {group}", marker=".", markersize=3)
+                right.plot(steps, thresholds, label=f"{r['name']} {group}", color=color,
+                           linestyle=styles[j % len(styles)])
         left.set_xlabel("training step")
         left.set_ylabel("sparsity of the pruned tensors")
         right.set_xlabel("training step")

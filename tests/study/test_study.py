@@ -183,3 +183,19 @@ def test_committed_studies_resolve_every_run(name, tmp_path, monkeypatch):
     assert configs["narang90-blocks"].prune.block == (8, 1)
     assert {c.prune.method for c in configs.values()} == {"dense", "narang", "oneshot", "agp", "small_dense",
                                                          "distill"}
+
+
+RESULTS = Path(__file__).parents[2] / "docs/results"
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in RESULTS.iterdir()))
+def test_committed_reports_rebuild_from_their_run_files(name, tmp_path):
+    """`sparsernn report` on a committed study (results, metrics and configs, no checkpoints) writes
+    the committed report again."""
+    import shutil
+
+    committed = RESULTS / name
+    shutil.copytree(committed, tmp_path / name, ignore=shutil.ignore_patterns("checkpoints", "*.safetensors"))
+    (tmp_path / name / "report.md").unlink()
+    assert main(["report", str(tmp_path / name)]) == 0
+    assert (tmp_path / name / "report.md").read_text() == (committed / "report.md").read_text()
