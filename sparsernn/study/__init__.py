@@ -181,7 +181,7 @@ def run_study(path: str | Path, out: str | Path, command: str, jobs: int = 1) ->
 
     ``jobs`` > 1 trains that many runs side by side in separate processes.
     """
-    from sparsernn.study.measure import measure_run
+    from sparsernn.study.measure import is_measured, measure_run
     from sparsernn.study.report import write_report
 
     study, out = load_study(path), Path(out)
@@ -193,14 +193,14 @@ def run_study(path: str | Path, out: str | Path, command: str, jobs: int = 1) ->
     else:
         _train_in_turn(study, out)
     for run in study.runs:
-        if not (run_dir(out, run.name) / "result.json").exists():
+        if not is_measured(run_dir(out, run.name)):
             measure_run(study, run.name, run_config(study, run, out), out)
     return write_report(out)
 
 
 def rebuild_report(out: str | Path) -> Path:
     """``sparsernn report DIR``: measure finished runs not yet measured, then write the report."""
-    from sparsernn.study.measure import measure_run
+    from sparsernn.study.measure import is_measured, measure_run
     from sparsernn.study.report import write_report
 
     out = Path(out)
@@ -209,7 +209,7 @@ def rebuild_report(out: str | Path) -> Path:
     study = load_study(out / "study.yaml")
     for run in study.runs:
         directory = run_dir(out, run.name)
-        if is_finished(directory) and not (directory / "result.json").exists():
+        if is_finished(directory) and not is_measured(directory):
             measure_run(study, run.name, run_config(study, run, out), out)
         elif not is_finished(directory):
             print(f"{run.name}: not finished; left out of the report", file=sys.stderr)

@@ -17,6 +17,15 @@ import torch
 from sparsernn.config import RunConfig
 from sparsernn.export import export_checkpoint
 
+#: Fields an older sparsernn did not record; a result.json without them is measured again.
+NEWER_FIELDS = ("baseline_pytorch_seconds", "machine")
+
+
+def is_measured(directory: Path) -> bool:
+    """Whether the run has a ``result.json`` with every field this version reports."""
+    path = directory / "result.json"
+    return path.exists() and all(field in json.loads(path.read_text()) for field in NEWER_FIELDS)
+
 
 def _best_seconds(functions: dict, repeats: int = 3) -> dict:
     """The best of ``repeats`` timings of each function, taken in turns so drift hits them alike."""

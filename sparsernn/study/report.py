@@ -166,10 +166,11 @@ def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, 
 
 def write_report(out: Path) -> Path:
     from sparsernn.study import load_study, run_dir
+    from sparsernn.study.measure import is_measured
 
     study = load_study(out / "study.yaml")
     results = [json.loads((run_dir(out, run.name) / "result.json").read_text()) for run in study.runs
-               if (run_dir(out, run.name) / "result.json").exists()]
+               if is_measured(run_dir(out, run.name))]
     baseline = next((r for r in results if r["name"] == study.baseline), None)
     if baseline is None:
         from sparsernn.config import ConfigError
