@@ -54,7 +54,7 @@ class StudyConfig(BaseModel):
     title: str
     baseline: str = Field(description="the dense run every other run is compared with")
     runs: tuple[StudyRun, ...] = Field(min_length=1)
-    speed_tokens: int = Field(500, ge=2, description="language models: test tokens timed at batch 1")
+    speed_tokens: int = Field(500, ge=2, description="language models: test tokens streamed at batch 1")
     speed_utterances: int = Field(20, ge=1, description="speech: test utterances timed one at a time")
     beam: int = Field(16, ge=0, description="speech: prefix beam width for the beam CER/WER (0: off)")
 

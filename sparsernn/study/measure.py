@@ -71,13 +71,17 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study) -> dict:
             tokens = load_corpus(config.data).test[:study.speed_tokens].reshape(-1, 1)
             engine = LanguageModelEngine(model_file, threads=1)
 
+            # Streaming, as a deployed language model runs: one token per call, the state carried.
             def pytorch(network):
                 with torch.no_grad():
-                    network(tokens)
+                    hidden = None
+                    for t in range(len(tokens)):
+                        _, hidden = network(tokens[t:t + 1], hidden)
 
             def ours():
                 engine.reset()
-                engine(tokens.numpy())
+                for token in tokens.numpy():
+                    engine(token[None])
 
             amount = {"tokens": len(tokens)}
         seconds = _best_seconds({"pytorch_seconds": lambda: pytorch(model),

@@ -188,7 +188,7 @@ def write_report(out: Path) -> Path:
     host = baseline["machine"]
     elsewhere = [r["name"] for r in results if r["machine"] != host]
     timed = (f"the first {study.speed_utterances} test utterances" if speech
-             else f"{study.speed_tokens} test tokens")
+             else f"{study.speed_tokens} test tokens fed one per call (streaming)")
     lines = [f"# {study.title}", "", "```sh", command, "```", "",
              f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}. Metrics on the test "
              f"split. Speeds at batch 1 on one thread over {timed} (best of 3, timed in turns in one "
