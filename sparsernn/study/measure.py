@@ -101,7 +101,8 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
     directory = run_dir(out, name)
     best = directory / "checkpoints" / "best.pt"
     model, config, _, checkpoint = load_trained(best)
-    baseline = load_trained(run_dir(out, study.baseline) / "checkpoints" / "best.pt")[0]
+    baseline = (model if name == study.baseline  # the baseline times itself: load it once
+                else load_trained(run_dir(out, study.baseline) / "checkpoints" / "best.pt")[0])
     if config.speech:
         from sparsernn.train.recognize import evaluate_speech
 

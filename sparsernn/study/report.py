@@ -79,7 +79,7 @@ def _seed_spread(study, results: list[dict], speech: bool) -> list[str]:
             lines.append(f"- {shown}: spread {spread}")
     if not lines:
         return []
-    return [f"Seed spread (runs that differ only in `train.seed`), test {_metric(group[0])[0]}:", "",
+    return [f"Seed spread (runs that differ only in `train.seed`), test {_metric(results[0])[0]}:", "",
             *lines, ""]
 
 
@@ -189,7 +189,9 @@ def write_report(out: Path) -> Path:
     elsewhere = [r["name"] for r in results if r["machine"] != host]
     timed = (f"the first {study.speed_utterances} test utterances" if speech
              else f"{study.speed_tokens} test tokens fed one per call (streaming)")
+    notes = out / "notes.md"  # how the runs were made, where that is more than the command
     lines = [f"# {study.title}", "", "```sh", command, "```", "",
+             *([notes.read_text().strip(), ""] if notes.exists() else []),
              f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}. Metrics on the test "
              f"split. Speeds at batch 1 on one thread over {timed} (best of 3, timed in turns in one "
              "process): the engine on each run's exported model against the dense baseline in PyTorch.", "",
@@ -198,9 +200,6 @@ def write_report(out: Path) -> Path:
         lines += [f"Measured on another machine or software than the baseline (see results.json): "
                   f"{', '.join(elsewhere)}.", ""]
     lines += _seed_spread(study, results, speech)
-    notes = out / "notes.md"  # how the runs were made, where that is more than the command
-    if notes.exists():
-        lines[6:6] = [notes.read_text().strip(), ""]
     missing = [run.name for run in study.runs if run.name not in {r["name"] for r in results}]
     if missing:
         lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
