@@ -21,9 +21,10 @@ from sparsernn.export import ExportedModel, load_exported
 from sparsernn.kernels import CELLS, SparseMatrix
 
 #: Above this density an unstructured matrix runs faster as dense 16x1 or 8x1 blocks (the vectorized
-#: block kernels) than as CSR: at full density about 7x faster for a 576x192 GRU matrix at batch 1, and
-#: break-even near 10% density (measured on the development machine; see the note on the engine issue).
-DENSE_ENOUGH = 0.3
+#: block kernels) than as CSR. `python benchmarks/dense_layout.py` on the development machine, batch 1:
+#: at full density 3.5x (576x192) and 2.8x (3072x1024) faster; the break-even lies near 10% density for
+#: the small matrix and between 30% and 40% for the large one (BENCHMARKS.md).
+DENSE_ENOUGH = 0.4
 
 
 def as_kernel_matrix(weight: SparseMatrix | np.ndarray, rows_unit: int | None = None) -> SparseMatrix:
