@@ -5,7 +5,8 @@ or more threads. Methods: ``numpy`` (OpenBLAS) and ``torch`` dense, ``scipy`` (C
 ``torch_csr`` (MKL through ``torch.sparse_csr_tensor`` with int32 indices) and ``sparsernn``. Each row:
 ``n, sparsity, batch, threads, structure, method, us_per_call, gbytes_per_s, speedup_vs_dense`` (against
 the fastest dense method at the same n, batch and threads) and ``bound_speedup`` (dense bytes over the
-bytes of our format: what memory traffic alone would allow).
+bytes of our format: what memory traffic alone would allow). All methods for one n, batch and thread
+count are timed in turns (:func:`measure_in_turns`).
 
 End to end: a GRU language model, 90% sparse, fed one token at a time (batch 1, state carried) and as a
 whole sequence, our engine against the dense PyTorch model.
@@ -26,20 +27,29 @@ import numpy as np
 from sparsernn.bench.report import markdown_table, plot_rows
 
 
-def measure(function, seconds: float) -> float:
-    """Median microseconds per call over ~10 batches of calls filling ``seconds``."""
-    function()
-    start, calls = time.perf_counter(), 0
-    while time.perf_counter() - start < seconds / 10 or calls < 1:
+def measure_in_turns(functions: dict, seconds: float, rounds: int = 10) -> dict:
+    """Median microseconds per call of each function, timed in turns.
+
+    Each function gets a batch size of calls that lasts about ``seconds / rounds``; then in each of
+    ``rounds`` rounds every function runs one batch, so a busy spell on a shared machine slows all of
+    them alike instead of whichever happened to be running.
+    """
+    calls = {}
+    for name, function in functions.items():
         function()
-        calls += 1
-    samples = []
-    for _ in range(10):
-        start = time.perf_counter()
-        for _ in range(calls):
+        start, count = time.perf_counter(), 0
+        while time.perf_counter() - start < seconds / rounds or count < 1:
             function()
-        samples.append((time.perf_counter() - start) / calls)
-    return statistics.median(samples) * 1e6
+            count += 1
+        calls[name] = count
+    samples = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, function in functions.items():
+            start = time.perf_counter()
+            for _ in range(calls[name]):
+                function()
+            samples[name].append((time.perf_counter() - start) / calls[name])
+    return {name: statistics.median(times) * 1e6 for name, times in samples.items()}
 
 
 def random_pruned(rng, n: int, sparsity: float, block: tuple[int, int]) -> np.ndarray:
@@ -101,20 +111,18 @@ def kernel_rows(sizes, sparsities, batches, thread_counts, block, seconds, progr
         torch.set_num_threads(threads)
         with threadpool_limits(threads):
             dense = rng.standard_normal((n, n)).astype(np.float32)
-            dense_rows = [_row(n, 0.0, batch, threads, "dense", method, measure(call, seconds), nbytes, 1.0)
-                          for method, (call, nbytes) in _dense_methods(dense, x).items()]
-            best_dense = min(row["us_per_call"] for row in dense_rows)
-            for row in dense_rows:
-                row["speedup_vs_dense"] = round(best_dense / row["us_per_call"], 3)
-            rows += dense_rows
+            methods = {("dense", 0.0, method): call for method, call in _dense_methods(dense, x).items()}
             for sparsity, (structure, shape) in itertools.product(sparsities, structures.items()):
                 weights = random_pruned(rng, n, sparsity, shape)
-                methods = _sparse_methods(weights, shape, x, threads)
-                ours = n * n * 4 / methods["sparsernn"][1]
-                for method, (call, nbytes) in methods.items():
-                    us = measure(call, seconds)
-                    rows.append(_row(n, sparsity, batch, threads, structure, method, us, nbytes, ours,
-                                     best_dense / us))
+                methods |= {(structure, sparsity, method): call
+                            for method, call in _sparse_methods(weights, shape, x, threads).items()}
+            timed = measure_in_turns({key: call for key, (call, _) in methods.items()}, seconds)
+        best_dense = min(us for (structure, _, _), us in timed.items() if structure == "dense")
+        for (structure, sparsity, method), us in timed.items():
+            nbytes = methods[structure, sparsity, method][1]
+            ours = n * n * 4 / methods[structure, sparsity, "sparsernn"][1] if structure != "dense" else 1.0
+            rows.append(_row(n, sparsity, batch, threads, structure, method, us, nbytes, ours,
+                             best_dense / us))
         at_90 = [r for r in rows
                  if (r["n"], r["batch"], r["threads"], r["sparsity"]) == (n, batch, threads, 0.9)]
         progress(f"n={n} batch={batch} threads={threads}: best dense {best_dense:.1f} us; at 90%: "

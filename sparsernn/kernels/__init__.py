@@ -14,9 +14,11 @@ Activations are feature-major: ``x`` is ``(features, N)``; ``xproj`` is ``(T, ga
 from __future__ import annotations
 
 import importlib
+import math
 import warnings
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
+from typing import NamedTuple
 
 import numpy as np
 
@@ -29,6 +31,22 @@ _CELL_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "gru": 2, "lstm": 3, "rnn_clipped_r
 
 class FormatError(ValueError):
     """Arrays that do not describe a valid sparse matrix."""
+
+
+class Interleaved(NamedTuple):
+    """An unstructured matrix laid out for products with one column (SELL-8-sigma).
+
+    Rows are sorted by their number of non-zeros within windows of ``sigma`` rows and taken 8 at a
+    time: group ``g`` owns slots ``ptr[g]:ptr[g + 1]``; slot ``s`` holds the ``s``-th non-zero of each of
+    the group's 8 rows in ``values[s]`` and ``index[s]`` (value 0, index 0 past a row's end); lane ``l``
+    computes row ``order[8 * g + l]``. One vector multiply then serves 8 rows, with no per-row tail.
+    """
+
+    sigma: int
+    ptr: np.ndarray  # int32 (rows / 8 + 1,)
+    order: np.ndarray  # int32 (rows,)
+    index: np.ndarray  # uint16 (slots, 8)
+    values: np.ndarray  # float32 (slots, 8)
 
 
 @dataclass(frozen=True)
@@ -102,6 +120,33 @@ class SparseMatrix:
     def nbytes(self) -> int:
         return self.rowptr.nbytes + self.index.nbytes + self.values.nbytes
 
+    @cached_property
+    def interleaved(self) -> Interleaved | None:
+        """The one-column layout of an unstructured uint16 matrix, built on first use (about the size of
+        the CSR arrays again); None for blocks, int32 indices, or shapes with no window (see below).
+
+        The window is the largest multiple of 8 up to 64 that divides both dimensions, so that the
+        gates of a recurrent matrix (``gates * H`` rows) and the threads' shares fall on whole windows.
+        """
+        rows, cols = self.shape
+        windows = [w for w in range(64, 7, -8) if math.gcd(rows, cols) % w == 0]
+        if self.block != (1, 1) or self.index.dtype != np.uint16 or not windows:
+            return None
+        sigma = windows[0]
+        lengths = np.diff(self.rowptr)
+        order = np.lexsort((-lengths, np.arange(rows) // sigma)).astype(np.int32)
+        ptr = np.zeros(rows // 8 + 1, dtype=np.int32)
+        np.cumsum(lengths[order].reshape(-1, 8).max(axis=1), out=ptr[1:])
+        position = np.empty(rows, dtype=np.int64)
+        position[order] = np.arange(rows)
+        row = np.repeat(np.arange(rows), lengths)
+        slot = ptr[position[row] // 8] + np.arange(row.size) - self.rowptr[row]
+        index = np.zeros((int(ptr[-1]), 8), dtype=np.uint16)
+        values = np.zeros((int(ptr[-1]), 8), dtype=np.float32)
+        index[slot, position[row] % 8] = self.index
+        values[slot, position[row] % 8] = self.values.reshape(-1)
+        return Interleaved(sigma, ptr, order, index, values)
+
     def to_dense(self) -> np.ndarray:
         rows, cols = self.shape
         r, c = self.block
@@ -136,9 +181,12 @@ def backend(name: str = "auto") -> str:
     return "c"
 
 
-def _args(matrix: SparseMatrix) -> tuple:
+def _args(matrix: SparseMatrix, columns: int) -> tuple:
+    """The matrix's arguments to a compiled call with ``columns`` columns (one: the interleaved copy too)."""
+    interleaved = matrix.interleaved if columns == 1 else None
     return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32),
-            matrix.rowptr, matrix.index, matrix.values)
+            matrix.rowptr, matrix.index, matrix.values,
+            *(interleaved or (0, b"", b"", b"", b"")))
 
 
 def _float32(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
@@ -159,7 +207,7 @@ def spmm(matrix: SparseMatrix, x: np.ndarray, bias: np.ndarray | None = None, *,
     if backend(backend_name) == "reference":
         return reference.spmm(matrix, x, bias)
     out = np.empty((rows, n), dtype=np.float32) if out is None else _float32("out", out, (rows, n))
-    _compiled().spmm(*_args(matrix), x, out, b"" if bias is None else bias, n, threads)
+    _compiled().spmm(*_args(matrix, n), x, out, b"" if bias is None else bias, n, threads)
     return out
 
 
@@ -189,7 +237,7 @@ def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np
     if backend(backend_name) == "reference":
         return reference.recurrent(cell, weight_hh, bias_hh, xproj, h, c, reverse=reverse)
     out = np.empty((steps, hidden, batch), dtype=np.float32)
-    _compiled().recurrent(_CELL_CODES[cell], *_args(weight_hh), bias_hh, xproj, out, h,
+    _compiled().recurrent(_CELL_CODES[cell], *_args(weight_hh, batch), bias_hh, xproj, out, h,
                           c if c is not None else np.empty(0, np.float32), steps, batch, int(reverse),
                           max(1, threads))
     return out

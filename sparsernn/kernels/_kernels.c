@@ -7,6 +7,11 @@
  *   spmm    X is (cols, N), Y is (rows, N): Y = W X (+ bias per row). Feature-major, so the N columns
  *           of one input feature sit together and the products vectorize over N.
  *   recurrent  xproj (T, G*H, B): input projections incl. b_ih; out (T, H, B); h, c (H, B) in/out.
+ *   interleaved  optional second copy of an unstructured uint16 matrix for one column (SELL-8-sigma):
+ *           rows sorted by length within windows of sigma rows, then taken 8 at a time; group g holds
+ *           slots [ptr[g], ptr[g+1]), slot s the s-th non-zero of each of its 8 rows (lanes) in
+ *           values[8s..8s+8] and index[8s..8s+8] (zero value, index 0 past a row's end), and lane l
+ *           computes row order[8g + l]. sigma = 0: none.
  *
  * The Python side (sparsernn.kernels) validates index ranges once, when a matrix is built; here only
  * buffer sizes are checked, on every call, so a wrong call raises instead of reading out of bounds.
@@ -35,6 +40,10 @@ struct Matrix {
     const void *index;
     const float *values;
     kernel_fn by_width[3]; /* for 16, 4 and 1 columns, chosen once per call (NULL: generic_kernel) */
+    int sigma;             /* the interleaved copy's window (0: none) */
+    const int32_t *sell_ptr, *sell_order;
+    const uint16_t *sell_index;
+    const float *sell_values;
 };
 
 /* ---- block rows [br0, br1) of Y = W X + bias, for N columns (X row stride ldx, Y row stride ldy) ---- */
@@ -192,6 +201,48 @@ static void csr_gather_u16(const Matrix *m, int br0, int br1, const float *X, lo
         Y[(size_t)row * ldy] = acc + (bias ? bias[row] : 0.0f);
     }
 }
+/* Eight x values at eight uint16 indices, packed into a vector; the indices come in two 64-bit loads and
+ * are split with shifts, which leaves the load ports to the x loads. */
+static inline __m256 gather_x8(const float *X, const uint16_t *i) {
+    uint64_t a, b;
+    memcpy(&a, i, 8);
+    memcpy(&b, i + 4, 8);
+    return _mm256_set_ps(X[b >> 48], X[(b >> 32) & 0xffff], X[(b >> 16) & 0xffff], X[b & 0xffff], X[a >> 48],
+                         X[(a >> 32) & 0xffff], X[(a >> 16) & 0xffff], X[a & 0xffff]);
+}
+
+/* Unstructured, one contiguous column, from the interleaved copy: one FMA computes a non-zero of each of
+ * 8 rows, so there is no per-row tail or horizontal sum (about 1.3x csr_gather_u16 at n = 1760, 90%:
+ * benchmarks/csr_gather_variants.c). Rows [br0, br1) must be whole windows, else CSR. */
+static void interleaved_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                            const float *bias) {
+    if (ldx != 1 || br0 % m->sigma || br1 % m->sigma) {
+        csr_gather_u16(m, br0, br1, X, ldx, Y, ldy, bias);
+        return;
+    }
+    for (int g = br0 / 8; g < br1 / 8; ++g) {
+        int32_t s = m->sell_ptr[g];
+        const int32_t end = m->sell_ptr[g + 1];
+        const float *v = m->sell_values;
+        const uint16_t *ix = m->sell_index;
+        __m256 p0 = _mm256_setzero_ps(), p1 = _mm256_setzero_ps(), p2 = _mm256_setzero_ps(),
+               p3 = _mm256_setzero_ps();
+        for (; s + 4 <= end; s += 4) {
+            p0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s), gather_x8(X, ix + 8 * (size_t)s), p0);
+            p1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s + 8), gather_x8(X, ix + 8 * (size_t)s + 8), p1);
+            p2 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s + 16), gather_x8(X, ix + 8 * (size_t)s + 16), p2);
+            p3 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s + 24), gather_x8(X, ix + 8 * (size_t)s + 24), p3);
+        }
+        for (; s < end; ++s)
+            p0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s), gather_x8(X, ix + 8 * (size_t)s), p0);
+        float sums[8];
+        _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_add_ps(p0, p1), _mm256_add_ps(p2, p3)));
+        for (int lane = 0; lane < 8; ++lane) {
+            const int32_t row = m->sell_order[8 * g + lane];
+            Y[(size_t)row * ldy] = sums[lane] + (bias ? bias[row] : 0.0f);
+        }
+    }
+}
 #endif
 
 /* R x 1 blocks (R = 8 or 16 consecutive rows of one column), one contiguous column: per block one
@@ -239,7 +290,7 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
         if (shape_table[s][0] == m->r && shape_table[s][1] == m->c) {
 #ifdef __AVX2__
             if (nn_slot == 2 && !m->wide) {
-                if (s == 0) return csr_gather_u16;
+                if (s == 0) return m->sigma ? interleaved_u16 : csr_gather_u16;
                 if (s == 2) return column_blocks_8;
                 if (s == 3) return column_blocks_16;
             }
@@ -328,6 +379,9 @@ static void pointwise(int cell, long H, long B, long q0, long q1, const float *x
     memcpy(out + q0, h_next + q0, (size_t)(q1 - q0) * sizeof(float));
 }
 
+/* A block-row bound moved down to a window of the interleaved copy, so that every thread can use it. */
+static int whole_windows(const Matrix *m, int bound) { return m->sigma ? bound - bound % m->sigma : bound; }
+
 /* Split H/r unit blocks among threads by their non-zeros over all gates. */
 static void partition(const Matrix *m, int G, int threads, int *bounds) {
     const int units = m->rows / G / m->r;
@@ -342,6 +396,7 @@ static void partition(const Matrix *m, int G, int threads, int *bounds) {
         while (t < threads && seen >= total * t / threads) bounds[t++] = u + 1;
     }
     while (t <= threads) bounds[t++] = units;
+    for (t = 1; t < threads; ++t) bounds[t] = whole_windows(m, bounds[t]);
 }
 
 /* One layer and direction over T steps. The threads stay in one parallel region for the whole
@@ -401,7 +456,8 @@ static int check_len(const Py_buffer *b, Py_ssize_t need, const char *what) {
 
 /* Fills m from the buffers after checking their sizes against the shape and block shape. */
 static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py_buffer *rowptr, Py_buffer *index,
-                       Py_buffer *values) {
+                       Py_buffer *values, int sigma, Py_buffer *sell_ptr, Py_buffer *sell_order,
+                       Py_buffer *sell_index, Py_buffer *sell_values) {
     if (r < 1 || c < 1 || r > 64 || c > 64 || rows % r || cols % c) {
         PyErr_Format(PyExc_ValueError, "block %dx%d does not tile a %dx%d matrix", r, c, rows, cols);
         return -1;
@@ -417,22 +473,42 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
     if (check_len(index, nblocks * (wide ? 4 : 2), "index") ||
         check_len(values, nblocks * r * c * 4, "values"))
         return -1;
-    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}};
+    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, NULL, NULL, NULL, NULL};
+#ifdef __AVX2__
+    if (sigma) { /* without AVX2 the interleaved copy is not used */
+        if (r != 1 || c != 1 || wide || sigma % 8 || rows % sigma) {
+            PyErr_Format(PyExc_ValueError, "interleaved copy: window %d does not fit a %dx%d %dx%d matrix", sigma,
+                         rows, cols, r, c);
+            return -1;
+        }
+        if (check_len(sell_ptr, (rows / 8 + 1) * 4, "interleaved ptr") ||
+            check_len(sell_order, (Py_ssize_t)rows * 4, "interleaved order"))
+            return -1;
+        const int32_t *sp = sell_ptr->buf;
+        if (sp[0] != 0 || sp[rows / 8] < 0 || check_len(sell_index, (Py_ssize_t)sp[rows / 8] * 16, "interleaved index") ||
+            check_len(sell_values, (Py_ssize_t)sp[rows / 8] * 32, "interleaved values"))
+            return -1;
+        m->sigma = sigma, m->sell_ptr = sp, m->sell_order = sell_order->buf;
+        m->sell_index = sell_index->buf, m->sell_values = sell_values->buf;
+    }
+#else
+    (void)sigma, (void)sell_ptr, (void)sell_order, (void)sell_index, (void)sell_values;
+#endif
     for (int slot = 0; slot < 3; ++slot) m->by_width[slot] = pick_kernel(m, slot);
     return 0;
 }
 
 static PyObject *py_spmm(PyObject *self, PyObject *args) {
     (void)self;
-    int rows, cols, r, c, wide, threads;
+    int rows, cols, r, c, wide, sigma, threads;
     long N;
-    Py_buffer rowptr, index, values, x, y, bias;
-    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*y*w*y*li", &rows, &cols, &r, &c, &wide, &rowptr, &index, &values, &x,
-                          &y, &bias, &N, &threads))
+    Py_buffer rowptr, index, values, sptr, sorder, sindex, svalues, x, y, bias;
+    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*iy*y*y*y*y*w*y*li", &rows, &cols, &r, &c, &wide, &rowptr, &index,
+                          &values, &sigma, &sptr, &sorder, &sindex, &svalues, &x, &y, &bias, &N, &threads))
         return NULL;
     PyObject *result = NULL;
     Matrix m;
-    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values) ||
+    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, sigma, &sptr, &sorder, &sindex, &svalues) ||
         check_len(&x, (Py_ssize_t)cols * N * 4, "x") || check_len(&y, (Py_ssize_t)rows * N * 4, "y") ||
         (bias.len && check_len(&bias, (Py_ssize_t)rows * 4, "bias")))
         goto done;
@@ -443,28 +519,32 @@ static PyObject *py_spmm(PyObject *self, PyObject *args) {
     Py_BEGIN_ALLOW_THREADS;
 #pragma omp parallel for schedule(static) num_threads(parts)
     for (int part = 0; part < parts; ++part)
-        rows_product(&m, (int)((long)block_rows * part / parts), (int)((long)block_rows * (part + 1) / parts), X, N,
-                     Y, N, N, b);
+        rows_product(&m, whole_windows(&m, (int)((long)block_rows * part / parts)),
+                     part + 1 == parts ? block_rows : whole_windows(&m, (int)((long)block_rows * (part + 1) / parts)),
+                     X, N, Y, N, N, b);
     Py_END_ALLOW_THREADS;
     result = Py_None;
     Py_INCREF(result);
 done:
     PyBuffer_Release(&rowptr), PyBuffer_Release(&index), PyBuffer_Release(&values);
+    PyBuffer_Release(&sptr), PyBuffer_Release(&sorder), PyBuffer_Release(&sindex), PyBuffer_Release(&svalues);
     PyBuffer_Release(&x), PyBuffer_Release(&y), PyBuffer_Release(&bias);
     return result;
 }
 
 static PyObject *py_recurrent(PyObject *self, PyObject *args) {
     (void)self;
-    int cell, rows, cols, r, c, wide, reverse, threads;
+    int cell, rows, cols, r, c, wide, sigma, reverse, threads;
     long T, B;
-    Py_buffer rowptr, index, values, bias, xproj, out, h, cst;
-    if (!PyArg_ParseTuple(args, "iiiiiiy*y*y*y*y*w*w*w*llii", &cell, &rows, &cols, &r, &c, &wide, &rowptr, &index,
-                          &values, &bias, &xproj, &out, &h, &cst, &T, &B, &reverse, &threads))
+    Py_buffer rowptr, index, values, sptr, sorder, sindex, svalues, bias, xproj, out, h, cst;
+    if (!PyArg_ParseTuple(args, "iiiiiiy*y*y*iy*y*y*y*y*y*w*w*w*llii", &cell, &rows, &cols, &r, &c, &wide, &rowptr,
+                          &index, &values, &sigma, &sptr, &sorder, &sindex, &svalues, &bias, &xproj, &out, &h, &cst,
+                          &T, &B, &reverse, &threads))
         return NULL;
     PyObject *result = NULL;
     Matrix m;
-    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values)) goto done;
+    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, sigma, &sptr, &sorder, &sindex, &svalues))
+        goto done;
     const int G = cell < 0 || cell > 4 ? 0 : cell_gates(cell);
     if (!G || rows != G * cols || (cols / r) * r != cols || threads < 1 || T < 0 || B < 1) {
         PyErr_Format(PyExc_ValueError, "recurrent: cell %d, W_hh %dx%d, block %dx%d, %d threads do not fit", cell,
@@ -489,16 +569,18 @@ static PyObject *py_recurrent(PyObject *self, PyObject *args) {
     Py_INCREF(result);
 done:
     PyBuffer_Release(&rowptr), PyBuffer_Release(&index), PyBuffer_Release(&values), PyBuffer_Release(&bias);
+    PyBuffer_Release(&sptr), PyBuffer_Release(&sorder), PyBuffer_Release(&sindex), PyBuffer_Release(&svalues);
     PyBuffer_Release(&xproj), PyBuffer_Release(&out), PyBuffer_Release(&h), PyBuffer_Release(&cst);
     return result;
 }
 
 static PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS,
-     "spmm(rows, cols, r, c, wide, rowptr, index, values, x, y, bias, n, threads): y = W x + bias"},
+     "spmm(rows, cols, r, c, wide, rowptr, index, values, sigma, sell_ptr, sell_order, sell_index, sell_values, "
+     "x, y, bias, n, threads): y = W x + bias"},
     {"recurrent", py_recurrent, METH_VARARGS,
-     "recurrent(cell, rows, cols, r, c, wide, rowptr, index, values, bias_hh, xproj, out, h, c, T, B, "
-     "reverse, threads)"},
+     "recurrent(cell, rows, cols, r, c, wide, rowptr, index, values, sigma, sell_ptr, sell_order, sell_index, "
+     "sell_values, bias_hh, xproj, out, h, c, T, B, reverse, threads)"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -5,6 +5,7 @@ import json
 import pytest
 
 from sparsernn import kernels
+from sparsernn.bench import measure_in_turns
 from sparsernn.cli import main
 
 pytestmark = pytest.mark.skipif(kernels.backend() != "c", reason="compiled kernels not built")
@@ -29,3 +30,13 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
                                                                "sparsernn_blocks"}
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     assert "| blocks | sparsernn |" in paths["markdown"].read_text()
+
+
+def test_methods_are_timed_in_turns():
+    """After one calibration pass each, the functions alternate: one batch of each per round."""
+    calls = []
+    functions = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
+    timed = measure_in_turns(functions, 0.002, rounds=4)
+    assert set(timed) == {"a", "b"} and all(us > 0 for us in timed.values())
+    runs = [calls[0]] + [now for before, now in zip(calls, calls[1:], strict=False) if now != before]
+    assert runs == ["a", "b"] * 5  # the calibration pass, then 4 rounds

@@ -38,15 +38,80 @@ def test_spmm_matches_dense_and_reference(block, density):
         np.testing.assert_allclose(spmm(matrix, x, threads=threads), expected - bias[:, None], atol=1e-4)
 
 
-def test_long_rows_use_every_unrolled_path():
-    """Rows with 0..70 non-zeros exercise the 16-wide loop, its remainder and the scalar tail."""
+@pytest.mark.parametrize("rows, window", [(71, None), (72, 8)])
+def test_long_rows_use_every_unrolled_path(rows, window):
+    """Rows with 0..71 non-zeros exercise the 16-wide CSR loop, its remainder and the scalar tail (71
+    rows: no interleaved copy), or the interleaved loop of 4 slots and its remainder (72 rows)."""
     rng = np.random.default_rng(3)
-    dense = np.zeros((71, 1760), np.float32)
-    for row in range(71):
+    dense = np.zeros((rows, 1760), np.float32)
+    for row in range(rows):
         cols = rng.choice(1760, size=row, replace=False)
         dense[row, cols] = rng.standard_normal(row)
+    matrix = SparseMatrix.from_dense(dense)
     x = rng.standard_normal((1760, 1)).astype(np.float32)
-    np.testing.assert_allclose(spmm(SparseMatrix.from_dense(dense), x), dense @ x, atol=1e-4)
+    np.testing.assert_allclose(spmm(matrix, x), dense @ x, atol=1e-4)
+    assert (matrix.interleaved and matrix.interleaved.sigma) == window
+
+
+def interleaved_to_dense(matrix):
+    """The slow oracle: every slot of every group written back to its row."""
+    layout = matrix.interleaved
+    dense = np.zeros(matrix.shape, np.float32)
+    for group in range(matrix.shape[0] // 8):
+        for slot in range(layout.ptr[group], layout.ptr[group + 1]):
+            for lane in range(8):
+                dense[layout.order[8 * group + lane], layout.index[slot, lane]] += layout.values[slot, lane]
+    return dense
+
+
+@pytest.mark.parametrize("shape, window",
+                         [((48, 96), 48), ((600, 200), 40), ((192, 64), 64), ((24, 9), None)])
+def test_interleaved_copy_holds_each_row_within_its_window(shape, window):
+    rng = np.random.default_rng(11)
+    dense, matrix = random_sparse(rng, shape, (1, 1), 0.1)
+    dense[5] = 0.0  # an empty row
+    matrix = SparseMatrix.from_dense(dense)
+    if window is None:
+        assert matrix.interleaved is None
+        return
+    layout = matrix.interleaved
+    assert layout.sigma == window
+    assert sorted(layout.order) == list(range(shape[0]))
+    assert np.array_equal(layout.order // window, np.arange(shape[0]) // window)  # rows stay in their window
+    lengths = np.diff(matrix.rowptr)[layout.order]
+    assert np.all(np.diff(lengths.reshape(-1, window), axis=1) <= 0)  # longest first inside a window
+    assert np.array_equal(np.diff(layout.ptr), lengths.reshape(-1, 8).max(axis=1))
+    assert np.array_equal(interleaved_to_dense(matrix), dense)
+
+
+@pytest.mark.parametrize("shape", [(600, 200), (192, 64), (1760, 1760)])
+def test_interleaved_products_match_dense(shape):
+    """One column, with thread shares that start inside a window (moved to its start) or not."""
+    rng = np.random.default_rng(12)
+    dense, matrix = random_sparse(rng, shape, (1, 1), 0.1)
+    assert matrix.interleaved is not None
+    x = rng.standard_normal((shape[1], 1)).astype(np.float32)
+    bias = rng.standard_normal(shape[0]).astype(np.float32)
+    for threads in (1, 2, 3, 5):
+        np.testing.assert_allclose(spmm(matrix, x, bias, threads=threads), dense.astype(np.float64) @ x
+                                   + bias[:, None], atol=1e-4)
+
+
+def test_no_interleaved_copy_for_blocks_or_wide_indices():
+    dense = np.ones((16, 16), np.float32)
+    assert SparseMatrix.from_dense(dense, (8, 1)).interleaved is None
+    assert SparseMatrix.from_dense(dense, (1, 1), np.int32).interleaved is None
+
+
+def test_short_interleaved_arrays_are_rejected_by_the_compiled_call():
+    matrix = SparseMatrix.from_dense(np.eye(16, dtype=np.float32))
+    sigma, ptr, order, index, values = matrix.interleaved
+    x, y = np.ones((16, 1), np.float32), np.empty((16, 1), np.float32)
+    csr = (16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values)
+    with pytest.raises(ValueError, match="interleaved index"):
+        kernels._compiled().spmm(*csr, sigma, ptr, order, index[:-1], values, x, y, b"", 1, 1)
+    with pytest.raises(ValueError, match="window 12"):
+        kernels._compiled().spmm(*csr, 12, ptr, order, index, values, x, y, b"", 1, 1)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
