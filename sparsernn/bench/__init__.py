@@ -32,7 +32,8 @@ def measure_in_turns(functions: dict, seconds: float, rounds: int = 10) -> dict:
 
     Each function gets a batch size of calls that lasts about ``seconds / rounds``; then in each of
     ``rounds`` rounds every function runs one batch, so a busy spell on a shared machine slows all of
-    them alike instead of whichever happened to be running.
+    them alike instead of whichever happened to be running. An untimed call before each batch brings
+    the function's data back into the caches the other functions used, as repeated use would.
     """
     calls = {}
     for name, function in functions.items():
@@ -45,6 +46,7 @@ def measure_in_turns(functions: dict, seconds: float, rounds: int = 10) -> dict:
     samples = {name: [] for name in functions}
     for _ in range(rounds):
         for name, function in functions.items():
+            function()
             start = time.perf_counter()
             for _ in range(calls[name]):
                 function()

@@ -33,7 +33,8 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
 
 
 def test_methods_are_timed_in_turns():
-    """After one calibration pass each, the functions alternate: one batch of each per round."""
+    """After one calibration pass each, the functions alternate: one batch of each per round (each
+    batch led by its untimed warm-up call)."""
     calls = []
     functions = {"a": lambda: calls.append("a"), "b": lambda: calls.append("b")}
     timed = measure_in_turns(functions, 0.002, rounds=4)
