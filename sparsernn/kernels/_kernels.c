@@ -283,6 +283,142 @@ static void interleaved_u16(const Matrix *m, int br0, int br1, const float *X, l
 #ifdef __AVX2__
 COLUMN_BLOCKS(column_blocks_8, 8)
 COLUMN_BLOCKS(column_blocks_16, 16)
+
+static inline float hsum128(__m128 s) {
+    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+    return _mm_cvtss_f32(_mm_add_ss(s, _mm_movehdup_ps(s)));
+}
+static inline float hsum256(__m256 v) {
+    return hsum128(_mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1)));
+}
+
+/* R x C blocks with C = 8 or 16, one contiguous column: each row of a block is C/8 vectors, multiplied by
+ * the block's C values of x; U blocks in flight, a horizontal sum per row at the end of a block row. */
+#define ROW_VECTOR_BLOCKS(NAME, R, C, U)                                                            \
+    static void NAME(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, \
+                     const float *bias) {                                                        \
+        if (ldx != 1) {                                                                          \
+            k_##R##x##C##_1_u16(m, br0, br1, X, ldx, Y, ldy, bias);                              \
+            return;                                                                              \
+        }                                                                                        \
+        const uint16_t *index = (const uint16_t *)m->index;                                      \
+        for (int br = br0; br < br1; ++br) {                                                     \
+            __m256 acc[U][R][(C) / 8];                                                           \
+            for (int u = 0; u < (U); ++u)                                                        \
+                for (int i = 0; i < (R); ++i)                                                    \
+                    for (int h = 0; h < (C) / 8; ++h) acc[u][i][h] = _mm256_setzero_ps();      \
+            int32_t k = m->rowptr[br];                                                           \
+            const int32_t end = m->rowptr[br + 1];                                               \
+            for (; k < end; k += (U))                                                            \
+                for (int u = 0; u < (U) && k + u < end; ++u) {                                   \
+                    const float *x = X + (size_t)index[k + u] * (C);                             \
+                    const float *v = m->values + (size_t)(k + u) * ((R) * (C));                  \
+                    for (int i = 0; i < (R); ++i)                                                \
+                        for (int h = 0; h < (C) / 8; ++h)                                        \
+                            acc[u][i][h] = _mm256_fmadd_ps(_mm256_loadu_ps(v + i * (C) + 8 * h),  \
+                                                           _mm256_loadu_ps(x + 8 * h), acc[u][i][h]); \
+                }                                                                                \
+            for (int i = 0; i < (R); ++i) {                                                      \
+                __m256 sum = _mm256_setzero_ps();                                                \
+                for (int u = 0; u < (U); ++u)                                                    \
+                    for (int h = 0; h < (C) / 8; ++h) sum = _mm256_add_ps(sum, acc[u][i][h]);    \
+                Y[(size_t)(br * (R) + i) * ldy] = hsum256(sum) + (bias ? bias[br * (R) + i] : 0.0f); \
+            }                                                                                    \
+        }                                                                                        \
+    }
+ROW_VECTOR_BLOCKS(row_blocks_1x8, 1, 8, 4)
+ROW_VECTOR_BLOCKS(row_blocks_1x16, 1, 16, 2)
+ROW_VECTOR_BLOCKS(row_blocks_8x8, 8, 8, 1)
+
+/* 4x4 blocks, one contiguous column: rows 0-1 and rows 2-3 of a block are one vector each, times the
+ * block's 4 values of x repeated; two blocks in flight; the halves of each sum are the rows. */
+static void blocks_4x4(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                       const float *bias) {
+    if (ldx != 1) {
+        k_4x4_1_u16(m, br0, br1, X, ldx, Y, ldy, bias);
+        return;
+    }
+    const uint16_t *index = (const uint16_t *)m->index;
+    for (int br = br0; br < br1; ++br) {
+        __m256 a[2][2] = {{_mm256_setzero_ps(), _mm256_setzero_ps()}, {_mm256_setzero_ps(), _mm256_setzero_ps()}};
+        int32_t k = m->rowptr[br];
+        const int32_t end = m->rowptr[br + 1];
+        for (; k < end; k += 2)
+            for (int u = 0; u < 2 && k + u < end; ++u) {
+                const __m256 x = _mm256_broadcast_ps((const __m128 *)(X + (size_t)index[k + u] * 4));
+                const float *v = m->values + (size_t)(k + u) * 16;
+                a[u][0] = _mm256_fmadd_ps(_mm256_loadu_ps(v), x, a[u][0]);
+                a[u][1] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8), x, a[u][1]);
+            }
+        for (int half = 0; half < 2; ++half) {
+            const __m256 sum = _mm256_add_ps(a[0][half], a[1][half]);
+            for (int j = 0; j < 2; ++j) {
+                const int row = br * 4 + 2 * half + j;
+                const __m128 part = j ? _mm256_extractf128_ps(sum, 1) : _mm256_castps256_ps128(sum);
+                Y[(size_t)row * ldy] = hsum128(part) + (bias ? bias[row] : 0.0f);
+            }
+        }
+    }
+}
+
+/* 1x4 and 4x1 blocks, one contiguous column: two consecutive blocks' 8 values form one vector. For 1x4
+ * it multiplies both blocks' 4 values of x; for 4x1, each block's x value repeated 4 times, and the two
+ * halves of the sum add up to the 4 rows. */
+static void row_blocks_1x4(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                           const float *bias) {
+    if (ldx != 1) {
+        k_1x4_1_u16(m, br0, br1, X, ldx, Y, ldy, bias);
+        return;
+    }
+    const uint16_t *index = (const uint16_t *)m->index;
+    for (int br = br0; br < br1; ++br) {
+        __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        __m128 tail = _mm_setzero_ps();
+        int32_t k = m->rowptr[br];
+        const int32_t end = m->rowptr[br + 1];
+        for (; k + 8 <= end; k += 8)
+            for (int u = 0; u < 4; ++u) {
+                const __m256 x = _mm256_set_m128(_mm_loadu_ps(X + (size_t)index[k + 2 * u + 1] * 4),
+                                                 _mm_loadu_ps(X + (size_t)index[k + 2 * u] * 4));
+                a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(m->values + (size_t)(k + 2 * u) * 4), x, a[u]);
+            }
+        for (; k < end; ++k)
+            tail = _mm_fmadd_ps(_mm_loadu_ps(m->values + (size_t)k * 4), _mm_loadu_ps(X + (size_t)index[k] * 4), tail);
+        const __m256 sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        Y[(size_t)br * ldy] = hsum256(sum) + hsum128(tail) + (bias ? bias[br] : 0.0f);
+    }
+}
+
+static void column_blocks_4(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                            const float *bias) {
+    if (ldx != 1) {
+        k_4x1_1_u16(m, br0, br1, X, ldx, Y, ldy, bias);
+        return;
+    }
+    const uint16_t *index = (const uint16_t *)m->index;
+    for (int br = br0; br < br1; ++br) {
+        __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+        __m128 tail = _mm_setzero_ps();
+        int32_t k = m->rowptr[br];
+        const int32_t end = m->rowptr[br + 1];
+        for (; k + 8 <= end; k += 8)
+            for (int u = 0; u < 4; ++u) {
+                const __m256 x = _mm256_set_m128(_mm_set1_ps(X[index[k + 2 * u + 1]]), _mm_set1_ps(X[index[k + 2 * u]]));
+                a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(m->values + (size_t)(k + 2 * u) * 4), x, a[u]);
+            }
+        for (; k < end; ++k)
+            tail = _mm_fmadd_ps(_mm_loadu_ps(m->values + (size_t)k * 4), _mm_set1_ps(X[index[k]]), tail);
+        const __m256 sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        float rows[4];
+        _mm_storeu_ps(rows, _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1)), tail));
+        for (int i = 0; i < 4; ++i) Y[(size_t)(br * 4 + i) * ldy] = rows[i] + (bias ? bias[br * 4 + i] : 0.0f);
+    }
+}
+
+/* The one-column AVX2 kernel of each shape in shape_table (1x1 is chosen in pick_kernel). */
+static const kernel_fn one_column[NSHAPES] = {NULL, column_blocks_4, column_blocks_8, column_blocks_16,
+                                              row_blocks_1x4, row_blocks_1x8, row_blocks_1x16, blocks_4x4,
+                                              row_blocks_8x8};
 #endif
 
 static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
@@ -291,8 +427,7 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
 #ifdef __AVX2__
             if (nn_slot == 2 && !m->wide) {
                 if (s == 0) return m->sigma ? interleaved_u16 : csr_gather_u16;
-                if (s == 2) return column_blocks_8;
-                if (s == 3) return column_blocks_16;
+                return one_column[s];
             }
 #endif
             return kernels[m->wide ? 1 : 0][nn_slot][s];
