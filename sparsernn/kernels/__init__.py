@@ -182,8 +182,9 @@ def backend(name: str = "auto") -> str:
 
 
 def _args(matrix: SparseMatrix, columns: int) -> tuple:
-    """The matrix's arguments to a compiled call with ``columns`` columns (one: the interleaved copy too)."""
-    interleaved = matrix.interleaved if columns == 1 else None
+    """The matrix's arguments to a compiled call with ``columns`` columns (one column, where the kernels
+    were built with AVX2: the interleaved copy too)."""
+    interleaved = matrix.interleaved if columns == 1 and _compiled().avx2 else None
     return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32),
             matrix.rowptr, matrix.index, matrix.values,
             *(interleaved or (0, b"", b"", b"", b"")))
