@@ -415,6 +415,45 @@ static void column_blocks_4(const Matrix *m, int br0, int br1, const float *X, l
     }
 }
 
+/* Unstructured, 16 columns (rows of X at stride ldx): per non-zero one broadcast of the weight and two
+ * FMAs; four non-zeros in flight, so eight accumulators cover the FMA latency. The 16 columns are first
+ * copied side by side (64 bytes per input feature), so that the loads of x stay in a few pages instead of
+ * one page per feature. */
+static void csr_tile16_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                           const float *bias) {
+    float *packed = ldx == 16 ? NULL : aligned_alloc(64, (size_t)m->cols * 64);
+    if (packed) {
+        for (int col = 0; col < m->cols; ++col) memcpy(packed + (size_t)col * 16, X + (size_t)col * ldx, 64);
+        X = packed, ldx = 16;
+    }
+    const uint16_t *ix = (const uint16_t *)m->index;
+    const float *v = m->values;
+    for (int row = br0; row < br1; ++row) {
+        __m256 a[4][2];
+        for (int u = 0; u < 4; ++u) a[u][0] = a[u][1] = _mm256_setzero_ps();
+        int32_t k = m->rowptr[row];
+        const int32_t end = m->rowptr[row + 1];
+        for (; k + 4 <= end; k += 4)
+            for (int u = 0; u < 4; ++u) {
+                const __m256 w = _mm256_broadcast_ss(v + k + u);
+                const float *x = X + (size_t)ix[k + u] * ldx;
+                a[u][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x), a[u][0]);
+                a[u][1] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8), a[u][1]);
+            }
+        for (; k < end; ++k) {
+            const __m256 w = _mm256_broadcast_ss(v + k);
+            const float *x = X + (size_t)ix[k] * ldx;
+            a[0][0] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x), a[0][0]);
+            a[0][1] = _mm256_fmadd_ps(w, _mm256_loadu_ps(x + 8), a[0][1]);
+        }
+        const __m256 b = _mm256_set1_ps(bias ? bias[row] : 0.0f);
+        for (int h = 0; h < 2; ++h)
+            _mm256_storeu_ps(Y + (size_t)row * ldy + 8 * h,
+                             _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(a[0][h], a[1][h]), _mm256_add_ps(a[2][h], a[3][h])), b));
+    }
+    free(packed);
+}
+
 /* The one-column AVX2 kernel of each shape in shape_table (1x1 is chosen in pick_kernel). */
 static const kernel_fn one_column[NSHAPES] = {NULL, column_blocks_4, column_blocks_8, column_blocks_16,
                                               row_blocks_1x4, row_blocks_1x8, row_blocks_1x16, blocks_4x4,
@@ -429,25 +468,33 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
                 if (s == 0) return m->sigma ? interleaved_u16 : csr_gather_u16;
                 return one_column[s];
             }
+            if (nn_slot == 0 && !m->wide && s == 0) return csr_tile16_u16;
 #endif
             return kernels[m->wide ? 1 : 0][nn_slot][s];
         }
     return NULL;
 }
 
-/* Block rows [br0, br1) for all N columns: tiles of 16, then 4, then 1 columns. */
+/* Block rows [br0, br1) for all N columns: tiles of 16, then 4, then 1 columns. With 16 columns or more
+ * the rows go in bands of about 128, each band through every tile, so that the band's rows of Y (a page
+ * each when N is large) stay in the TLB while the tiles pass; tile by tile over all rows, every 64-byte
+ * store would land on a page not seen since the previous tile. */
 static void rows_product(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                          long N, const float *bias) {
-    long n = 0;
     static const int widths[3] = {16, 4, 1};
-    for (int slot = 0; slot < 3; ++slot) {
-        const kernel_fn f = m->by_width[slot];
-        for (; n + widths[slot] <= N; n += widths[slot]) {
-            if (f) {
-                f(m, br0, br1, X + n, ldx, Y + n, ldy, bias);
-            } else {
-                for (int w = 0; w < widths[slot]; ++w)
-                    generic_kernel(m, br0, br1, X + n + w, ldx, Y + n + w, ldy, bias);
+    const int band = N >= 16 && m->r < 128 ? 128 / m->r : br1 - br0;
+    for (int b0 = br0; b0 < br1; b0 += band) {
+        const int b1 = b0 + band < br1 ? b0 + band : br1;
+        long n = 0;
+        for (int slot = 0; slot < 3; ++slot) {
+            const kernel_fn f = m->by_width[slot];
+            for (; n + widths[slot] <= N; n += widths[slot]) {
+                if (f) {
+                    f(m, b0, b1, X + n, ldx, Y + n, ldy, bias);
+                } else {
+                    for (int w = 0; w < widths[slot]; ++w)
+                        generic_kernel(m, b0, b1, X + n + w, ldx, Y + n + w, ldy, bias);
+                }
             }
         }
     }
