@@ -454,6 +454,31 @@ static void csr_tile16_u16(const Matrix *m, int br0, int br1, const float *X, lo
     free(packed);
 }
 
+/* Unstructured, 4 columns (a batch of 4, or the 4-column tile after the 16-column ones): per non-zero a
+ * broadcast weight times the feature's 4 x values, four non-zeros in flight; x packed as for 16 columns. */
+static void csr_tile4_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                          const float *bias) {
+    float *packed = ldx == 4 ? NULL : aligned_alloc(64, ((size_t)m->cols * 16 + 63) / 64 * 64);
+    if (packed) {
+        for (int col = 0; col < m->cols; ++col) memcpy(packed + (size_t)col * 4, X + (size_t)col * ldx, 16);
+        X = packed, ldx = 4;
+    }
+    const uint16_t *ix = (const uint16_t *)m->index;
+    const float *v = m->values;
+    for (int row = br0; row < br1; ++row) {
+        __m128 a[4] = {_mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps(), _mm_setzero_ps()};
+        int32_t k = m->rowptr[row];
+        const int32_t end = m->rowptr[row + 1];
+        for (; k + 4 <= end; k += 4)
+            for (int u = 0; u < 4; ++u)
+                a[u] = _mm_fmadd_ps(_mm_broadcast_ss(v + k + u), _mm_loadu_ps(X + (size_t)ix[k + u] * ldx), a[u]);
+        for (; k < end; ++k) a[0] = _mm_fmadd_ps(_mm_broadcast_ss(v + k), _mm_loadu_ps(X + (size_t)ix[k] * ldx), a[0]);
+        const __m128 sum = _mm_add_ps(_mm_add_ps(a[0], a[1]), _mm_add_ps(a[2], a[3]));
+        _mm_storeu_ps(Y + (size_t)row * ldy, _mm_add_ps(sum, _mm_set1_ps(bias ? bias[row] : 0.0f)));
+    }
+    free(packed);
+}
+
 /* The one-column AVX2 kernel of each shape in shape_table (1x1 is chosen in pick_kernel). */
 static const kernel_fn one_column[NSHAPES] = {NULL, column_blocks_4, column_blocks_8, column_blocks_16,
                                               row_blocks_1x4, row_blocks_1x8, row_blocks_1x16, blocks_4x4,
@@ -469,6 +494,7 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
                 return one_column[s];
             }
             if (nn_slot == 0 && !m->wide && s == 0) return csr_tile16_u16;
+            if (nn_slot == 1 && !m->wide && s == 0) return csr_tile4_u16;
 #endif
             return kernels[m->wide ? 1 : 0][nn_slot][s];
         }
