@@ -361,30 +361,38 @@ static void blocks_4x4(const Matrix *m, int br0, int br1, const float *X, long l
     }
 }
 
-/* 1x4 and 4x1 blocks, one contiguous column: two consecutive blocks' 8 values form one vector. For 1x4
- * it multiplies both blocks' 4 values of x; for 4x1, each block's x value repeated 4 times, and the two
- * halves of the sum add up to the 4 rows. */
+/* 1x4 and 4x1 blocks, one contiguous column: two consecutive blocks' 8 values form one vector, times
+ * both blocks' 4 values of x (1x4) or each block's x value repeated 4 times (4x1, spread). Returns the
+ * sum of block row br's pairs and, apart, of an odd last block. */
+static inline __m128 four_of_x(const float *X, int col, int spread) {
+    return spread ? _mm_set1_ps(X[col]) : _mm_loadu_ps(X + (size_t)col * 4);
+}
+static inline __m256 blocks_of_four(const Matrix *m, int br, const float *X, int spread, __m128 *tail) {
+    const uint16_t *index = (const uint16_t *)m->index;
+    __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+    *tail = _mm_setzero_ps();
+    int32_t k = m->rowptr[br];
+    const int32_t end = m->rowptr[br + 1];
+    for (; k + 8 <= end; k += 8)
+        for (int u = 0; u < 4; ++u) {
+            const __m256 x = _mm256_set_m128(four_of_x(X, index[k + 2 * u + 1], spread),
+                                             four_of_x(X, index[k + 2 * u], spread));
+            a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(m->values + (size_t)(k + 2 * u) * 4), x, a[u]);
+        }
+    for (; k < end; ++k)
+        *tail = _mm_fmadd_ps(_mm_loadu_ps(m->values + (size_t)k * 4), four_of_x(X, index[k], spread), *tail);
+    return _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+}
+
 static void row_blocks_1x4(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                            const float *bias) {
     if (ldx != 1) {
         k_1x4_1_u16(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
-    const uint16_t *index = (const uint16_t *)m->index;
     for (int br = br0; br < br1; ++br) {
-        __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        __m128 tail = _mm_setzero_ps();
-        int32_t k = m->rowptr[br];
-        const int32_t end = m->rowptr[br + 1];
-        for (; k + 8 <= end; k += 8)
-            for (int u = 0; u < 4; ++u) {
-                const __m256 x = _mm256_set_m128(_mm_loadu_ps(X + (size_t)index[k + 2 * u + 1] * 4),
-                                                 _mm_loadu_ps(X + (size_t)index[k + 2 * u] * 4));
-                a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(m->values + (size_t)(k + 2 * u) * 4), x, a[u]);
-            }
-        for (; k < end; ++k)
-            tail = _mm_fmadd_ps(_mm_loadu_ps(m->values + (size_t)k * 4), _mm_loadu_ps(X + (size_t)index[k] * 4), tail);
-        const __m256 sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        __m128 tail;
+        const __m256 sum = blocks_of_four(m, br, X, 0, &tail);
         Y[(size_t)br * ldy] = hsum256(sum) + hsum128(tail) + (bias ? bias[br] : 0.0f);
     }
 }
@@ -395,20 +403,9 @@ static void column_blocks_4(const Matrix *m, int br0, int br1, const float *X, l
         k_4x1_1_u16(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
-    const uint16_t *index = (const uint16_t *)m->index;
     for (int br = br0; br < br1; ++br) {
-        __m256 a[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
-        __m128 tail = _mm_setzero_ps();
-        int32_t k = m->rowptr[br];
-        const int32_t end = m->rowptr[br + 1];
-        for (; k + 8 <= end; k += 8)
-            for (int u = 0; u < 4; ++u) {
-                const __m256 x = _mm256_set_m128(_mm_set1_ps(X[index[k + 2 * u + 1]]), _mm_set1_ps(X[index[k + 2 * u]]));
-                a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(m->values + (size_t)(k + 2 * u) * 4), x, a[u]);
-            }
-        for (; k < end; ++k)
-            tail = _mm_fmadd_ps(_mm_loadu_ps(m->values + (size_t)k * 4), _mm_set1_ps(X[index[k]]), tail);
-        const __m256 sum = _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3]));
+        __m128 tail;
+        const __m256 sum = blocks_of_four(m, br, X, 1, &tail);
         float rows[4];
         _mm_storeu_ps(rows, _mm_add_ps(_mm_add_ps(_mm256_castps256_ps128(sum), _mm256_extractf128_ps(sum, 1)), tail));
         for (int i = 0; i < 4; ++i) Y[(size_t)(br * 4 + i) * ldy] = rows[i] + (bias ? bias[br * 4 + i] : 0.0f);
