@@ -10,6 +10,8 @@ count are timed in turns (:func:`measure_in_turns`).
 
 End to end: a GRU language model, 90% sparse, fed one token at a time (batch 1, state carried) and as a
 whole sequence, our engine against the dense PyTorch model.
+
+With a CUDA device, also the paper's comparison there: torch's CSR (cuSPARSE) against dense (cuBLAS).
 """
 
 from __future__ import annotations
@@ -72,6 +74,21 @@ def _dense_methods(dense: np.ndarray, x: np.ndarray) -> dict:
             "torch": (lambda: dense_torch @ x_torch, dense.nbytes)}
 
 
+def _torch_csr(weights: np.ndarray, device: str):
+    """torch's CSR with int32 indices (MKL on the CPU, cuSPARSE on CUDA)."""
+    import torch
+
+    with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
+        warnings.simplefilter("ignore", UserWarning)
+        csr = torch.from_numpy(weights).to_sparse_csr()
+        return torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(),
+                                       csr.shape, device=device)
+
+
+def _csr_bytes(csr) -> int:
+    return csr.values().numel() * 8 + csr.crow_indices().numel() * 4
+
+
 def _sparse_methods(weights: np.ndarray, block: tuple[int, int], x: np.ndarray, threads: int) -> dict:
     """Each sparse method's call and the bytes of its matrix format."""
     import scipy.sparse
@@ -82,14 +99,9 @@ def _sparse_methods(weights: np.ndarray, block: tuple[int, int], x: np.ndarray, 
     matrix = SparseMatrix.from_dense(weights, block)
     out = np.empty((weights.shape[0], x.shape[1]), np.float32)
     x_torch = torch.from_numpy(x)
-    with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"
-        warnings.simplefilter("ignore", UserWarning)
-        csr = torch.from_numpy(weights).to_sparse_csr()
-        csr = torch.sparse_csr_tensor(csr.crow_indices().int(), csr.col_indices().int(), csr.values(),
-                                      csr.shape)
+    csr = _torch_csr(weights, "cpu")
     methods = {"sparsernn": (lambda: spmm(matrix, x, threads=threads, out=out), matrix.nbytes),
-               "torch_csr": (lambda: csr @ x_torch,
-                             csr.values().numel() * 8 + csr.crow_indices().numel() * 4)}
+               "torch_csr": (lambda: csr @ x_torch, _csr_bytes(csr))}
     if threads == 1:  # scipy.sparse runs on one thread
         sp = (scipy.sparse.csr_array(weights) if block == (1, 1)
               else scipy.sparse.bsr_array(weights, blocksize=block))
@@ -132,6 +144,43 @@ def kernel_rows(sizes, sparsities, batches, thread_counts, block, seconds, progr
     return rows
 
 
+def device_rows(device: str, sizes, sparsities, batches, block, seconds, progress=print) -> list[dict]:
+    """The paper's comparison on a torch device: dense ``W @ x`` (cuBLAS on CUDA) against torch's CSR
+    (cuSPARSE on CUDA), unstructured and in ``block`` blocks, timed in turns, every call waiting for
+    the device to finish. Rows as :func:`kernel_rows` gives, methods ``torch_dense_<device>`` and
+    ``torch_csr_<device>``, speed-ups against dense on the same device."""
+    import torch
+
+    wait = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    rng = np.random.default_rng(0)
+    structures = {"unstructured": (1, 1), "blocks": block}
+    rows = []
+    for n, batch in itertools.product(sizes, batches):
+        x = torch.from_numpy(rng.standard_normal((n, batch)).astype(np.float32)).to(device)
+        dense = torch.from_numpy(rng.standard_normal((n, n)).astype(np.float32)).to(device)
+        matrices = {("dense", 0.0): (dense, n * n * 4)}
+        for sparsity, (structure, shape) in itertools.product(sparsities, structures.items()):
+            csr = _torch_csr(random_pruned(rng, n, sparsity, shape), device)
+            matrices[structure, sparsity] = (csr, _csr_bytes(csr))
+
+        def call(matrix, x):
+            def run():
+                matrix @ x
+                wait()
+            return run
+
+        timed = measure_in_turns({key: call(matrix, x) for key, (matrix, _) in matrices.items()}, seconds)
+        for (structure, sparsity), us in timed.items():
+            method = "torch_dense" if structure == "dense" else "torch_csr"
+            nbytes = matrices[structure, sparsity][1]
+            rows.append(_row(n, sparsity, batch, 1, structure, f"{method}_{device}", us, nbytes,
+                             n * n * 4 / nbytes, timed["dense", 0.0] / us))
+        progress(f"{device} n={n} batch={batch}: dense {timed['dense', 0.0]:.1f} us; "
+                 + ", ".join(f"{key[0]} {key[1]:.2f} {timed['dense', 0.0] / us:.2f}x"
+                             for key, us in timed.items() if key[0] != "dense"))
+    return rows
+
+
 def _row(n, sparsity, batch, threads, structure, method, us, nbytes, bound, speedup=1.0) -> dict:
     return {"n": n, "sparsity": sparsity, "batch": batch, "threads": threads, "structure": structure,
             "method": method, "us_per_call": round(us, 2), "gbytes_per_s": round(nbytes / us / 1e3, 2),
@@ -168,6 +217,13 @@ def run_bench(args) -> None:
               "rows": kernel_rows(sizes, sparsities, batches, thread_counts, block, args.seconds)}
     if args.end_to_end or args.model:
         result["end_to_end"] = end_to_end_rows(args.model, block, quick=args.quick, progress=print)
+    import torch
+
+    if torch.cuda.is_available():
+        result["cuda"] = {"device": torch.cuda.get_device_name(0),
+                          "rows": device_rows("cuda", sizes, sparsities, batches, block, args.seconds)}
+    else:
+        print("no CUDA device: the cuSPARSE against cuBLAS comparison is skipped")
     table = markdown_table(result)
     print(table)
     if args.json:

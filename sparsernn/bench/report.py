@@ -8,14 +8,10 @@ def markdown_table(result: dict) -> str:
     block = "x".join(str(v) for v in result["block"])
     lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores, AVX2 {machine['avx2']}, "
              f"numpy {machine['numpy']}, torch {machine['torch']}. Blocks: {block}.", "",
-             "| n | sparsity | batch | threads | structure | method | us/call | GB/s "
-             "| speed-up vs best dense | bytes bound |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for row in result["rows"]:
-        lines.append(f"| {row['n']} | {row['sparsity']:.2f} | {row['batch']} | {row['threads']} "
-                     f"| {row['structure']} | {row['method']} | {row['us_per_call']:.1f} "
-                     f"| {row['gbytes_per_s']:.1f} | {row['speedup_vs_dense']:.2f} "
-                     f"| {row['bound_speedup']:.2f} |")
+             *_rows_table(result["rows"], "speed-up vs best dense")]
+    if result.get("cuda"):
+        lines += ["", f"CUDA device: {result['cuda']['device']} (torch CSR = cuSPARSE, dense = cuBLAS).", "",
+                  *_rows_table(result["cuda"]["rows"], "speed-up vs dense on the device")]
     if result.get("end_to_end"):
         lines += ["", "| model | mode | method | tokens/s | speed-up vs dense PyTorch |",
                   "|---|---|---|---|---|"]
@@ -23,6 +19,18 @@ def markdown_table(result: dict) -> str:
             lines.append(f"| {row['model']} | {row['mode']} | {row['method']} "
                          f"| {row['tokens_per_s']:,.0f} | {row['speedup_vs_dense']:.2f} |")
     return "\n".join(lines) + "\n"
+
+
+def _rows_table(rows: list[dict], speedup: str) -> list[str]:
+    lines = ["| n | sparsity | batch | threads | structure | method | us/call | GB/s "
+             f"| {speedup} | bytes bound |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        lines.append(f"| {row['n']} | {row['sparsity']:.2f} | {row['batch']} | {row['threads']} "
+                     f"| {row['structure']} | {row['method']} | {row['us_per_call']:.1f} "
+                     f"| {row['gbytes_per_s']:.1f} | {row['speedup_vs_dense']:.2f} "
+                     f"| {row['bound_speedup']:.2f} |")
+    return lines
 
 
 def plot_rows(rows: list[dict], path: str) -> None:

@@ -5,7 +5,8 @@ import json
 import pytest
 
 from sparsernn import kernels
-from sparsernn.bench import measure_in_turns
+from sparsernn.bench import device_rows, machine, measure_in_turns
+from sparsernn.bench.report import markdown_table
 from sparsernn.cli import main
 
 pytestmark = pytest.mark.skipif(kernels.backend() != "c", reason="compiled kernels not built")
@@ -30,6 +31,7 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
                                                                "sparsernn_blocks"}
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     assert "| blocks | sparsernn |" in paths["markdown"].read_text()
+    assert "cuSPARSE against cuBLAS comparison is skipped" in capsys.readouterr().out  # no CUDA here
 
 
 def test_methods_are_timed_in_turns():
@@ -41,3 +43,22 @@ def test_methods_are_timed_in_turns():
     assert set(timed) == {"a", "b"} and all(us > 0 for us in timed.values())
     runs = [calls[0]] + [now for before, now in zip(calls, calls[1:], strict=False) if now != before]
     assert runs == ["a", "b"] * 5  # the calibration pass, then 4 rounds
+
+
+def test_device_comparison_runs_on_any_torch_device():
+    """The CUDA comparison's code, run on the CPU (the same calls; no device to wait for)."""
+    rows = device_rows("cpu", [64], [0.9], [1, 4], (8, 1), 0.002, progress=lambda line: None)
+    assert {(r["structure"], r["method"]) for r in rows} == {
+        ("dense", "torch_dense_cpu"), ("unstructured", "torch_csr_cpu"), ("blocks", "torch_csr_cpu")}
+    assert len(rows) == 6
+    for batch in (1, 4):
+        dense = next(r for r in rows if r["batch"] == batch and r["structure"] == "dense")
+        for row in (r for r in rows if r["batch"] == batch):
+            expected = dense["us_per_call"] / row["us_per_call"]
+            assert row["speedup_vs_dense"] == pytest.approx(expected, rel=1e-2)
+    unstructured = next(r for r in rows if r["structure"] == "unstructured")
+    nnz = round(0.1 * 64 * 64)  # values as float32 + int32 column index, and 65 int32 row pointers
+    assert unstructured["bound_speedup"] == pytest.approx(64 * 64 * 4 / (nnz * 8 + 65 * 4), rel=1e-2)
+    table = markdown_table({"machine": machine(), "block": [8, 1], "rows": [],
+                            "cuda": {"device": "stand-in", "rows": rows}})
+    assert "CUDA device: stand-in" in table and "| torch_csr_cpu |" in table
