@@ -201,6 +201,7 @@ static void csr_gather_u16(const Matrix *m, int br0, int br1, const float *X, lo
         Y[(size_t)row * ldy] = acc + (bias ? bias[row] : 0.0f);
     }
 }
+
 /* Eight x values at eight uint16 indices, packed into a vector; the indices come in two 64-bit loads and
  * are split with shifts, which leaves the load ports to the x loads. */
 static inline __m256 gather_x8(const float *X, const uint16_t *i) {
