@@ -140,6 +140,35 @@ def test_recurrent_matches_reference(cell, block):
             np.testing.assert_allclose(c, c_ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_cells_with_a_hidden_size_off_the_vector_width(cell):
+    """13 units: one 8-wide vector of the cell equations, then five one at a time."""
+    rng = np.random.default_rng(8)
+    gates, hidden, steps = CELLS[cell], 13, 6
+    dense, weight = random_sparse(rng, (gates * hidden, hidden), (1, 1), 0.5)
+    bias = rng.standard_normal(gates * hidden).astype(np.float32)
+    for batch in (1, 2):
+        xproj = rng.standard_normal((steps, gates * hidden, batch)).astype(np.float32)
+        state = [rng.standard_normal((hidden, batch)).astype(np.float32) for _ in range(2)]
+        outs = []
+        for name in ("c", "reference"):
+            h, c = state[0].copy(), state[1].copy() if cell == "lstm" else None
+            outs.append(recurrent(cell, weight, bias, xproj, h, c, backend_name=name))
+        np.testing.assert_allclose(outs[0], outs[1], atol=1e-4)
+
+
+@pytest.mark.parametrize("cell", ["rnn_relu", "rnn_clipped_relu", "gru"])
+def test_nan_inputs_stay_nan_as_in_the_reference(cell):
+    gates, hidden = CELLS[cell], 16
+    weight = SparseMatrix.from_dense(np.zeros((gates * hidden, hidden), np.float32))
+    xproj = np.zeros((1, gates * hidden, 1), np.float32)
+    xproj[0, 3] = np.nan
+    for name in ("c", "reference"):
+        out = recurrent(cell, weight, np.zeros(gates * hidden, np.float32), xproj,
+                        np.zeros((hidden, 1), np.float32), backend_name=name)
+        assert np.isnan(out[0, 3, 0]) and not np.isnan(np.delete(out[0, :, 0], 3)).any(), name
+
+
 def test_zero_steps_leave_the_state():
     weight = SparseMatrix.from_dense(np.eye(12, 4, dtype=np.float32))
     h = np.ones((4, 2), np.float32)
