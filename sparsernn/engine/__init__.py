@@ -22,8 +22,8 @@ from sparsernn.kernels import CELLS, SparseMatrix
 
 #: Above this density an unstructured matrix runs faster as dense 16x1 or 8x1 blocks (the vectorized
 #: block kernels) than as CSR. `python benchmarks/dense_layout.py` on the development machine, batch 1:
-#: at full density 3.5x (576x192) and 2.8x (3072x1024) faster; the break-even lies near 10% density for
-#: the small matrix and between 30% and 40% for the large one (BENCHMARKS.md).
+#: at full density 4.1x (576x192) and 3.7x (3072x1024) faster; CSR wins from 20% density down, and 40%
+#: keeps to the safe side of the break-even on both shapes (BENCHMARKS.md).
 DENSE_ENOUGH = 0.4
 
 

@@ -221,11 +221,11 @@ static void interleaved_u16(const Matrix *m, int br0, int br1, const float *X, l
         csr_gather_u16(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
+    const float *v = m->sell_values;
+    const uint16_t *ix = m->sell_index;
     for (int g = br0 / 8; g < br1 / 8; ++g) {
         int32_t s = m->sell_ptr[g];
         const int32_t end = m->sell_ptr[g + 1];
-        const float *v = m->sell_values;
-        const uint16_t *ix = m->sell_index;
         __m256 p0 = _mm256_setzero_ps(), p1 = _mm256_setzero_ps(), p2 = _mm256_setzero_ps(),
                p3 = _mm256_setzero_ps();
         for (; s + 4 <= end; s += 4) {
@@ -416,7 +416,8 @@ static void column_blocks_4(const Matrix *m, int br0, int br1, const float *X, l
 /* Unstructured, 16 columns (rows of X at stride ldx): per non-zero one broadcast of the weight and two
  * FMAs; four non-zeros in flight, so eight accumulators cover the FMA latency. The 16 columns are first
  * copied side by side (64 bytes per input feature), so that the loads of x stay in a few pages instead of
- * one page per feature. */
+ * one page per feature. The copy is made per call, that is per band of rows and tile, into a small buffer
+ * that stays in L1; packing all tiles once in rows_product into one large buffer was tried and was slower. */
 static void csr_tile16_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                            const float *bias) {
     float *packed = ldx == 16 ? NULL : aligned_alloc(64, (size_t)m->cols * 64);
