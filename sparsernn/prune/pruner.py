@@ -61,8 +61,9 @@ class Pruner:
 
     ``per_gate`` gives each gate block of a fused LSTM/GRU weight its own threshold (target-mode q,
     or top-k). ``dense_state_dict`` supplies the weights that target-mode Narang schedules take q
-    from (the paper's "previously trained dense model"); otherwise q comes from the weights at
-    the schedule's ``start`` (or at every update, with ``q_from="update"``).
+    from (the paper's "previously trained dense model", with ``q_from="start"``); otherwise q comes
+    from the current weights at every mask update (``q_from="update"``, the default: the target is
+    reached) or from the weights at the schedule's ``start`` (``q_from="start"``).
 
     ``block=(r, c)`` prunes whole r x c blocks by their largest magnitude (block-sparse RNNs, Narang,
     Undersander and Diamos 2017) with any schedule: thresholds, q and top-k counts then apply to

@@ -160,12 +160,12 @@ class NarangSchedule:
     that the final threshold equals q exactly (Equation 1 solved for the discrete staircase,
     phi = ramp_ratio * theta).
 
-    ``q_from="start"`` (the paper's way) measures q once, from the weights at ``start`` or from a
-    dense state_dict given to the Pruner; weights keep growing in training, so the sparsity reached
-    can fall short of the target (``Pruner.report()`` shows it). ``q_from="update"`` measures q
-    again from the current weights at every mask update (pruned weights counted as zeros): the
-    threshold keeps the paper's staircase shape relative to the current weights, and the last
-    update prunes to the target.
+    ``q_from="update"`` (the default) measures q again from the current weights at every mask
+    update (pruned weights counted as zeros): the threshold keeps the paper's staircase shape
+    relative to the current weights, and the last update prunes to the target. ``q_from="start"``
+    (the paper's variant) measures q once, from the weights at ``start`` or from a dense state_dict
+    given to the Pruner; weights keep growing in training, so the sparsity reached can fall short of
+    the target (``Pruner.report()`` shows it).
     """
 
     start: int
@@ -177,7 +177,7 @@ class NarangSchedule:
     sparsity: float | None = None
     ramp_ratio: float = 1.5
     q_scope: Literal["tensor", "group"] = "tensor"
-    q_from: Literal["start", "update"] = "start"
+    q_from: Literal["start", "update"] = "update"
 
     def __post_init__(self) -> None:
         _check_window(self.start, self.end, self.freq, self.ramp)

@@ -116,7 +116,7 @@ def test_target_q_per_group_and_from_dense_state_dict():
         for param in model.parameters():
             param.mul_(3.0)
     schedule = {"recurrent": NarangSchedule(start=0, ramp=2, end=4, freq=1, sparsity=0.5,
-                                            q_scope="group"),
+                                            q_scope="group", q_from="start"),
                 "linear": NoSchedule()}
     pruner = Pruner(model, schedule, optimizer, dense_state_dict=dense)
     pooled = torch.cat([dense[n].abs().flatten() for n in
@@ -215,7 +215,7 @@ def test_frozen_weights_and_incomplete_dense_state_dict():
     pruner = Pruner(model, OneShotSchedule(at=1, sparsity=0.5), optimizer)
     train_step(model, optimizer, pruner, 1)
     assert pruner.sparsity() == pytest.approx(0.5, abs=0.01)
-    schedule = NarangSchedule(start=0, ramp=2, end=4, freq=1, sparsity=0.5)
+    schedule = NarangSchedule(start=0, ramp=2, end=4, freq=1, sparsity=0.5, q_from="start")
     with pytest.raises(ValueError, match="dense_state_dict has no decoder.weight"):
         Pruner(model, schedule, dense_state_dict={k: v for k, v in model.state_dict().items()
                                                   if not k.startswith("decoder")})
