@@ -11,7 +11,7 @@ import torch
 
 from sparsernn.config import ModelConfig
 from sparsernn.engine import LanguageModelEngine
-from sparsernn.export import export_model, lm_architecture, load_exported
+from sparsernn.export import lm_architecture, load_exported, save_sparse
 from sparsernn.models.lm import LanguageModel
 from sparsernn.prune import OneShotSchedule, Pruner
 
@@ -30,8 +30,7 @@ def _pruned_model(shape: dict, block: tuple[int, int], sparsity: float = 0.9):
     schedules = dict.fromkeys(("recurrent", "linear", "embedding"), OneShotSchedule(at=1, sparsity=sparsity))
     pruner = Pruner(model, schedules, block=block)
     pruner.step()
-    architecture = lm_architecture(config.model_dump(), shape["vocab"])
-    return model, pruner.masks, architecture
+    return model, lm_architecture(config.model_dump(), shape["vocab"])
 
 
 def _dense_from_export(path: str) -> tuple[LanguageModel, str]:
@@ -96,10 +95,10 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
                     f"{shape['embedding_size']}, vocabulary {shape['vocab']}, 90% sparse")
             variants = {}
             for structure, shape_of_block in (("unstructured", (1, 1)), ("blocks", block)):
-                model, masks, architecture = _pruned_model(shape, shape_of_block)
+                model, architecture = _pruned_model(shape, shape_of_block)
                 path = str(Path(tmp) / f"{structure}.safetensors")
-                export_model(model, masks, path, architecture=architecture,
-                             vocabulary=[str(i) for i in range(shape["vocab"])], block=shape_of_block)
+                save_sparse(model, path, extra={"architecture": architecture,
+                                                "vocabulary": [str(i) for i in range(shape["vocab"])]})
                 variants[structure] = path
             dense_model = model  # run densely: PyTorch's speed does not depend on the zeros
         vocab = dense_model.decoder.out_features

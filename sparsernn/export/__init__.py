@@ -1,10 +1,11 @@
-"""Exported models: a checkpoint's weights as CSR / block-CSR pieces in one safetensors file.
+"""Model files: any model's weights, pruned matrices as CSR or blocks, in one safetensors file.
 
 The file is described in docs/FORMAT.md and reads with numpy and safetensors alone.
-:func:`export_model` writes it from a language model or a DS2 speech model and its masks;
-:func:`load_exported` reads it back, checking the format version, a SHA-256 of every tensor, shapes
-against the metadata and every index range, so a damaged or foreign file fails when it is loaded,
-never later with a wrong result.
+:func:`save_sparse` writes it from any model (its state dict, the options of its recurrent and linear
+modules, and for the built-in families an ``architecture``); :func:`load_exported` reads it back,
+checking the format version, a SHA-256 over every tensor and the metadata, shapes against the metadata
+and every index range, so a damaged or foreign file fails when it is loaded, never later with a wrong
+result. :func:`sparsernn.engine.load_sparse` loads a file into a fresh instance of the user's class.
 """
 
 from __future__ import annotations
@@ -17,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
 from sparsernn.errors import UserError
-from sparsernn.kernels import CELLS, FormatError, SparseMatrix
+from sparsernn.kernels import CELLS, FormatError, SparseMatrix, smallest_layout
 
-FORMAT = 1
+FORMAT = 2
 VALUE_TYPES = ("fp32", "fp16", "bf16")
 
 
@@ -31,13 +33,19 @@ class ExportError(UserError):
 
 @dataclass
 class ExportedModel:
-    """A loaded file: its metadata and each weight as a SparseMatrix (float32) or a dense array."""
+    """A loaded file: its metadata and each stored tensor as a SparseMatrix (float32) or an array.
+
+    Tied tensors (``metadata["ties"]``: name -> the name stored) appear once, under the stored name.
+    """
 
     metadata: dict
     tensors: dict[str, SparseMatrix | np.ndarray]
 
     @property
     def architecture(self) -> dict:
+        if "architecture" not in self.metadata:
+            raise ExportError("this file holds a user's own model (no built-in architecture); load it with "
+                              "sparsernn.load_sparse(YourModel(...), path)")
         return self.metadata["architecture"]
 
 
@@ -63,43 +71,91 @@ def decode_values(stored: np.ndarray, kind: str) -> np.ndarray:
 
 # -- writing ---------------------------------------------------------------------------------------
 
-def _payload_digest(tensors: dict[str, np.ndarray]) -> str:
+#: The modules :func:`sparsernn.engine.sparsify` replaces, and the options of each that the file records
+#: and :func:`sparsernn.engine.load_sparse` checks (``dropout`` acts in training only and is left out).
+MODULE_OPTIONS = {
+    nn.RNN: ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional",
+             "nonlinearity"),
+    nn.GRU: ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional"),
+    nn.LSTM: ("input_size", "hidden_size", "num_layers", "bias", "batch_first", "bidirectional", "proj_size"),
+    nn.RNNCell: ("input_size", "hidden_size", "bias", "nonlinearity"),
+    nn.GRUCell: ("input_size", "hidden_size", "bias"),
+    nn.LSTMCell: ("input_size", "hidden_size", "bias"),
+    nn.Linear: ("in_features", "out_features", "bias"),
+}
+
+
+def module_options(module: nn.Module) -> dict | None:
+    """``{"type": ..., options}`` of a module :func:`sparsify` replaces (exact types only), else None."""
+    names = MODULE_OPTIONS.get(type(module))
+    if names is None:
+        return None
+    options = {name: getattr(module, name) for name in names}
+    if "bias" in options and not isinstance(options["bias"], bool):  # nn.Linear keeps the tensor
+        options["bias"] = options["bias"] is not None
+    return {"type": type(module).__name__, **options}
+
+
+def gate_rows(model: nn.Module) -> dict[str, int]:
+    """Weights whose rows stack gates, with the hidden size (blocks must not straddle two gates)."""
+    units = {}
+    for prefix, module in model.named_modules():
+        if isinstance(module, (nn.RNNBase, nn.RNNCellBase)):
+            for name, _ in module.named_parameters(recurse=False):
+                if name.startswith(("weight_ih", "weight_hh")):
+                    units[f"{prefix}.{name}" if prefix else name] = module.hidden_size
+    return units
+
+
+def _digest(tensors: dict[str, np.ndarray], metadata: dict) -> str:
+    """SHA-256 over every tensor (name, dtype, shape, bytes, in sorted name order), then the metadata
+    without its ``sha256`` key as canonical JSON (sorted keys, no spaces)."""
     digest = hashlib.sha256()
     for name in sorted(tensors):
-        array = np.ascontiguousarray(tensors[name])
+        array = np.asarray(tensors[name])
         digest.update(f"{name}:{array.dtype.str}:{array.shape};".encode())
         digest.update(array.tobytes())
+    described = {key: value for key, value in metadata.items() if key != "sha256"}
+    digest.update(json.dumps(described, sort_keys=True, separators=(",", ":")).encode())
     return digest.hexdigest()
 
 
-def export_model(model: torch.nn.Module, masks: dict[str, torch.Tensor], path: str | Path, *,
-                 architecture: dict, vocabulary: list[str], block: tuple[int, int] = (1, 1),
-                 values: str = "fp32", extra: dict | None = None) -> dict:
-    """Write ``model``'s weights to ``path``: masked matrices sparse (in ``block`` blocks) when that takes
-    fewer bytes than dense float32, everything else dense.
+def _stored_array(tensor: torch.Tensor) -> np.ndarray:
+    tensor = tensor.detach().cpu()
+    if tensor.dtype == torch.bfloat16:  # numpy has no bfloat16
+        tensor = tensor.float()
+    return tensor.contiguous().numpy()  # (np.ascontiguousarray would make a 0-d counter 1-d)
 
-    Returns a summary: file bytes, dense fp32 bytes, per-matrix storage and sparsity.
+
+def save_sparse(model: nn.Module, path: str | Path, *, values: str = "fp32",
+                extra: dict | None = None) -> dict:
+    """Write ``model``'s state dict to ``path``: every floating-point matrix in the layout that takes the
+    fewest bytes (CSR, the kernels' blocks, or dense), every other tensor as is, tied tensors once.
+
+    Pruned weights are the zeros in the model's weights (the Pruner applies its masks in place).
+    ``values`` (fp32, fp16, bf16) encodes the values of the sparse matrices; ``extra`` adds keys to the
+    metadata. Returns a summary: file bytes, dense fp32 bytes, per-tensor storage and sparsity.
     """
     from safetensors.numpy import save_file
 
     if values not in VALUE_TYPES:
         raise ValueError(f"values must be one of {', '.join(VALUE_TYPES)}, got {values!r}")
-    tensors, matrices, dense_bytes = {}, {}, 0
-    state = {name: p.detach().float().cpu().numpy() for name, p in model.state_dict().items()
-             if not name.endswith("num_batches_tracked")}  # a training counter, not a weight
-    if architecture.get("tie_weights"):
-        state.pop("decoder.weight")  # the same tensor as embedding.weight
-    for name, array in state.items():
-        dense_bytes += array.size * 4
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
+    units = gate_rows(model)
+    tensors, matrices, ties, seen, dense_bytes = {}, {}, {}, {}, 0
+    for name, tensor in model.state_dict().items():
+        key = (tensor.untyped_storage().data_ptr(), tensor.storage_offset(), tuple(tensor.shape),
+               tensor.stride(), tensor.dtype)
+        if key in seen:  # tied: the same storage as an earlier tensor
+            ties[name] = seen[key]
+            continue
+        seen[key] = name
+        array = _stored_array(tensor)
+        dense_bytes += array.size * 4 if array.dtype.kind == "f" else array.nbytes
         matrix = None
-        if name in masks and array.ndim == 2:
-            array = array * masks[name].cpu().numpy().astype(np.float32)
-            try:
-                matrix = SparseMatrix.from_dense(array, tuple(block))
-            except FormatError:  # a matrix the block does not tile stays unstructured
-                matrix = SparseMatrix.from_dense(array)
-            if matrix.nbytes >= array.nbytes:  # too dense to gain: keep it dense
-                matrix = None
+        if array.ndim == 2 and array.dtype.kind == "f":
+            matrix = smallest_layout(array, units.get(name))
         if matrix is not None:
             tensors[f"{name}.rowptr"] = matrix.rowptr
             tensors[f"{name}.index"] = matrix.index
@@ -109,12 +165,16 @@ def export_model(model: torch.nn.Module, masks: dict[str, torch.Tensor], path: s
                               "shape": list(array.shape), "block": list(matrix.block), "values": values,
                               "nonzeros": nonzeros, "sparsity": 1 - nonzeros / array.size}
         else:
-            tensors[name] = np.ascontiguousarray(array, dtype=np.float32)
-            matrices[name] = {"storage": "dense", "shape": list(array.shape), "values": "fp32",
-                              "nonzeros": int(np.count_nonzero(array)), "sparsity": 0.0}
-    metadata = {"format": FORMAT, "architecture": architecture, "vocabulary": vocabulary,
+            tensors[name] = array
+            matrices[name] = {"storage": "dense", "shape": list(array.shape), "dtype": array.dtype.name,
+                              "nonzeros": int(np.count_nonzero(array)),
+                              "sparsity": 1 - int(np.count_nonzero(array)) / max(1, array.size)}
+    modules = {prefix: options for prefix, module in model.named_modules()
+               if (options := module_options(module)) is not None}
+    metadata = {"format": FORMAT, "modules": modules, "ties": ties,
                 "gate_layout": {"lstm": "i,f,g,o", "gru": "r,z,n", "rows": "stacked along dim 0"},
-                "matrices": matrices, "sha256": _payload_digest(tensors), **(extra or {})}
+                "matrices": matrices, **(extra or {})}
+    metadata["sha256"] = _digest(tensors, metadata)
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
     save_file(tensors, str(temporary), metadata={"sparsernn": json.dumps(metadata)})
@@ -141,15 +201,18 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, values: str 
     from sparsernn.train.evaluate import load_trained
 
     model, config, vocabulary, checkpoint = load_trained(checkpoint_path)
-    pruner = checkpoint["pruner"]
+    with torch.no_grad():  # the saved weights already carry their masks; applying them again is exact
+        parameters = dict(model.named_parameters())
+        for name, mask in checkpoint["pruner"]["masks"].items():
+            parameters[name].mul_(mask.to(parameters[name].dtype))
     if config.speech:
         architecture = speech_architecture(model.config.model_dump(mode="json"),
                                            config_to_dict(config)["data"], len(vocabulary))
     else:
         architecture = lm_architecture(checkpoint["model_config"], len(vocabulary), config.data.level)
-    return export_model(model, pruner["masks"], out, architecture=architecture, vocabulary=vocabulary,
-                        block=tuple(pruner.get("block", (1, 1))), values=values,
-                        extra={"source": str(checkpoint_path), "step": checkpoint["loop"]["step"]})
+    return save_sparse(model, out, values=values,
+                       extra={"architecture": architecture, "vocabulary": vocabulary,
+                              "source": str(checkpoint_path), "step": checkpoint["loop"]["step"]})
 
 
 # -- reading ---------------------------------------------------------------------------------------
@@ -174,18 +237,13 @@ def load_exported(path: str | Path) -> ExportedModel:
     except json.JSONDecodeError as error:
         raise ExportError(f"{path}: metadata is not valid JSON ({error})") from None
     if metadata.get("format") != FORMAT:
-        raise ExportError(f"{path}: format version {metadata.get('format')!r}; this sparsernn reads {FORMAT}")
-    if _payload_digest(stored) != metadata.get("sha256"):
-        raise ExportError(f"{path}: tensor data does not match its SHA-256; the file was altered or damaged")
-    try:
-        expected = expected_shapes(metadata["architecture"])
-    except (KeyError, TypeError, ValueError) as error:
-        raise ExportError(f"{path}: architecture metadata is incomplete ({error})") from None
-    shapes = {name: tuple(info["shape"]) for name, info in metadata.get("matrices", {}).items()}
-    if shapes != expected:
-        wrong = sorted(set(shapes) ^ set(expected) | {n for n in shapes if shapes[n] != expected.get(n)})
-        raise ExportError(f"{path}: tensors {', '.join(wrong)} do not match the architecture "
-                          f"(expected {', '.join(f'{n} {expected.get(n)}' for n in wrong[:3])})")
+        raise ExportError(f"{path}: format version {metadata.get('format')!r}; this sparsernn reads {FORMAT} "
+                          "(export the model again)")
+    if _digest(stored, metadata) != metadata.get("sha256"):
+        raise ExportError(f"{path}: tensors or metadata do not match the file's SHA-256; the file was "
+                          "altered or damaged")
+    if "architecture" in metadata:
+        _check_architecture(path, metadata)
     tensors = {}
     for name, info in metadata["matrices"].items():
         try:
@@ -193,6 +251,20 @@ def load_exported(path: str | Path) -> ExportedModel:
         except (KeyError, FormatError, ValueError) as error:
             raise ExportError(f"{path}: tensor {name}: {error}") from None
     return ExportedModel(metadata, tensors)
+
+
+def _check_architecture(path: Path, metadata: dict) -> None:
+    """A built-in family's file holds exactly the weights its architecture names."""
+    try:
+        expected = expected_shapes(metadata["architecture"])
+    except (KeyError, TypeError, ValueError) as error:
+        raise ExportError(f"{path}: architecture metadata is incomplete ({error})") from None
+    shapes = {name: tuple(info["shape"]) for name, info in metadata.get("matrices", {}).items()
+              if not name.endswith("num_batches_tracked")}  # a batch norm's training counter
+    if shapes != expected:
+        wrong = sorted(set(shapes) ^ set(expected) | {n for n in shapes if shapes[n] != expected.get(n)})
+        raise ExportError(f"{path}: tensors {', '.join(wrong)} do not match the architecture "
+                          f"(expected {', '.join(f'{n} {expected.get(n)}' for n in wrong[:3])})")
 
 
 def expected_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
@@ -252,8 +324,8 @@ def _matrix(name: str, info: dict, stored: dict[str, np.ndarray]) -> SparseMatri
     shape = tuple(info["shape"])
     if info["storage"] == "dense":
         array = stored[name]
-        if array.shape != shape or array.dtype != np.float32:
-            raise FormatError(f"shape {array.shape} {array.dtype}, metadata says {shape} float32")
+        if array.shape != shape or array.dtype.name != info.get("dtype"):
+            raise FormatError(f"shape {array.shape} {array.dtype}, metadata says {shape} {info.get('dtype')}")
         return array
     if info.get("values") not in VALUE_TYPES:
         raise FormatError(f"unknown value type {info.get('values')!r}")

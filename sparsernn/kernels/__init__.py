@@ -156,6 +156,32 @@ class SparseMatrix:
         return tiles.transpose(0, 2, 1, 3).reshape(rows, cols)
 
 
+#: Block shapes with a vectorized kernel (``_kernels.c``: ``shape_table``); (1, 1) is plain CSR.
+KERNEL_BLOCKS = ((1, 1), (4, 1), (8, 1), (16, 1), (1, 4), (1, 8), (1, 16), (4, 4), (8, 8))
+
+
+def smallest_layout(dense: np.ndarray, rows_unit: int | None = None) -> SparseMatrix | None:
+    """``dense`` in the kernel layout that takes the fewest bytes: CSR or one of :data:`KERNEL_BLOCKS`
+    (a block-pruned matrix comes out in its blocks), or None when plain float32 is smallest.
+
+    Blocks must tile the matrix and their rows must divide ``rows_unit`` (the hidden size for the
+    gate-stacked weights of a recurrent layer: a block never straddles two gates).
+    """
+    dense = np.asarray(dense, dtype=np.float32)
+    rows, cols = dense.shape
+    unit = rows if rows_unit is None else rows_unit
+    best, best_bytes = None, dense.nbytes
+    for r, c in KERNEL_BLOCKS:
+        if rows % r or cols % c or unit % r:
+            continue
+        present = np.count_nonzero(np.any(dense.reshape(rows // r, r, cols // c, c) != 0, axis=(1, 3)))
+        index_bytes = 2 if cols // c <= 65536 else 4
+        nbytes = present * (r * c * 4 + index_bytes) + (rows // r + 1) * 4
+        if nbytes < best_bytes:
+            best, best_bytes = (r, c), nbytes
+    return None if best is None else SparseMatrix.from_dense(dense, best)
+
+
 @cache
 def _compiled():
     try:

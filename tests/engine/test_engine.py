@@ -7,7 +7,7 @@ from torch import nn
 
 from sparsernn import kernels
 from sparsernn.engine import DENSE_ENOUGH, LanguageModelEngine, RecurrentStack, as_kernel_matrix
-from sparsernn.export import export_model, load_exported
+from sparsernn.export import load_exported, save_sparse
 from tests.export.test_export import pruned_lm
 
 BACKENDS = ["reference"] + (["c"] if kernels.backend() == "c" else [])
@@ -19,8 +19,7 @@ BACKENDS = ["reference"] + (["c"] if kernels.backend() == "c" else [])
 def test_language_model_matches_pytorch(tmp_path, cell, block, backend):
     model, masks, architecture = pruned_lm(cell=cell, block=block, tie=cell == "gru")
     path = tmp_path / "lm.safetensors"
-    export_model(model, masks, path, architecture=architecture, vocabulary=[str(i) for i in range(48)],
-                 block=block)
+    save_sparse(model, path, extra={"architecture": architecture, "vocabulary": [str(i) for i in range(48)]})
     tokens = torch.randint(0, 48, (11, 3), generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         expected = model(tokens)[0].numpy()
@@ -81,8 +80,8 @@ def test_dense_matrices_run_as_blocks_that_keep_gates_apart():
 
 def test_bad_tokens_are_rejected(tmp_path):
     model, masks, architecture = pruned_lm()
-    export_model(model, masks, tmp_path / "m.safetensors", architecture=architecture,
-                 vocabulary=[str(i) for i in range(48)])
+    save_sparse(model, tmp_path / "m.safetensors",
+                extra={"architecture": architecture, "vocabulary": [str(i) for i in range(48)]})
     engine = LanguageModelEngine(load_exported(tmp_path / "m.safetensors"))
     with pytest.raises(ValueError, match=r"\[0, 48\)"):
         engine(np.array([[48]]))
@@ -132,9 +131,9 @@ def test_speech_model_matches_pytorch(tmp_path, cell, bidirectional, backend):
 
     model, masks, config = pruned_speech_model(cell, bidirectional, block=(1, 4) if cell == "gru" else (1, 1))
     data = {"sample_rate": 16000, "features": "logmel", "n_mels": 16, "window_ms": 20.0, "hop_ms": 10.0}
-    summary = export_model(model, masks, tmp_path / "s.safetensors", vocabulary=[str(i) for i in range(29)],
-                           architecture=speech_architecture(config.model_dump(mode="json"), data, 29),
-                           block=(1, 4) if cell == "gru" else (1, 1))
+    summary = save_sparse(model, tmp_path / "s.safetensors", extra={
+        "vocabulary": [str(i) for i in range(29)],
+        "architecture": speech_architecture(config.model_dump(mode="json"), data, 29)})
     assert {name for name, m in summary["matrices"].items() if m["storage"] != "dense"} == set(masks)
     features = torch.randn(16, 45)
     with torch.no_grad():

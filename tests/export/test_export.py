@@ -10,12 +10,12 @@ import torch
 from sparsernn.config import ModelConfig
 from sparsernn.export import (
     ExportError,
-    _payload_digest,
+    _digest,
     decode_values,
     encode_values,
-    export_model,
     lm_architecture,
     load_exported,
+    save_sparse,
 )
 from sparsernn.kernels import SparseMatrix
 from sparsernn.models.lm import LanguageModel
@@ -37,9 +37,8 @@ def pruned_lm(cell="gru", block=(1, 1), tie=False, sparsity=0.9, vocab=48, hidde
 def write(tmp_path, block=(1, 1), values="fp32", **kwargs):
     model, masks, architecture = pruned_lm(block=block, **kwargs)
     path = tmp_path / "model.safetensors"
-    summary = export_model(model, masks, path, architecture=architecture,
-                           vocabulary=[f"w{i}" for i in range(architecture["vocab_size"])],
-                           block=block, values=values)
+    summary = save_sparse(model, path, values=values, extra={
+        "architecture": architecture, "vocabulary": [f"w{i}" for i in range(architecture["vocab_size"])]})
     return model, masks, path, summary
 
 
@@ -115,17 +114,29 @@ def test_altered_values_fail_the_checksum(tmp_path):
         load_exported(path)
 
 
-def rewrite_header(path, change):
-    """Edit the JSON metadata in place (keeps the tensors)."""
+def rewrite_header(path, change, sign=True):
+    """Edit the JSON metadata in place (keeps the tensors); ``sign``: with a matching SHA-256, as a
+    writer that knows the format would, so that the checks behind the digest are reached."""
+    from safetensors.numpy import load_file
+
     data = path.read_bytes()
     size = struct.unpack("<Q", data[:8])[0]
     header = json.loads(data[8:8 + size])
     metadata = json.loads(header["__metadata__"]["sparsernn"])
     change(metadata)
+    if sign:
+        metadata["sha256"] = _digest(load_file(str(path)), metadata)
     header["__metadata__"]["sparsernn"] = json.dumps(metadata)
     encoded = json.dumps(header).encode()
     encoded += b" " * (-len(encoded) % 8)
     path.write_bytes(struct.pack("<Q", len(encoded)) + encoded + data[8 + size:])
+
+
+def test_altered_metadata_fails_the_checksum(tmp_path):
+    _, _, path, _ = write(tmp_path)
+    rewrite_header(path, lambda m: m["vocabulary"].__setitem__(3, "w4"), sign=False)
+    with pytest.raises(ExportError, match="SHA-256"):
+        load_exported(path)
 
 
 def test_unknown_format_version(tmp_path):
@@ -151,7 +162,7 @@ def test_index_out_of_range_is_caught_even_with_a_matching_checksum(tmp_path):
     arrays["rnn.weight_hh_l0.index"][0] = 40  # only 32 columns
     with safe_open(str(path), "numpy") as handle:
         metadata = json.loads(handle.metadata()["sparsernn"])
-    metadata["sha256"] = _payload_digest(arrays)
+    metadata["sha256"] = _digest(arrays, metadata)
     save_file(arrays, str(path), metadata={"sparsernn": json.dumps(metadata)})
     with pytest.raises(ExportError, match=r"rnn.weight_hh_l0: column index out of range"):
         load_exported(path)

@@ -1,0 +1,147 @@
+"""The engines of the built-in model families, on exported files.
+
+:class:`LanguageModelEngine` adds the embedding and the decoder to a :class:`RecurrentStack` and carries
+the state between calls, so tokens can be fed one by one (streaming) or as whole sequences; both give
+the masked PyTorch model's outputs. :class:`SpeechEngine` runs an exported DS2 CTC model on one
+utterance: convolutions (dense, torch), batch norms folded to scales and shifts, the recurrent layers
+on the sparse kernels, the output layer, log-softmax, and greedy or beam decoding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sparsernn import kernels
+from sparsernn.engine.stack import RecurrentStack, as_kernel_matrix
+from sparsernn.export import ExportedModel, load_exported
+from sparsernn.kernels import SparseMatrix
+
+
+class LanguageModelEngine:
+    """An exported language model: ``engine(tokens)`` -> logits, state carried between calls."""
+
+    def __init__(self, model: ExportedModel | str | Path, *, threads: int = 1, backend: str = "auto"):
+        if not isinstance(model, ExportedModel):
+            model = load_exported(model)
+        arch = model.architecture
+        if arch.get("kind") != "language_model":
+            raise ValueError(f"not a language model: kind {arch.get('kind')!r}")
+        tensors = model.tensors
+        self.vocabulary = model.metadata["vocabulary"]
+        embedding = tensors["embedding.weight"]
+        self.embedding = embedding.to_dense() if isinstance(embedding, SparseMatrix) else embedding
+        decoder = tensors["embedding.weight" if arch["tie_weights"] else "decoder.weight"]
+        self.decoder = as_kernel_matrix(decoder)
+        self.decoder_bias = tensors["decoder.bias"]
+        self.rnn = RecurrentStack.from_tensors(arch["cell"], tensors, "rnn.", arch["layers"],
+                                               arch.get("bidirectional", False), threads=threads,
+                                               backend=backend)
+        self.threads, self.backend = threads, self.rnn.backend
+        self.state = None
+
+    def reset(self) -> None:
+        """Forget the carried state (the next call starts from zeros)."""
+        self.state = None
+
+    def __call__(self, tokens: np.ndarray) -> np.ndarray:
+        """``tokens`` (T, B) integer ids -> logits (T, B, V); continues from the previous call's state."""
+        tokens = np.asarray(tokens)
+        if tokens.ndim != 2:
+            raise ValueError(f"tokens must be (T, B), got shape {tokens.shape}")
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= len(self.vocabulary)):
+            raise ValueError(f"token ids must be in [0, {len(self.vocabulary)})")
+        steps, batch = tokens.shape
+        if self.state is None or self.state[0][0][0].shape[1] != batch:
+            self.state = self.rnn.initial_state(batch)
+        x = np.ascontiguousarray(self.embedding[tokens].transpose(2, 0, 1))  # (E, T, B)
+        hidden = self.rnn(x, self.state)  # (H, T, B)
+        logits = kernels.spmm(self.decoder, hidden.reshape(hidden.shape[0], -1), self.decoder_bias,
+                              threads=self.threads, backend_name=self.backend)  # (V, T*B)
+        return logits.reshape(-1, steps, batch).transpose(1, 2, 0)  # (T, B, V)
+
+
+def _batch_norm(tensors: dict, prefix: str, eps: float = 1e-5) -> tuple[np.ndarray, np.ndarray]:
+    """Inference batch norm as ``x * scale + shift`` per feature."""
+    scale = tensors[f"{prefix}.weight"] / np.sqrt(tensors[f"{prefix}.running_var"] + eps)
+    shift = tensors[f"{prefix}.bias"] - tensors[f"{prefix}.running_mean"] * scale
+    return scale.astype(np.float32), shift.astype(np.float32)
+
+
+def _conv2d(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int]) -> np.ndarray:
+    """PyTorch's Conv2d (no bias, zero padding of kernel // 2) on one input (C, bins, T).
+
+    The convolutions stay dense, so the best dense library does them (torch's oneDNN convolution
+    rather than im2col and a numpy GEMM, which was several times slower on the development machine).
+    """
+    import torch
+
+    padding = (weight.shape[2] // 2, weight.shape[3] // 2)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weight), stride=stride,
+                                         padding=padding)
+    return out[0].numpy()
+
+
+class SpeechEngine:
+    """An exported DS2 CTC model: ``engine.log_probs(features)`` or ``engine.transcribe(audio, rate)``."""
+
+    def __init__(self, model: ExportedModel | str | Path, *, threads: int = 1, backend: str = "auto"):
+        if not isinstance(model, ExportedModel):
+            model = load_exported(model)
+        arch = self.architecture = model.architecture
+        if arch.get("kind") != "speech_ctc":
+            raise ValueError(f"not a speech model: kind {arch.get('kind')!r}")
+        dense = {name: t.to_dense() if isinstance(t, SparseMatrix) else t
+                 for name, t in model.tensors.items()}
+        self.alphabet = model.metadata["vocabulary"]
+        self.convs = [(dense[f"conv.{3 * i}.weight"], tuple(conv["stride"]),
+                       *_batch_norm(dense, f"conv.{3 * i + 1}")) for i, conv in enumerate(arch["conv"])]
+        self.rnns = [RecurrentStack.from_tensors(arch["cell"], model.tensors, f"rnns.{i}.", 1,
+                                                 arch["bidirectional"], threads=threads, backend=backend)
+                     for i in range(arch["layers"])]
+        self.norms = [_batch_norm(dense, f"norms.{i}.norm") for i in range(arch["layers"] - 1)]
+        self.output_norm = _batch_norm(dense, "output_norm.norm")
+        self.fc, self.fc_bias = as_kernel_matrix(model.tensors["fc.weight"]), dense["fc.bias"]
+        self.threads, self.backend = threads, self.rnns[0].backend
+
+    def log_probs(self, features: np.ndarray) -> np.ndarray:
+        """Features (bins, T) of one utterance -> CTC log-probabilities (T', alphabet)."""
+        x = np.asarray(features, np.float32)[None]  # (1, bins, T)
+        for weight, stride, scale, shift in self.convs:
+            x = np.clip(_conv2d(x, weight, stride) * scale[:, None, None] + shift[:, None, None], 0.0, 20.0)
+        x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (C * bins', T')
+        hidden = self.architecture["hidden_size"]
+        for i, rnn in enumerate(self.rnns):
+            if i > 0:
+                scale, shift = self.norms[i - 1]
+                x = x * scale[:, None] + shift[:, None]
+            out = rnn(np.ascontiguousarray(x[:, :, None]), rnn.initial_state(1))[:, :, 0]  # (dirs*H, T')
+            x = out[:hidden] + out[hidden:] if len(out) > hidden else out  # directions summed
+        scale, shift = self.output_norm
+        x = np.ascontiguousarray(x * scale[:, None] + shift[:, None])
+        logits = kernels.spmm(self.fc, x, self.fc_bias, threads=self.threads, backend_name=self.backend).T
+        logits = logits - logits.max(axis=1, keepdims=True)
+        return logits - np.log(np.exp(logits).sum(axis=1, keepdims=True))  # (T', alphabet)
+
+    def features(self, audio: np.ndarray, rate: int) -> np.ndarray:
+        """The model's input features for float audio at ``rate`` Hz."""
+        from types import SimpleNamespace
+
+        from sparsernn.data import speech
+
+        config = SimpleNamespace(**self.architecture["input"])
+        return speech.features(speech.resample(np.asarray(audio, np.float32), rate, config.sample_rate),
+                               config).numpy()
+
+    def transcribe(self, audio: np.ndarray, rate: int, beam: int = 0) -> str:
+        """Text of one utterance: greedy decoding, or prefix beam search of width ``beam``."""
+        import torch
+
+        from sparsernn.train.metrics import greedy_decode, prefix_beam_decode
+
+        frames = torch.from_numpy(self.log_probs(self.features(audio, rate)))
+        if beam > 0:
+            return prefix_beam_decode(frames, self.alphabet, beam)
+        return greedy_decode(frames, self.alphabet)
