@@ -15,7 +15,7 @@ run: $(BIN)/.installed
 	$(BIN)/sparsernn study configs/showcase/study.yaml --out runs/showcase
 
 test: $(BIN)/.installed
-	$(BIN)/ruff check sparsernn tests benchmarks scripts
+	$(BIN)/ruff check sparsernn tests benchmarks scripts examples
 	$(BIN)/python -m pytest -q
 
 bench: $(BIN)/.installed

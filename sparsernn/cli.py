@@ -13,17 +13,6 @@ import sys
 from sparsernn.errors import UserError
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from sparsernn.demo import DemoConfig, run_demo
-
-    for name in ("steps", "hidden"):
-        if getattr(args, name) < 1:
-            raise UserError(f"--{name} must be >= 1")
-    run_demo(DemoConfig(steps=args.steps, hidden_size=args.hidden, q_from=args.q_from,
-                        seed=args.seed))
-    return 0
-
-
 def _train(args: argparse.Namespace) -> int:
     from sparsernn.config import dump_config, load_config
     from sparsernn.train.loop import TrainingDiverged, train
@@ -141,14 +130,6 @@ def _bench(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsernn", description="Sparse recurrent networks.")
     commands = parser.add_subparsers(dest="command", required=True)
-
-    demo = commands.add_parser("demo", help="train a small GRU LM dense and 90%% pruned, compare")
-    demo.add_argument("--steps", type=int, default=600, help="training steps per model")
-    demo.add_argument("--hidden", type=int, default=256, help="GRU hidden size")
-    demo.add_argument("--q-from", choices=("update", "start"), default="update",
-                      help="when the target-mode q is measured (start: the paper's way)")
-    demo.add_argument("--seed", type=int, default=0)
-    demo.set_defaults(handler=_demo)
 
     train = commands.add_parser("train", help="train a language or speech model from a YAML config")
     train.add_argument("config", nargs="?", help="YAML file with data, model, prune, train sections")

@@ -66,3 +66,16 @@ def test_export_prints_size_and_bad_model_file_exits_2(trained_checkpoint, tmp_p
     with pytest.raises(ExportError, match="m.safetensors"):
         LanguageModelEngine(out)
     assert main(["export", str(tmp_path / "absent.pt"), "-o", str(out)]) == 2
+
+
+def test_python_dash_m_entry_point():
+    result = subprocess.run([sys.executable, "-m", "sparsernn", "--help"], capture_output=True,
+                            text=True, check=True)
+    assert "train" in result.stdout and "export" in result.stdout
+    result = subprocess.run([sys.executable, "-c", "import sparsernn, sys; "
+                             "print(sorted(m for m in sys.modules if m.startswith('sparsernn')))"],
+                            capture_output=True, text=True, check=True)
+    assert "sparsernn.engine" not in result.stdout  # importing does no work
+    result = subprocess.run([sys.executable, "-c", "import sparsernn; print(sparsernn.sparsify.__module__)"],
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.strip() == "sparsernn.engine.modules"  # found on first use

@@ -85,6 +85,16 @@ def _build(train_tokens, valid_tokens, test_tokens) -> Corpus:
                   encode(test_tokens, vocabulary))
 
 
+def stdlib_text() -> str:
+    """English text present wherever Python is installed (``data.path: stdlib:pydoc``): pydoc's topic
+    help, about 465,000 characters."""
+    try:
+        from pydoc_data.topics import topics
+    except ImportError as error:  # some distributions strip it from minimal installs
+        raise DataError(f"{STDLIB_CORPUS}: this Python has no pydoc_data module") from error
+    return "\n".join(topics[key] for key in sorted(topics))
+
+
 def load_corpus(config: DataConfig) -> Corpus:
     """Read the corpus a data config names."""
     path = Path(config.path)
@@ -92,8 +102,6 @@ def load_corpus(config: DataConfig) -> Corpus:
         files = split_files(path)
         return _build(*(word_tokens(read_text(files[split])) for split in SPLITS))
     if str(path) == STDLIB_CORPUS:
-        from sparsernn.demo import stdlib_text
-
         text = stdlib_text()
     elif path.is_dir():
         raise DataError(f"{path}: character level reads one text file, not a directory")

@@ -246,6 +246,8 @@ def sparsify(model: nn.Module, *, threads: int = 1, backend: str = "auto") -> nn
     ``torch.no_grad()`` or ``torch.inference_mode()`` when its inputs come from elsewhere with gradients.
     ``threads``: OpenMP threads per product.
     """
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        model = model.module
     replaced = {prefix for prefix, module in model.named_modules() if module_options(module) is not None}
     tensors = {name: tensor.detach().float().cpu().numpy() for name, tensor in model.state_dict().items()
                if name.rpartition(".")[0] in replaced}

@@ -56,3 +56,10 @@ def test_batchify_and_windows():
     assert [w[0] for w in bptt_windows(columns, 3, first=1)] == [1]
     with pytest.raises(DataError, match="too few"):
         batchify(torch.arange(5), 4)
+
+
+def test_stdlib_text_is_real_english():
+    from sparsernn.data.text import stdlib_text
+
+    text = stdlib_text()
+    assert len(text) > 100_000 and " the " in text

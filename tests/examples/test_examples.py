@@ -1,0 +1,42 @@
+"""Each example script, run end to end on a tiny generated slice: it trains, prunes to the target,
+sparsifies, saves, loads into a fresh instance and times, and all three copies agree."""
+
+import importlib.util
+import random
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import WORDS, write_corpus
+
+EXAMPLES = Path(__file__).parents[2] / "examples"
+
+
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_lstm_language_model(tmp_path):
+    corpus = write_corpus(tmp_path / "corpus", lines=(400, 40, 150))
+    result = load("lstm_language_model").main(["--data", str(corpus), "--hidden", "16", "--steps", "40",
+                                                "--seconds", "0.05", "--out", str(tmp_path / "out")])
+    assert result["sparsity"] == pytest.approx(0.9, abs=0.01)
+    values = list(result["perplexity"].values())
+    assert values[0] < 18 and values == pytest.approx([values[0]] * 3, rel=1e-4)
+    assert (tmp_path / "out/lm.safetensors").stat().st_size == result["file"]["bytes"]
+    assert set(result["streaming"]) == set(result["sequences"]) == {"pytorch", "sparsified"}
+
+
+def test_gru_tagger(tmp_path):
+    rng = random.Random(0)
+    text = tmp_path / "text.txt"
+    lines = (" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))) for _ in range(600))
+    text.write_text("\n".join(lines))
+    result = load("gru_tagger").main(["--data", str(text), "--hidden", "32", "--steps", "200",
+                                      "--seconds", "0.05"])
+    assert result["sparsity"] == pytest.approx(0.9, abs=0.01)
+    scores = list(result["f1"].values())
+    assert scores[0] > 0.5 and scores == pytest.approx([scores[0]] * 3, abs=1e-6)
