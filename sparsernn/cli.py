@@ -148,7 +148,8 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--beam", type=int, default=16, help="speech: prefix beam width (0: greedy only)")
     evaluate.set_defaults(handler=_evaluate)
 
-    transcribe = commands.add_parser("transcribe", help="transcribe WAV files with a speech checkpoint")
+    transcribe = commands.add_parser("transcribe", help="transcribe audio files (WAV, FLAC, OGG, MP3, ...) "
+                                     "with a speech checkpoint")
     transcribe.add_argument("checkpoint")
     transcribe.add_argument("files", nargs="+")
     transcribe.add_argument("--beam", type=int, default=16, help="prefix beam width (0: greedy)")

@@ -1,9 +1,9 @@
 """Typed, validated run configuration: YAML sections data, model, prune, train, plus --set overrides.
 
 Two tasks share the sections: language modelling (``data.kind: text``, the default; ``model.family:
-lm``) and speech recognition with CTC (``data.kind: an4`` or ``manifest``; ``model.family: ds2``). The
-model family follows the data kind unless given. Unknown keys and out-of-range values are rejected
-with the key's full dotted name.
+lm``) and speech recognition with CTC (``data.kind: an4``, ``manifest`` or ``librispeech``;
+``model.family: ds2``). The model family follows the data kind unless given. Unknown keys and
+out-of-range values are rejected with the key's full dotted name.
 """
 
 from __future__ import annotations
@@ -57,17 +57,21 @@ class ModelConfig(_Section):
         return self
 
 
-SPEECH_DATA = ("an4", "manifest")
+SPEECH_DATA = ("an4", "manifest", "librispeech")
 
 
 class SpeechDataConfig(_Section):
-    """Speech with transcripts for CTC: the AN4 layout or CSV/JSONL manifests."""
+    """Speech with transcripts for CTC: the AN4 or LibriSpeech layout, or manifests (CSV/JSONL, NeMo,
+    Hugging Face audiofolder); audio in any format libsndfile reads (WAV, FLAC, OGG, MP3, ...)."""
 
-    kind: Literal["an4", "manifest"]
-    path: Path = Field(description="an4: the AN4 root (etc/, wav/); manifest: the training manifest")
-    valid: Path | None = Field(None, description="manifest: validation manifest (default: held-out "
-                               "training speakers)")
-    test: Path | None = Field(None, description="manifest: test manifest")
+    kind: Literal["an4", "manifest", "librispeech"]
+    path: Path = Field(description="an4: the AN4 root (etc/, wav/); manifest: the training manifest (or "
+                       "audiofolder); librispeech: the unpacked training subset (SPEAKER/CHAPTER/...)")
+    valid: Path | None = Field(None, description="manifest or librispeech: the validation manifest or "
+                               "subset (default: held-out training speakers)")
+    test: Path | None = Field(None, description="manifest or librispeech: the test manifest or subset")
+    manifest_format: Literal["auto", "csv", "jsonl", "nemo", "audiofolder"] = Field(
+        "auto", description="manifest layout; auto: from the fields of its first row")
     valid_fraction: float = Field(0.08, gt=0.0, lt=1.0, description="share of training speakers "
                                   "held out for validation when there is no validation set")
     sample_rate: int = Field(16000, ge=1000, description="audio is resampled to this rate")
@@ -166,7 +170,7 @@ class TrainConfig(_Section):
     seed: int = 0
 
 
-_FAMILY = {"text": "lm", "an4": "ds2", "manifest": "ds2"}
+_FAMILY = {"text": "lm", "an4": "ds2", "manifest": "ds2", "librispeech": "ds2"}
 
 
 class RunConfig(_Section):

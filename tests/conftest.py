@@ -121,3 +121,66 @@ def speech_config_for(an4_dir):
 @pytest.fixture
 def speech_config(an4_dir):
     return speech_config_for(an4_dir)
+
+
+SUBTYPES = {".wav": "PCM_16", ".flac": "PCM_16", ".ogg": "VORBIS", ".mp3": "MPEG_LAYER_III"}
+
+
+def write_audio(path, audio, rate=16000):
+    """Any format soundfile writes, chosen by the suffix (16-bit PCM for WAV and FLAC)."""
+    import numpy as np
+    import soundfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    samples = (np.clip(audio, -1, 1) * 32767).astype(np.int16)
+    soundfile.write(path, samples, rate, subtype=SUBTYPES[path.suffix])
+
+
+def speech_utterances(speakers, per_speaker, seed=0):
+    """(speaker, number, text, audio) of tone utterances, a few words each."""
+    rng = random.Random(seed)
+    for s in range(speakers):
+        for u in range(per_speaker):
+            text = " ".join(rng.choice(SPEECH_WORDS) for _ in range(rng.randint(1, 3)))
+            yield s, u, text, tone_utterance(text, seed=100 * s + u)
+
+
+def write_nemo(directory, suffix=".flac"):
+    """NeMo manifests train.json / test.json (JSON lines: audio_filepath, text, duration, speaker)."""
+    import json
+
+    for split, speakers in (("train", 4), ("test", 2)):
+        lines = []
+        for s, u, text, audio in speech_utterances(speakers, 3, seed=len(split)):
+            path = directory / "audio" / split / f"{s}-{u}{suffix}"
+            write_audio(path, audio)
+            lines.append(json.dumps({"audio_filepath": str(path.relative_to(directory)), "text": text.lower(),
+                                     "duration": len(audio) / 16000, "speaker": s}))
+        (directory / f"{split}.json").write_text("\n".join(lines) + "\n")
+    return directory
+
+
+def write_audiofolder(directory, suffix=".mp3"):
+    """A Hugging Face audiofolder: train/ and test/, each with metadata.csv (file_name, transcription)."""
+    for split, speakers in (("train", 4), ("test", 2)):
+        rows = ["file_name,transcription"]
+        for s, u, text, audio in speech_utterances(speakers, 3, seed=len(split)):
+            write_audio(directory / split / f"{s}_{u}{suffix}", audio)
+            rows.append(f"{s}_{u}{suffix},{text}")
+        (directory / split / "metadata.csv").write_text("\n".join(rows) + "\n")
+    return directory
+
+
+def write_librispeech(directory):
+    """LibriSpeech subsets train-clean/ and test-clean/: SPEAKER/CHAPTER/*.flac and *.trans.txt."""
+    for split, speakers in (("train-clean", 4), ("test-clean", 2)):
+        listings = {}
+        for s, u, text, audio in speech_utterances(speakers, 3, seed=len(split)):
+            speaker, chapter = 100 + s + (10 if split.startswith("test") else 0), 7
+            folder = directory / split / str(speaker) / str(chapter)
+            write_audio(folder / f"{speaker}-{chapter}-{u:04d}.flac", audio)
+            listings.setdefault(folder / f"{speaker}-{chapter}.trans.txt", []).append(
+                f"{speaker}-{chapter}-{u:04d} {text}")
+        for path, lines in listings.items():
+            path.write_text("\n".join(lines) + "\n")
+    return directory

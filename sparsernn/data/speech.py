@@ -1,5 +1,5 @@
-"""Speech for CTC: WAV reading, resampling, log-mel / log-spectrogram features, AN4 and manifest
-datasets, length-sorted batches.
+"""Speech for CTC: audio reading, resampling, log-mel / log-spectrogram features, the AN4 and
+LibriSpeech layouts and manifests (CSV/JSONL, NeMo, Hugging Face audiofolder), length-sorted batches.
 
 Every file is read and turned into features when the dataset loads, so a missing, corrupt, empty or
 too-short file or a transcript with characters outside the alphabet stops the run before training
@@ -12,14 +12,13 @@ from __future__ import annotations
 import csv
 import json
 import math
-import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import scipy.io.wavfile
 import scipy.signal
+import soundfile
 import torch
 
 from sparsernn.config import SpeechDataConfig
@@ -33,35 +32,33 @@ ALPHABET = (BLANK, " ", "'", *"ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 # ---------------------------------------------------------------- audio
 
 
-def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
+def read_audio(path: str | Path, offset: float = 0.0,
+               duration: float | None = None) -> tuple[np.ndarray, int]:
     """Samples as float32 in [-1, 1] mixed down to mono, and the sample rate.
 
-    Reads 8-bit unsigned, 16/24/32-bit signed PCM (scipy returns 24-bit left-justified in int32) and
-    32/64-bit float WAV.
+    Reads what libsndfile reads, through soundfile: WAV (8-bit unsigned, 16/24/32-bit PCM, 32/64-bit
+    float), FLAC, OGG/Vorbis and Opus, MP3, AIFF and more. ``offset`` and ``duration`` (seconds) select a
+    segment of a longer file, as NeMo manifests do.
     """
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: audio file not found")
+    kind = path.suffix.lstrip(".").upper() or "audio"
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", scipy.io.wavfile.WavFileWarning)
-            rate, samples = scipy.io.wavfile.read(path)
-    except FileNotFoundError:
-        raise DataError(f"{path}: audio file not found") from None
-    except Exception as error:  # noqa: BLE001 - scipy raises many kinds (even UnboundLocalError) on junk
-        raise DataError(f"{path}: not a readable WAV file ({type(error).__name__}: {error})") from None
-    if samples.dtype == np.uint8:
-        audio = (samples.astype(np.float32) - 128.0) / 128.0
-    elif samples.dtype == np.int16:
-        audio = samples.astype(np.float32) / 32768.0
-    elif samples.dtype == np.int32:
-        audio = (samples.astype(np.float64) / 2.0 ** 31).astype(np.float32)
-    elif samples.dtype in (np.float32, np.float64):
-        audio = samples.astype(np.float32)
-    else:
-        raise DataError(f"{path}: unsupported WAV sample type {samples.dtype}")
-    if audio.ndim == 2:
-        audio = audio.mean(axis=1)
+        with soundfile.SoundFile(str(path)) as file:
+            rate, start = file.samplerate, round(offset * file.samplerate)
+            if start and start >= file.frames:
+                raise DataError(f"{path}: offset {offset:g} s lies past the end ({file.frames / rate:.2f} s)")
+            if start:
+                file.seek(start)
+            frames = -1 if duration is None else round(duration * rate)
+            samples = file.read(frames, dtype="float32", always_2d=True)  # (frames, channels)
+    except (soundfile.LibsndfileError, RuntimeError, ValueError, OSError) as error:
+        raise DataError(f"{path}: not a readable {kind} file ({error})") from None
+    audio = samples.mean(axis=1) if samples.shape[1] > 1 else samples[:, 0]
     if audio.size == 0:
         raise DataError(f"{path}: the audio is empty")
-    return audio, int(rate)
+    return np.ascontiguousarray(audio, dtype=np.float32), int(rate)
 
 
 def resample(audio: np.ndarray, rate: int, target: int) -> np.ndarray:
@@ -149,12 +146,18 @@ def ctc_min_frames(labels: torch.Tensor) -> int:
 
 @dataclass(frozen=True)
 class Entry:
-    """One utterance as listed: audio path, transcript, speaker, and where it was listed."""
+    """One utterance as listed: audio path (and segment), transcript, speaker, and where it was listed."""
 
     audio: Path
     text: str
     speaker: str
     source: str  # "file:line"
+    offset: float = 0.0  # seconds into the file
+    duration: float | None = None  # seconds from the offset; None: to the end
+
+    @property
+    def id(self) -> str:
+        return self.audio.stem if not self.offset else f"{self.audio.stem}@{self.offset:g}s"
 
 
 def list_an4(root: Path, split: str) -> list[Entry]:
@@ -175,32 +178,113 @@ def list_an4(root: Path, split: str) -> list[Entry]:
     return entries
 
 
-def list_manifest(path: Path) -> list[Entry]:
-    """A CSV (header with ``audio`` and ``text`` columns) or JSONL (objects with ``audio`` and ``text``)
-    manifest; an optional ``speaker`` column. Audio paths are relative to the manifest."""
-    if path.suffix not in (".csv", ".jsonl"):
-        raise DataError(f"{path}: manifest must be .csv or .jsonl")
+#: Manifest layouts: the fields each needs (audio path, transcript) and the optional ones it may have.
+MANIFEST_FIELDS = {
+    "csv": ("audio", "text"),  # .csv with a header; optional speaker
+    "jsonl": ("audio", "text"),  # JSON lines; optional speaker
+    "nemo": ("audio_filepath", "text"),  # NeMo: JSON lines (.json); optional duration, offset, speaker
+    "audiofolder": ("file_name", "transcription"),  # Hugging Face metadata.csv; or file_name, text
+}
+_LAYOUTS = ("audio + text (CSV or JSON lines), audio_filepath + text (NeMo), "
+            "file_name + transcription or text (Hugging Face audiofolder metadata.csv)")
+
+
+def _manifest_rows(path: Path) -> list[tuple[int, dict]]:
+    """(line number, fields) of each row of a CSV file with a header, or of a JSON-lines file."""
     raw = read_text(path)
-    rows: list[tuple[int, dict]] = []
-    if path.suffix == ".jsonl":
-        for number, line in enumerate(raw.splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
-    else:
-        reader = csv.DictReader(raw.splitlines())
-        rows = [(number, row) for number, row in enumerate(reader, start=2)]
+    if path.suffix == ".csv":
+        return [(number, row) for number, row in enumerate(csv.DictReader(raw.splitlines()), start=2)]
+    rows = []
+    for number, line in enumerate(raw.splitlines(), start=1):
+        if line.strip():
+            try:
+                rows.append((number, json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise DataError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    return rows
+
+
+def _detect_layout(path: Path, number: int, row) -> str:
+    keys = set(row) if isinstance(row, dict) else set()
+    if "audio_filepath" in keys:
+        return "nemo"
+    if "file_name" in keys:
+        return "audiofolder"
+    if "audio" in keys:
+        return "csv" if path.suffix == ".csv" else "jsonl"
+    raise DataError(f"{path}:{number}: unknown manifest layout, fields {sorted(keys)}; expected {_LAYOUTS} "
+                    "(or set data.manifest_format)")
+
+
+def _segment(path: Path, number: int, row: dict, key: str) -> float | None:
+    value = row.get(key)
+    if value is None or value == "":
+        return None
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}:{number}: {key} must be a number of seconds, got {value!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise DataError(f"{path}:{number}: {key} must be a number of seconds >= 0, got {value!r}")
+    return value
+
+
+def list_manifest(path: Path, layout: str = "auto") -> list[Entry]:
+    """The utterances a manifest lists. ``layout`` is one of :data:`MANIFEST_FIELDS` or ``"auto"``
+    (from the fields of the first row). ``path`` may be a folder holding a ``metadata.csv`` (a Hugging
+    Face audiofolder). Relative audio paths resolve against the manifest's folder."""
+    path = Path(path)
+    if path.is_dir():
+        if not (path / "metadata.csv").is_file():
+            raise DataError(f"{path}: a folder without metadata.csv; give a manifest file or an audiofolder")
+        path = path / "metadata.csv"
+    if path.suffix not in (".csv", ".jsonl", ".json"):
+        raise DataError(f"{path}: manifest must be .csv, .jsonl or .json (NeMo), or an audiofolder's "
+                        "metadata.csv")
+    rows = _manifest_rows(path)
+    if not rows:
+        raise DataError(f"{path}: the manifest lists no utterances")
+    if layout == "auto":
+        layout = _detect_layout(path, *rows[0])
+    audio_key, text_key = MANIFEST_FIELDS[layout]
     entries = []
     for number, row in rows:
-        if not isinstance(row, dict) or not all(isinstance(row.get(key), str) for key in ("audio", "text")):
-            raise DataError(f"{path}:{number}: needs string fields 'audio' and 'text'")
-        audio = path.parent / row["audio"]
-        entries.append(Entry(audio, normalize_text(row["text"]), str(row.get("speaker") or audio),
-                             f"{path}:{number}"))
-    if not entries:
-        raise DataError(f"{path}: the manifest lists no utterances")
+        text = row.get(text_key) if isinstance(row, dict) else None
+        if layout == "audiofolder" and text is None:
+            text = row.get("text")
+        if not isinstance(row, dict) or not isinstance(row.get(audio_key), str) or not isinstance(text, str):
+            wanted = "'file_name' and 'transcription' or 'text'" if layout == "audiofolder" else \
+                f"'{audio_key}' and '{text_key}'"
+            raise DataError(f"{path}:{number}: needs string fields {wanted} ({layout} manifest)")
+        audio = path.parent / row[audio_key]  # an absolute path stays as it is
+        speaker = row.get("speaker")
+        speaker = str(audio) if speaker in (None, "") else str(speaker)  # unknown: each file its own
+        offset, duration = (_segment(path, number, row, key) for key in ("offset", "duration"))
+        entries.append(Entry(audio, normalize_text(text), speaker, f"{path}:{number}", offset or 0.0,
+                             duration))
+    return entries
+
+
+def list_librispeech(root: Path) -> list[Entry]:
+    """An unpacked LibriSpeech subset: ``SPEAKER/CHAPTER/SPEAKER-CHAPTER.trans.txt``, whose lines are
+    ``SPEAKER-CHAPTER-UTTERANCE TRANSCRIPT``, beside ``SPEAKER-CHAPTER-UTTERANCE.flac``."""
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: LibriSpeech folder not found")
+    listings = sorted(root.glob("*/*/*.trans.txt"))
+    if not listings:
+        raise DataError(f"{root}: no SPEAKER/CHAPTER/*.trans.txt listings; data.path should be an unpacked "
+                        "subset such as LibriSpeech/train-clean-100")
+    entries = []
+    for listing in listings:
+        for number, line in enumerate(read_text(listing).splitlines(), start=1):
+            if not line.strip():
+                continue
+            utterance, _, text = line.strip().partition(" ")
+            if not text.strip():
+                raise DataError(f"{listing}:{number}: expected 'UTTERANCE-ID TRANSCRIPT'")
+            entries.append(Entry(listing.parent / f"{utterance}.flac", normalize_text(text),
+                                 speaker=listing.parent.parent.name, source=f"{listing}:{number}"))
     return entries
 
 
@@ -246,7 +330,7 @@ def load_entries(entries: list[Entry], config: SpeechDataConfig) -> SpeechSet:
                 raise DataError(f"characters outside the alphabet: {''.join(bad)!r}")
             if not entry.text:
                 raise DataError("empty transcript")
-            audio, rate = read_wav(entry.audio)
+            audio, rate = read_audio(entry.audio, entry.offset, entry.duration)
             values = features(resample(audio, rate, config.sample_rate), config)
         except DataError as error:
             reason = str(error)
@@ -255,7 +339,7 @@ def load_entries(entries: list[Entry], config: SpeechDataConfig) -> SpeechSet:
                                 "utterances)") from None
             data.skipped.append(f"{entry.source}: {reason}")
             continue
-        data.ids.append(entry.audio.stem)
+        data.ids.append(entry.id)
         data.features.append(values)
         data.labels.append(encode_text(entry.text))
         data.texts.append(entry.text)
@@ -293,12 +377,17 @@ def load_speech(config: SpeechDataConfig, seed: int = 0,
         train, valid = hold_out_speakers(list_an4(root, "train"), config.valid_fraction, seed)
         listed = {"train": train, "valid": valid, "test": list_an4(root, "test")}
     else:
-        listed = {"train": list_manifest(root)}
+        def lister(path):
+            if config.kind == "librispeech":
+                return list_librispeech(path)
+            return list_manifest(path, config.manifest_format)
+
+        listed = {"train": lister(root)}
         if config.valid is not None:
-            listed["valid"] = list_manifest(Path(config.valid))
+            listed["valid"] = lister(Path(config.valid))
         else:
             listed["train"], listed["valid"] = hold_out_speakers(listed["train"], config.valid_fraction, seed)
-        listed["test"] = list_manifest(Path(config.test)) if config.test is not None else []
+        listed["test"] = lister(Path(config.test)) if config.test is not None else []
     return {split: load_entries(listed[split], config) for split in splits}
 
 

@@ -1,4 +1,4 @@
-"""Using a trained CTC speech model: CER and WER on a split (greedy and beam), transcripts of WAV files."""
+"""Using a trained CTC speech model: CER and WER on a split (greedy and beam), transcripts of audio files."""
 
 from __future__ import annotations
 
@@ -44,12 +44,13 @@ def evaluate_speech(path: str | Path, split: str = "test", beam: int = 16) -> di
 
 
 def transcribe(path: str | Path, files: list[str | Path], beam: int = 16) -> list[str]:
-    """One transcript per WAV file, by prefix beam search (greedy with ``beam`` 0)."""
+    """One transcript per audio file (any format :func:`~sparsernn.data.speech.read_audio` reads), by
+    prefix beam search (greedy with ``beam`` 0)."""
     model, config, vocabulary, _ = load_trained(path, speech=True)
     transcripts = []
     with torch.no_grad():
         for file in files:
-            audio, rate = speech.read_wav(file)
+            audio, rate = speech.read_audio(file)
             values = speech.features(speech.resample(audio, rate, config.data.sample_rate), config.data)
             log_probs, lengths = model(values[None], torch.tensor([values.shape[1]]))
             frames = log_probs[:lengths[0], 0]

@@ -20,7 +20,7 @@ def config(path, **fields):
 # ---------------------------------------------------------------- audio
 
 
-def test_read_wav_scales_every_sample_format_and_mixes_down(tmp_path):
+def test_read_audio_scales_every_sample_format_and_mixes_down(tmp_path):
     signal = np.array([0.0, 0.5, -0.5, 0.25], dtype=np.float32)
     cases = {
         "u8": ((signal * 128 + 128).astype(np.uint8), 1 / 128),
@@ -31,7 +31,7 @@ def test_read_wav_scales_every_sample_format_and_mixes_down(tmp_path):
     for name, (samples, tolerance) in cases.items():
         stereo = np.stack([samples, samples], axis=1)  # both channels equal: the mix is the signal
         scipy.io.wavfile.write(tmp_path / f"{name}.wav", 8000, stereo)
-        audio, rate = speech.read_wav(tmp_path / f"{name}.wav")
+        audio, rate = speech.read_audio(tmp_path / f"{name}.wav")
         assert rate == 8000 and audio.dtype == np.float32 and audio.shape == (4,)
         np.testing.assert_allclose(audio, signal, atol=tolerance + 1e-7, err_msg=name)
     # 24-bit PCM, written with the standard library (little-endian 3-byte samples)
@@ -41,24 +41,24 @@ def test_read_wav_scales_every_sample_format_and_mixes_down(tmp_path):
         file.setsampwidth(3)
         file.setframerate(16000)
         file.writeframes(b"".join(int(v).to_bytes(3, "little", signed=True) for v in ints))
-    audio, rate = speech.read_wav(tmp_path / "i24.wav")
+    audio, rate = speech.read_audio(tmp_path / "i24.wav")
     np.testing.assert_allclose(audio, signal, atol=2 ** -23)
 
 
 def test_bad_audio_files_raise_data_errors_naming_the_file(tmp_path):
     with pytest.raises(DataError, match="missing.wav: audio file not found"):
-        speech.read_wav(tmp_path / "missing.wav")
+        speech.read_audio(tmp_path / "missing.wav")
     (tmp_path / "junk.wav").write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunk")
     with pytest.raises(DataError, match="junk.wav: not a readable WAV file"):
-        speech.read_wav(tmp_path / "junk.wav")
+        speech.read_audio(tmp_path / "junk.wav")
     write_wav16(tmp_path / "full.wav", tone_utterance("AB"))
     data = (tmp_path / "full.wav").read_bytes()
     (tmp_path / "cut.wav").write_bytes(data[:30])
     with pytest.raises(DataError, match="cut.wav"):
-        speech.read_wav(tmp_path / "cut.wav")
+        speech.read_audio(tmp_path / "cut.wav")
     scipy.io.wavfile.write(tmp_path / "empty.wav", 16000, np.zeros(0, dtype=np.int16))
     with pytest.raises(DataError, match="empty.wav: the audio is empty"):
-        speech.read_wav(tmp_path / "empty.wav")
+        speech.read_audio(tmp_path / "empty.wav")
 
 
 def test_resample_keeps_the_frequency_and_scales_the_length():
@@ -144,12 +144,16 @@ def test_manifests_csv_and_jsonl_with_relative_paths(tmp_path):
     assert csv_entries[0].speaker == "ann" and csv_entries[0].source == f"{tmp_path / 'm.csv'}:2"
     assert speech.list_manifest(tmp_path / "m.jsonl")[0].text == "HI"
     (tmp_path / "bad.csv").write_text("path,text\na.wav,x\n")
-    with pytest.raises(DataError, match=r"bad.csv:2: needs string fields 'audio' and 'text'"):
+    with pytest.raises(DataError, match=r"bad.csv:2: unknown manifest layout, fields \['path', 'text'\]; "
+                                        r"expected audio \+ text .*audio_filepath \+ text \(NeMo\)"):
         speech.list_manifest(tmp_path / "bad.csv")
+    (tmp_path / "gap.csv").write_text("audio,text\na.wav,x\nb.wav\n")
+    with pytest.raises(DataError, match=r"gap.csv:3: needs string fields 'audio' and 'text' \(csv"):
+        speech.list_manifest(tmp_path / "gap.csv")
     (tmp_path / "bad.jsonl").write_text('{"audio": "a.wav", "text": "x"}\n{oops\n')
     with pytest.raises(DataError, match=r"bad.jsonl:2: not valid JSON"):
         speech.list_manifest(tmp_path / "bad.jsonl")
-    with pytest.raises(DataError, match="must be .csv or .jsonl"):
+    with pytest.raises(DataError, match=r"must be .csv, .jsonl or .json \(NeMo\)"):
         speech.list_manifest(tmp_path / "audio/a.wav")
     with pytest.raises(DataError, match="nope.csv: file not found"):
         speech.list_manifest(tmp_path / "nope.csv")

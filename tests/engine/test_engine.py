@@ -147,7 +147,7 @@ def test_trained_speech_checkpoint_transcribes_like_pytorch(tmp_path, speech_con
     """A speech model trained by the loop, exported by the CLI, gives the checkpoint's transcripts."""
     from sparsernn.cli import main
     from sparsernn.config import RunConfig
-    from sparsernn.data.speech import read_wav
+    from sparsernn.data.speech import read_audio
     from sparsernn.engine import SpeechEngine
     from sparsernn.train.loop import train
     from sparsernn.train.recognize import transcribe
@@ -159,4 +159,4 @@ def test_trained_speech_checkpoint_transcribes_like_pytorch(tmp_path, speech_con
     engine = SpeechEngine(tmp_path / "s.safetensors")
     files = sorted((an4_dir / "wav/an4test_clstk").rglob("*.wav"))[:3]
     for file, text in zip(files, transcribe(checkpoint, files, beam=4), strict=True):
-        assert engine.transcribe(*read_wav(file), beam=4) == text
+        assert engine.transcribe(*read_audio(file), beam=4) == text

@@ -141,3 +141,34 @@ def test_cli_bad_audio_stops_before_training_or_is_skipped(tmp_path, speech_conf
     assert "greedy CER" in capsys.readouterr().out
     assert main(["transcribe", str(tmp_path / "run/checkpoints/last.pt"), str(tmp_path / "missing.wav")]) == 2
     assert "missing.wav: audio file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("layout", ["nemo-flac", "audiofolder-mp3", "librispeech"])
+def test_speech_data_as_people_have_it_trains_evaluates_and_transcribes(tmp_path, speech_config, layout,
+                                                                       capsys):
+    """No conversion step: a NeMo manifest of FLAC files, an audiofolder of MP3s, a LibriSpeech tree."""
+    from tests.conftest import write_audiofolder, write_librispeech, write_nemo
+
+    data = tmp_path / "data"
+    if layout == "nemo-flac":
+        write_nemo(data, ".flac")
+        fields = {"kind": "manifest", "path": str(data / "train.json"), "test": str(data / "test.json")}
+        audio = data / "audio/test/0-0.flac"
+    elif layout == "audiofolder-mp3":
+        write_audiofolder(data, ".mp3")
+        fields = {"kind": "manifest", "path": str(data / "train"), "test": str(data / "test")}
+        audio = data / "test/0_0.mp3"
+    else:
+        write_librispeech(data)
+        fields = {"kind": "librispeech", "path": str(data / "train-clean"), "test": str(data / "test-clean")}
+        audio = data / "test-clean/110/7/110-7-0000.flac"
+    speech_config["data"].update(fields)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(speech_config))
+    assert main(["train", str(config_path), "--out", str(tmp_path / "run"), "--set", "train.epochs=2"]) == 0
+    assert "validation CER" in capsys.readouterr().out
+    result = evaluate_speech(tmp_path / "run/checkpoints/last.pt", "test", beam=2)
+    assert result["utterances"] == 6 and result["skipped"] == 0
+    assert main(["transcribe", str(tmp_path / "run/checkpoints/last.pt"), str(audio)]) == 0
+    path, text = capsys.readouterr().out.rstrip("\n").split("\t")
+    assert path == str(audio) and set(text) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
