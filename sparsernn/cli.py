@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from sparsernn.errors import UserError
 
@@ -44,11 +45,23 @@ def _evaluate(args: argparse.Namespace) -> int:
     from sparsernn.config import RunConfig
     from sparsernn.train.evaluate import evaluate_checkpoint
 
-    if RunConfig.model_validate(load_checkpoint(args.checkpoint)["config"]).speech:
+    if args.beam is not None and args.beam < 0:
+        raise UserError(f"--beam must be >= 0, got {args.beam}")
+    config = RunConfig.model_validate(load_checkpoint(args.checkpoint)["config"])
+    if config.translation:
+        from sparsernn.train.translate import evaluate_translation
+
+        result = evaluate_translation(args.checkpoint, args.split, args.beam or 0)
+        search = f"beam {args.beam}" if args.beam else "greedy"
+        print(f"{args.checkpoint} ({args.split}, {result['pairs']} pairs, step {result['step']}, {search}): "
+              f"BLEU {result['bleu']:.2f} ({result['bleu_signature']}), chrF {result['chrf']:.2f} "
+              f"({result['chrf_signature']}), perplexity {result['perplexity']:.2f}; "
+              f"{result['nonzero_parameters']:,} non-zero of {result['parameters']:,} parameters")
+        return 0
+    if config.speech:
         from sparsernn.train.recognize import evaluate_speech
 
-        if args.beam < 0:
-            raise UserError(f"--beam must be >= 0, got {args.beam}")
+        args.beam = 16 if args.beam is None else args.beam
         result = evaluate_speech(args.checkpoint, args.split, args.beam)
         beam = (f"; beam {args.beam}: CER {result['cer_beam']:.2%}, WER {result['wer_beam']:.2%}"
                 if args.beam else "")
@@ -60,6 +73,19 @@ def _evaluate(args: argparse.Namespace) -> int:
     print(f"{args.checkpoint} ({args.split}, step {result['step']}): perplexity "
           f"{result['perplexity']:.2f}, {result['nonzero_parameters']:,} non-zero of "
           f"{result['parameters']:,} parameters, pruned tensors {result['sparsity']:.1%} sparse")
+    return 0
+
+
+def _translate(args: argparse.Namespace) -> int:
+    from sparsernn.data.translation import read_lines
+    from sparsernn.train.translate import translate
+
+    if args.beam < 0:
+        raise UserError(f"--beam must be >= 0, got {args.beam}")
+    for name in args.files:
+        lines = sys.stdin.read().splitlines() if name == "-" else read_lines(Path(name))
+        for translation in translate(args.checkpoint, lines, args.beam):
+            print(translation)
     return 0
 
 
@@ -131,7 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsernn", description="Sparse recurrent networks.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train a language or speech model from a YAML config")
+    train = commands.add_parser("train", help="train a language, speech or translation model from a YAML "
+                                "config")
     train.add_argument("config", nargs="?", help="YAML file with data, model, prune, train sections")
     train.add_argument("--out", help="run directory")
     train.add_argument("--resume", action="store_true", help="continue from OUT/checkpoints/last.pt")
@@ -142,11 +169,20 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--print-config", action="store_true", help="show the resolved config and exit")
     train.set_defaults(handler=_train)
 
-    evaluate = commands.add_parser("evaluate", help="perplexity, or CER and WER, of a checkpoint on a split")
+    evaluate = commands.add_parser("evaluate", help="perplexity, CER and WER, or BLEU and chrF of a "
+                                   "checkpoint on a split")
     evaluate.add_argument("checkpoint")
     evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
-    evaluate.add_argument("--beam", type=int, default=16, help="speech: prefix beam width (0: greedy only)")
+    evaluate.add_argument("--beam", type=int, default=None, help="speech: prefix beam width (default 16; 0: "
+                          "greedy only); translation: beam search width (default 0: greedy)")
     evaluate.set_defaults(handler=_evaluate)
+
+    translate = commands.add_parser("translate", help="translate text files (- for standard input), one line "
+                                    "of output per input line")
+    translate.add_argument("checkpoint")
+    translate.add_argument("files", nargs="+")
+    translate.add_argument("--beam", type=int, default=0, help="beam search width (0: greedy)")
+    translate.set_defaults(handler=_translate)
 
     transcribe = commands.add_parser("transcribe", help="transcribe audio files (WAV, FLAC, OGG, MP3, ...) "
                                      "with a speech checkpoint")

@@ -1,8 +1,9 @@
 """Typed, validated run configuration: YAML sections data, model, prune, train, plus --set overrides.
 
-Two tasks share the sections: language modelling (``data.kind: text``, the default; ``model.family:
-lm``) and speech recognition with CTC (``data.kind: an4``, ``manifest`` or ``librispeech``;
-``model.family: ds2``). The model family follows the data kind unless given. Unknown keys and
+Three tasks share the sections: language modelling (``data.kind: text``, the default; ``model.family:
+lm``), speech recognition with CTC (``data.kind: an4``, ``manifest`` or ``librispeech``; ``model.family:
+ds2``) and translation (``data.kind: translation``; ``model.family: seq2seq``). The model family follows
+the data kind unless given. Unknown keys and
 out-of-range values are rejected with the key's full dotted name.
 """
 
@@ -90,6 +91,25 @@ class SpeechDataConfig(_Section):
                                                   "alphabet: stop before training, or skip and count")
 
 
+class TranslationDataConfig(_Section):
+    """Line-aligned parallel text (one sentence per line, gzip or plain), a subword vocabulary trained
+    on the training split."""
+
+    kind: Literal["translation"]
+    path: Path = Field(description="folder of {split}.{language} or {split}.{language}.gz files")
+    source: str = Field("de", min_length=1, description="source language suffix")
+    target: str = Field("en", min_length=1, description="target language suffix")
+    train: str = "train"
+    valid: str = "val"
+    test: str = "test_2016_flickr"
+    vocabulary: Literal["unigram", "bpe"] = Field("unigram", description="sentencepiece model type")
+    vocab_size: int = Field(8000, ge=32, description="one subword vocabulary shared by both languages")
+    max_length: int = Field(64, ge=1, description="longer pairs (in subwords) are counted and skipped")
+    batch_size: int = Field(64, ge=1, description="sentence pairs per batch, bucketed by length")
+    eval_batch_size: int = Field(128, ge=1)
+    max_output: int = Field(80, ge=1, description="decoding stops after this many subwords")
+
+
 class ConvLayer(_Section):
     channels: int = Field(ge=1)
     kernel: tuple[int, int] = Field(description="(frequency, time)")
@@ -112,6 +132,30 @@ class SpeechModelConfig(_Section):
     def _conv_needed(self) -> SpeechModelConfig:
         if not self.conv:
             raise ValueError("conv: at least one convolution layer")
+        return self
+
+
+class Seq2SeqConfig(_Section):
+    """Translation: embedding -> bidirectional encoder -> attention -> decoder with input feeding."""
+
+    family: Literal["seq2seq"] = "seq2seq"
+    cell: Literal["gru", "lstm"] = "gru"
+    embedding_size: int = Field(256, ge=1)
+    hidden_size: int = Field(256, ge=1, description="decoder size; each encoder direction has half")
+    layers: int = Field(1, ge=1, description="encoder layers")
+    decoder_layers: int = Field(1, ge=1)
+    attention: Literal["bahdanau", "luong"] = Field("bahdanau", description="additive (Bahdanau) or "
+                                                    "general bilinear (Luong) scores")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    tie_weights: bool = Field(False, description="output layer shares the target embedding "
+                              "(needs embedding_size == hidden_size)")
+
+    @model_validator(mode="after")
+    def _shapes(self) -> Seq2SeqConfig:
+        if self.hidden_size % 2:
+            raise ValueError("hidden_size must be even (each encoder direction has half)")
+        if self.tie_weights and self.embedding_size != self.hidden_size:
+            raise ValueError("tie_weights needs embedding_size == hidden_size")
         return self
 
 
@@ -167,15 +211,16 @@ class TrainConfig(_Section):
     patience: int = Field(0, ge=0, description="evaluations without improvement before decay")
     eval_every: int | None = Field(None, ge=1, description="steps; default once per epoch")
     log_every: int = Field(50, ge=1)
+    label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="translation: on the target words")
     seed: int = 0
 
 
-_FAMILY = {"text": "lm", "an4": "ds2", "manifest": "ds2", "librispeech": "ds2"}
+_FAMILY = {"text": "lm", "an4": "ds2", "manifest": "ds2", "librispeech": "ds2", "translation": "seq2seq"}
 
 
 class RunConfig(_Section):
-    data: Annotated[DataConfig | SpeechDataConfig, Field(discriminator="kind")]
-    model: Annotated[ModelConfig | SpeechModelConfig, Field(discriminator="family")]
+    data: Annotated[DataConfig | SpeechDataConfig | TranslationDataConfig, Field(discriminator="kind")]
+    model: Annotated[ModelConfig | SpeechModelConfig | Seq2SeqConfig, Field(discriminator="family")]
     prune: PruneConfig = PruneConfig()
     train: TrainConfig = TrainConfig()
 
@@ -200,6 +245,10 @@ class RunConfig(_Section):
     @property
     def speech(self) -> bool:
         return self.data.kind in SPEECH_DATA
+
+    @property
+    def translation(self) -> bool:
+        return self.data.kind == "translation"
 
 
 def _parse_value(text: str) -> Any:
@@ -227,7 +276,7 @@ def _format_errors(error: ValidationError, source: str) -> str:
     for item in error.errors():
         # Drop the union tags pydantic puts in the location ("data.an4.path" -> "data.path").
         parts = [str(part) for part in item["loc"]]
-        if len(parts) > 1 and parts[0] in ("data", "model") and parts[1] in (*_FAMILY, "lm", "ds2"):
+        if len(parts) > 1 and parts[0] in ("data", "model") and parts[1] in (*_FAMILY, *_FAMILY.values()):
             del parts[1]
         key = ".".join(parts) or "(top level)"
         message = item["msg"].removeprefix("Value error, ")

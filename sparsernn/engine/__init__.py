@@ -4,13 +4,14 @@
   into drop-in modules that run on the kernels (``modules.py``); :func:`load_sparse` builds the same from
   a file written by :func:`sparsernn.export.save_sparse`.
 - :class:`RecurrentStack` runs recurrent layers over whole sequences (``stack.py``).
-- :class:`LanguageModelEngine` and :class:`SpeechEngine` run exported models of the built-in families
-  (``families.py``).
+- :class:`LanguageModelEngine`, :class:`SpeechEngine` and :class:`TranslationEngine` run exported models
+  of the built-in families (``families.py``).
 """
 
-from sparsernn.engine.families import LanguageModelEngine, SpeechEngine
+from sparsernn.engine.families import LanguageModelEngine, SpeechEngine, TranslationEngine
 from sparsernn.engine.modules import SparseLinear, SparseRNN, SparseRNNCell, load_sparse, sparsify
 from sparsernn.engine.stack import DENSE_ENOUGH, Direction, RecurrentStack, as_kernel_matrix
 
 __all__ = ["DENSE_ENOUGH", "Direction", "LanguageModelEngine", "RecurrentStack", "SparseLinear", "SparseRNN",
-           "SparseRNNCell", "SpeechEngine", "as_kernel_matrix", "load_sparse", "sparsify"]
+           "SparseRNNCell", "SpeechEngine", "TranslationEngine", "as_kernel_matrix", "load_sparse",
+           "sparsify"]

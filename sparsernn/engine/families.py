@@ -1,5 +1,9 @@
 """The engines of the built-in model families, on exported files.
 
+:class:`TranslationEngine` builds the translation model from the file's architecture and runs it through
+:func:`~sparsernn.engine.load_sparse`'s drop-ins (every recurrent, attention and output matrix on the
+kernels), with the model's own greedy and beam-search decoding.
+
 :class:`LanguageModelEngine` adds the embedding and the decoder to a :class:`RecurrentStack` and carries
 the state between calls, so tokens can be fed one by one (streaming) or as whole sequences; both give
 the masked PyTorch model's outputs. :class:`SpeechEngine` runs an exported DS2 CTC model on one
@@ -12,6 +16,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from sparsernn import kernels
 from sparsernn.engine.stack import RecurrentStack, as_kernel_matrix
@@ -145,3 +150,31 @@ class SpeechEngine:
         if beam > 0:
             return prefix_beam_decode(frames, self.alphabet, beam)
         return greedy_decode(frames, self.alphabet)
+
+
+class TranslationEngine:
+    """An exported translation model: ``engine.translate(lines, beam=0)`` -> detokenized translations."""
+
+    def __init__(self, model: ExportedModel | str | Path, *, threads: int = 1, backend: str = "auto"):
+        import base64
+
+        from sparsernn.config import Seq2SeqConfig
+        from sparsernn.data.translation import Tokenizer
+        from sparsernn.engine.modules import load_sparse
+        from sparsernn.models.seq2seq import Seq2Seq
+
+        if not isinstance(model, ExportedModel):
+            model = load_exported(model)
+        arch = self.architecture = model.architecture
+        if arch.get("kind") != "translation":
+            raise ValueError(f"not a translation model: kind {arch.get('kind')!r}")
+        config = Seq2SeqConfig(**{key: arch[key] for key in Seq2SeqConfig.model_fields})
+        self.model = load_sparse(Seq2Seq(arch["vocab_size"], config), model, threads=threads, backend=backend)
+        self.tokenizer = Tokenizer(base64.b64decode(model.metadata["tokenizer"]))
+
+    def translate(self, lines: list[str], beam: int = 0) -> list[str]:
+        """One translation per line: greedy, or beam search of width ``beam``."""
+        from sparsernn.train.translate import translate_lines
+
+        with torch.inference_mode():
+            return translate_lines(self.model, self.tokenizer, lines, beam, self.architecture["max_output"])

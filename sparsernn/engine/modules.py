@@ -23,7 +23,7 @@ from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from sparsernn import kernels
 from sparsernn.engine.stack import RecurrentStack, as_kernel_matrix
-from sparsernn.export import ExportError, load_exported, module_options
+from sparsernn.export import ExportedModel, ExportError, load_exported, module_options
 from sparsernn.kernels import SparseMatrix
 
 _CELLS = {"LSTM": "lstm", "LSTMCell": "lstm", "GRU": "gru", "GRUCell": "gru"}
@@ -254,15 +254,18 @@ def sparsify(model: nn.Module, *, threads: int = 1, backend: str = "auto") -> nn
     return _replace(copy.deepcopy(model), tensors, threads, backend)
 
 
-def load_sparse(model: nn.Module, path: str | Path, *, threads: int = 1, backend: str = "auto") -> nn.Module:
-    """Load a :func:`~sparsernn.export.save_sparse` file into ``model`` (a freshly built instance of the
-    class that was saved) and return its :func:`sparsify` copy, with the matrices in the file's layout.
+def load_sparse(model: nn.Module, path: str | Path | ExportedModel, *, threads: int = 1,
+                backend: str = "auto") -> nn.Module:
+    """Load a :func:`~sparsernn.export.save_sparse` file (or what :func:`~sparsernn.export.load_exported`
+    read from one) into ``model`` (a freshly built instance of the class that was saved) and return its
+    :func:`sparsify` copy, with the matrices in the file's layout.
 
     Every tensor name and shape and every replaced module's options must match the file; a mismatch
     raises :class:`~sparsernn.export.ExportError` naming the tensor or module. ``model`` keeps the
     loaded (dense) weights, so it can serve as the PyTorch reference.
     """
-    exported = load_exported(path)
+    exported = path if isinstance(path, ExportedModel) else load_exported(path)
+    path = exported.path
     ties = exported.metadata.get("ties", {})
     state = model.state_dict()
     in_file = set(exported.tensors) | set(ties)

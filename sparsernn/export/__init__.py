@@ -10,6 +10,7 @@ result. :func:`sparsernn.engine.load_sparse` loads a file into a fresh instance 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -40,6 +41,7 @@ class ExportedModel:
 
     metadata: dict
     tensors: dict[str, SparseMatrix | np.ndarray]
+    path: Path | None = None  # the file it was read from
 
     @property
     def architecture(self) -> dict:
@@ -205,13 +207,19 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, values: str 
         parameters = dict(model.named_parameters())
         for name, mask in checkpoint["pruner"]["masks"].items():
             parameters[name].mul_(mask.to(parameters[name].dtype))
+    extra = {}
     if config.speech:
         architecture = speech_architecture(model.config.model_dump(mode="json"),
                                            config_to_dict(config)["data"], len(vocabulary))
+    elif config.translation:
+        architecture = {"kind": "translation", **checkpoint["model_config"], "vocab_size": len(vocabulary),
+                        "source": config.data.source, "target": config.data.target,
+                        "max_output": config.data.max_output}
+        extra["tokenizer"] = base64.b64encode(checkpoint["artifacts"]["tokenizer.model"]).decode()
     else:
         architecture = lm_architecture(checkpoint["model_config"], len(vocabulary), config.data.level)
     return save_sparse(model, out, values=values,
-                       extra={"architecture": architecture, "vocabulary": vocabulary,
+                       extra={"architecture": architecture, "vocabulary": vocabulary, **extra,
                               "source": str(checkpoint_path), "step": checkpoint["loop"]["step"]})
 
 
@@ -250,7 +258,7 @@ def load_exported(path: str | Path) -> ExportedModel:
             tensors[name] = _matrix(name, info, stored)
         except (KeyError, FormatError, ValueError) as error:
             raise ExportError(f"{path}: tensor {name}: {error}") from None
-    return ExportedModel(metadata, tensors)
+    return ExportedModel(metadata, tensors, path)
 
 
 def _check_architecture(path: Path, metadata: dict) -> None:
@@ -271,6 +279,8 @@ def expected_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
     """Every tensor a model of this architecture stores, with its shape."""
     if architecture["kind"] == "speech_ctc":
         return _speech_shapes(architecture)
+    if architecture["kind"] == "translation":
+        return _translation_shapes(architecture)
     if architecture["kind"] != "language_model":
         raise ValueError(f"unknown kind {architecture['kind']!r}")
     gates = CELLS[architecture["cell"]]
@@ -318,6 +328,18 @@ def _speech_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
         inputs = hidden
     return shapes | _norm("output_norm.norm", hidden) | {
         "fc.weight": (architecture["alphabet_size"], hidden), "fc.bias": (architecture["alphabet_size"],)}
+
+
+def _translation_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
+    """The state of a translation model built on the meta device (tied output weights stored once)."""
+    from sparsernn.config import Seq2SeqConfig
+    from sparsernn.models.seq2seq import Seq2Seq
+
+    config = Seq2SeqConfig(**{key: architecture[key] for key in Seq2SeqConfig.model_fields})
+    with torch.device("meta"):
+        state = Seq2Seq(architecture["vocab_size"], config).state_dict()
+    return {name: tuple(t.shape) for name, t in state.items()
+            if not (config.tie_weights and name == "output.weight")}
 
 
 def _matrix(name: str, info: dict, stored: dict[str, np.ndarray]) -> SparseMatrix | np.ndarray:

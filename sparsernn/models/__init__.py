@@ -1,4 +1,5 @@
-"""Model families, by ``model.family``: ``lm`` (language model) and ``ds2`` (Deep Speech 2 for CTC)."""
+"""Model families, by ``model.family``: ``lm`` (language model), ``ds2`` (Deep Speech 2 for CTC) and
+``seq2seq`` (attention encoder-decoder for translation)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,10 @@ def build_model(config, model_config, vocab_size: int) -> nn.Module:
         from sparsernn.models.lm import LanguageModel
 
         return LanguageModel(vocab_size, model_config)
+    if model_config.family == "seq2seq":
+        from sparsernn.models.seq2seq import Seq2Seq
+
+        return Seq2Seq(vocab_size, model_config)
     from sparsernn.data.speech import feature_size
     from sparsernn.models.ctc import SpeechModel
 
@@ -42,10 +47,13 @@ def closest_hidden_size(count, target: int) -> int:
 
 
 def scaled_shape(model_config, hidden_size: int):
-    """``model_config`` with this hidden size; a language model's embedding scales by the same factor
-    (equal to the hidden size when weights are tied)."""
+    """``model_config`` with this hidden size (even for a translation model, whose encoder directions
+    have half); the embedding of a language or translation model scales by the same factor (equal to the
+    hidden size when weights are tied)."""
+    if model_config.family == "seq2seq":
+        hidden_size += hidden_size % 2
     update = {"hidden_size": hidden_size}
-    if model_config.family == "lm":
+    if model_config.family in ("lm", "seq2seq"):
         ratio = model_config.embedding_size / model_config.hidden_size
         tied = model_config.tie_weights
         update["embedding_size"] = hidden_size if tied else max(1, round(hidden_size * ratio))

@@ -56,7 +56,10 @@ class StudyConfig(BaseModel):
     runs: tuple[StudyRun, ...] = Field(min_length=1)
     speed_tokens: int = Field(500, ge=2, description="language models: test tokens streamed at batch 1")
     speed_utterances: int = Field(20, ge=1, description="speech: test utterances timed one at a time")
-    beam: int = Field(16, ge=0, description="speech: prefix beam width for the beam CER/WER (0: off)")
+    speed_sentences: int = Field(100, ge=1, description="translation: test sentences translated one at "
+                                 "a time")
+    beam: int = Field(16, ge=0, description="speech: prefix beam width for the beam CER/WER; translation: "
+                      "beam search width for the beam BLEU (0: off)")
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:

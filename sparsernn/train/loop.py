@@ -43,7 +43,7 @@ class LoopState:
     epoch: int = 0
     position: int = 0  # next batch (BPTT window or utterance batch) within the epoch
     best_valid_loss: float = math.inf  # for the learning-rate plateau
-    best_checkpoint_loss: float = math.inf  # of best.pt, once masks are final
+    best_checkpoint_loss: float = math.inf  # of best.pt (its selection value), once masks are final
     evaluations_without_improvement: int = 0
     train_seconds: float = 0.0  # wall time spent in training steps, summed over resumes
     skipped: int = 0  # utterances left out of training steps for a non-finite CTC loss (rank 0's count)
@@ -90,7 +90,12 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     out_dir = Path(out_dir)
     last_path, best_path = out_dir / "checkpoints" / "last.pt", out_dir / "checkpoints" / "best.pt"
     metrics_path = out_dir / "metrics.jsonl"
-    task = make_task(config, ranks)
+    checkpoint = load_checkpoint(last_path) if resume else None
+    # What a task built from its data (a translation model's subword vocabulary) comes back from the
+    # checkpoint it resumes, or from its teacher's, so that it is never built again differently.
+    artifacts = (checkpoint or (load_checkpoint(config.prune.teacher) if config.prune.teacher else {})
+                 ).get("artifacts")
+    task = make_task(config, ranks, artifacts)
     if ranks.is_main:
         print(task.loading_report())
     steps_per_epoch = task.steps_per_epoch
@@ -116,7 +121,6 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     record = {}  # the last evaluation
 
     if resume:
-        checkpoint = load_checkpoint(last_path)
         if _resumable(checkpoint["config"]) != _resumable(config_to_dict(config)):
             raise ConfigError(f"{last_path}: was written with a different config; "
                               "resume with the run's own config.yaml")
@@ -138,6 +142,8 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
         metrics_path.write_text("")
     if ranks.is_main:
         (out_dir / "config.yaml").write_text(dump_config(config))
+        for name, data in task.artifacts().items():
+            (out_dir / name).write_bytes(data)
         if sizing is not None:
             save_sizing(sizing, out_dir)
 
@@ -149,7 +155,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
                 "config": config_to_dict(config), "vocabulary": list(task.vocabulary),
                 "model_config": model_config.model_dump(mode="json"), "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "pruner": pruner.state_dict(),
-                "loop": asdict(state), "ranks": gathered})
+                "loop": asdict(state), "ranks": gathered, "artifacts": task.artifacts()})
 
     def run_evaluation() -> dict:
         # Every rank evaluates the same data with the same weights (and batch-norm statistics, taken
@@ -168,9 +174,11 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
                 for group in optimizer.param_groups:
                     group["lr"] *= config.train.lr_decay
                 state.evaluations_without_improvement = 0
-        # best.pt: the best model with its final masks, never a denser one from before.
-        if state.step >= masks_final_from(schedule) and valid_loss < state.best_checkpoint_loss:
-            state.best_checkpoint_loss = valid_loss
+        # best.pt: the best model with its final masks, never a denser one from before; the lowest
+        # validation loss, or what the task selects by (translation: the highest BLEU).
+        selection = task.selection(metrics)
+        if state.step >= masks_final_from(schedule) and selection < state.best_checkpoint_loss:
+            state.best_checkpoint_loss = selection
             save(best_path)
         save(last_path)
         if ranks.is_main:

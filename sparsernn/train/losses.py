@@ -42,12 +42,28 @@ def ctc_loss(log_probs: torch.Tensor, output_lengths: torch.Tensor, labels: torc
     return (losses[finite] / label_lengths[finite].to(losses.dtype)).mean(), skipped
 
 
+def masked_distillation(student_logits: torch.Tensor, teacher_logits: torch.Tensor, mask: torch.Tensor,
+                        temperature: float) -> torch.Tensor:
+    """``T^2 * KL(teacher_T || student_T)`` per position, averaged over the positions where ``mask``
+    is True (logits (..., classes), mask (...))."""
+    log_student = functional.log_softmax(student_logits / temperature, dim=-1)
+    log_teacher = functional.log_softmax(teacher_logits / temperature, dim=-1)
+    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1)
+    return temperature ** 2 * kl[mask].mean()
+
+
 def frame_distillation(student_log_probs: torch.Tensor, teacher_log_probs: torch.Tensor,
                        output_lengths: torch.Tensor, temperature: float) -> torch.Tensor:
-    """Frame-level ``T^2 * KL(teacher_T || student_T)`` on CTC posteriors (T, B, alphabet), averaged
-    over the valid frames (Takashima et al. 2018 distil CTC models the same way)."""
-    log_student = functional.log_softmax(student_log_probs / temperature, dim=-1)
-    log_teacher = functional.log_softmax(teacher_log_probs / temperature, dim=-1)
-    kl = (log_teacher.exp() * (log_teacher - log_student)).sum(dim=-1)  # (T, B)
-    mask = torch.arange(kl.shape[0], device=kl.device)[:, None] < output_lengths.to(kl.device)[None]
-    return temperature ** 2 * kl[mask].mean()
+    """Frame-level distillation on CTC posteriors (T, B, alphabet), over the valid frames (Takashima et
+    al. 2018 distil CTC models the same way)."""
+    frames = student_log_probs.shape[0]
+    mask = torch.arange(frames, device=student_log_probs.device)[:, None] < output_lengths.to(
+        student_log_probs.device)[None]
+    return masked_distillation(student_log_probs, teacher_log_probs, mask, temperature)
+
+
+def padded_cross_entropy(logits: torch.Tensor, targets: torch.Tensor, pad: int,
+                         label_smoothing: float = 0.0) -> torch.Tensor:
+    """Mean cross-entropy over the target words that are not padding; logits (B, T, V), targets (B, T)."""
+    return functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=pad,
+                                    label_smoothing=label_smoothing)

@@ -90,8 +90,8 @@ def model_shape(config: RunConfig, vocab_size: int) -> tuple[ModelConfig, Sizing
     def count(hidden: int) -> int:
         return parameter_count(config, scaled_shape(config.model, hidden), vocab_size)
 
-    hidden = closest_hidden_size(count, target)
-    model = scaled_shape(config.model, hidden)
+    model = scaled_shape(config.model, closest_hidden_size(count, target))
+    hidden = model.hidden_size  # (a translation model's is rounded up to even)
     return model, Sizing(target, source, hidden, getattr(model, "embedding_size", None), count(hidden),
                          count(hidden + 1))
 

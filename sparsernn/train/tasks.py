@@ -1,4 +1,4 @@
-"""What the one training loop trains on: language modelling or speech recognition with CTC.
+"""What the one training loop trains on: language modelling, speech recognition with CTC, translation.
 
 A task owns its data, builds batches from a resumable position, computes a step's loss (with a
 teacher for distillation) and evaluates on the validation split. The loop (``loop.py``) does the rest
@@ -23,7 +23,14 @@ from sparsernn.models.lm import detach
 from sparsernn.train import distributed
 from sparsernn.train.distributed import Distributed
 from sparsernn.train.evaluate import evaluate as lm_loss
-from sparsernn.train.losses import ctc_loss, distillation_loss, frame_distillation, token_cross_entropy
+from sparsernn.train.losses import (
+    ctc_loss,
+    distillation_loss,
+    frame_distillation,
+    masked_distillation,
+    padded_cross_entropy,
+    token_cross_entropy,
+)
 from sparsernn.train.metrics import error_rates, greedy_decode
 
 
@@ -50,6 +57,14 @@ class LanguageModelling:
 
     def loading_report(self) -> str:
         return f"vocabulary: {len(self.vocabulary):,} {self.config.data.level}s"
+
+    @staticmethod
+    def artifacts() -> dict[str, bytes]:
+        return {}  # the vocabulary is in every checkpoint already
+
+    @staticmethod
+    def selection(metrics: dict) -> float:
+        return metrics["valid_loss"]  # best.pt: the lowest validation loss
 
     def new_carry(self) -> dict:
         return {"hidden": None, "teacher_hidden": None}
@@ -114,6 +129,9 @@ class SpeechRecognition:
             lines += [f"skipped {reason}" for reason in split.skipped]
         return "\n".join(lines)
 
+    artifacts = LanguageModelling.artifacts
+    selection = LanguageModelling.selection
+
     def new_carry(self) -> dict:
         return {}
 
@@ -176,10 +194,98 @@ class SpeechRecognition:
         return f"validation CER {record['valid_cer']:.1%}, WER {record['valid_wer']:.1%}"
 
 
-def task_class(config: RunConfig) -> type[LanguageModelling] | type[SpeechRecognition]:
+class Translation:
+    """Sentence pairs in length-bucketed batches (a new order each epoch), teacher forcing with
+    cross-entropy (label smoothing optional); validation loss, perplexity and greedy BLEU. The
+    checkpoint keeps the subword model (``artifacts``), so evaluation and export never retrain it."""
+
+    def __init__(self, config: RunConfig, ranks: Distributed, artifacts: dict | None = None):
+        from sparsernn.data import translation
+
+        self.config, self.ranks, self.device = config, ranks, ranks.device
+        tokenizer = translation.Tokenizer(artifacts["tokenizer.model"]) if artifacts else None
+        sets, self.tokenizer = translation.load_translation(config.data, tokenizer, splits=("train", "valid"))
+        self.train_set, self.valid_set = sets["train"], sets["valid"]
+        if len(self.train_set) == 0:
+            raise translation.DataError(f"{config.data.path}: no usable training pairs")
+        self.vocabulary = self.tokenizer.pieces
+        batches = -(-len(self.train_set) // config.data.batch_size)
+        self.steps_per_epoch = max(1, batches // ranks.world_size)
+
+    def artifacts(self) -> dict[str, bytes]:
+        return {"tokenizer.model": self.tokenizer.model}
+
+    def loading_report(self) -> str:
+        skipped = ", ".join(f"{count} {reason}" for reason, count in self.train_set.skipped.items())
+        return (f"train: {len(self.train_set):,} pairs (skipped: {skipped}); valid: "
+                f"{len(self.valid_set):,} pairs; vocabulary: {len(self.vocabulary):,} "
+                f"{self.config.data.vocabulary} subwords")
+
+    def new_carry(self) -> dict:
+        return {}
+
+    def batches(self, epoch: int, first: int) -> Iterator[tuple[int, Any]]:
+        from sparsernn.data import translation
+
+        order = translation.bucketed_batches(self.train_set, self.config.data.batch_size, epoch,
+                                             self.config.train.seed)
+        mine = order[self.ranks.rank::self.ranks.world_size][:self.steps_per_epoch]
+        for position in range(first, len(mine)):
+            yield position, translation.collate(self.train_set, mine[position]).to(self.device)
+
+    def step_loss(self, model: nn.Module, teacher: nn.Module | None, batch, carry: dict) -> StepLoss:
+        from sparsernn.data.translation import PAD
+
+        logits = model(batch.source, batch.source_lengths, batch.target_in)  # (B, T, V)
+        task = padded_cross_entropy(logits, batch.target_out, PAD)
+        smoothing = self.config.train.label_smoothing
+        loss = padded_cross_entropy(logits, batch.target_out, PAD, smoothing) if smoothing else task
+        if teacher is None:
+            return StepLoss(loss, task)
+        with torch.no_grad():
+            teacher_logits = teacher(batch.source, batch.source_lengths, batch.target_in)
+        soft = masked_distillation(logits, teacher_logits, batch.target_out != PAD,
+                                   self.config.prune.temperature)
+        alpha = self.config.prune.alpha
+        return StepLoss((1 - alpha) * loss + alpha * soft, task)
+
+    def train_metrics(self, task_loss: float) -> dict:
+        return {"loss": task_loss, "perplexity": math.exp(task_loss)}
+
+    @staticmethod
+    def skipped_metrics(skipped: int) -> dict:
+        return {}
+
+    def evaluate(self, model: nn.Module) -> dict:
+        from sparsernn.train.translate import score_set
+
+        scores = score_set(model, self.valid_set, self.tokenizer, self.config.data, beam=0,
+                           device=self.device)
+        return {"valid_loss": scores["loss"], "valid_perplexity": scores["perplexity"],
+                "valid_bleu": scores["bleu"]}
+
+    @staticmethod
+    def selection(metrics: dict) -> float:
+        """best.pt is the model with the highest validation BLEU (lower is better here)."""
+        return -metrics["valid_bleu"]
+
+    @staticmethod
+    def summary(record: dict) -> str:
+        return f"validation BLEU {record['valid_bleu']:.2f}, perplexity {record['valid_perplexity']:.2f}"
+
+
+Task = LanguageModelling | SpeechRecognition | Translation
+
+
+def task_class(config: RunConfig) -> type[Task]:
+    if config.translation:
+        return Translation
     return SpeechRecognition if config.speech else LanguageModelling
 
 
-def make_task(config: RunConfig, ranks: Distributed) -> LanguageModelling | SpeechRecognition:
+def make_task(config: RunConfig, ranks: Distributed, artifacts: dict | None = None) -> Task:
+    """The task a config names; ``artifacts`` (a resumed or teacher checkpoint's) are reused, not rebuilt."""
+    if config.translation:
+        return Translation(config, ranks, artifacts)
     return task_class(config)(config, ranks)
 
