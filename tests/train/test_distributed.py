@@ -62,3 +62,17 @@ def test_fingerprint_sees_one_bit():
     a = {"w": torch.tensor([1.0, 2.0])}
     b = {"w": torch.tensor([1.0, torch.nextafter(torch.tensor(2.0), torch.tensor(3.0)).item()])}
     assert fingerprint(a) == fingerprint({"w": torch.tensor([1.0, 2.0])}) != fingerprint(b)
+
+
+def test_two_process_translation_training_keeps_ranks_identical(tmp_path):
+    """Each rank takes every other bucketed batch and trains the same subword model (one thread,
+    deterministic); the ranks end bit for bit equal."""
+    from tests.conftest import translation_config_for, write_parallel
+
+    config = translation_config_for(write_parallel(tmp_path / "raw", lines=(200, 20, 20)))
+    config["train"].update(epochs=1, max_steps=6)
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    result = torchrun(config_path, tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert records(tmp_path / "run")[-1] == {"kind": "ranks", "step": 6, "ranks_identical": True}
