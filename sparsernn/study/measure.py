@@ -1,9 +1,10 @@
 """What a study records about one finished run (``DIR/runs/<name>/result.json``).
 
-Test metric (perplexity, or CER and WER greedy and with beam search), parameter counts, sparsity per
-pruned tensor, training time, exported file size, and the time at batch 1 (one thread) on the same
-test input of the run's PyTorch model, the baseline's PyTorch model and the engine on the exported file,
-taken in turns in one process so that the ratios compare like with like.
+Test metric (perplexity; CER and WER greedy and with beam search; or BLEU and chrF greedy and with beam
+search), parameter counts, sparsity per pruned tensor, training time, exported file size, and the time
+at batch 1 (one thread) on the same test input of the run's PyTorch model, the baseline's PyTorch model
+and the engine on the exported file, taken in turns in one process so that the ratios compare like with
+like.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def _best_seconds(functions: dict, repeats: int = 3) -> dict:
     return best
 
 
-def _speed(config: RunConfig, model, baseline, model_file: Path, study) -> dict:
+def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoint_path: Path) -> dict:
     """Seconds at batch 1, one thread, on the same test input: the run's PyTorch model, the baseline's
     PyTorch model and the engine on the run's exported file, side by side."""
     threads = torch.get_num_threads()
@@ -64,6 +65,29 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study) -> dict:
                     engine.log_probs(features.numpy())
 
             amount = {"audio_seconds": sum(f.shape[1] for f in inputs) * config.data.hop_ms / 1000}
+        elif config.translation:
+            from sparsernn.data.translation import load_translation
+            from sparsernn.engine import TranslationEngine
+            from sparsernn.train.translate import load_translator
+
+            tokenizer = load_translator(checkpoint_path)[2]
+            sources = load_translation(config.data, tokenizer, splits=("test",))[0]["test"].sources
+            sources = sources[:study.speed_sentences]
+            engine = TranslationEngine(model_file, threads=1)
+            limit = config.data.max_output
+
+            # One sentence per call, greedy, as a deployed translator runs.
+            def pytorch(network):
+                with torch.no_grad():
+                    for source in sources:
+                        network.greedy(source[None], torch.tensor([len(source)]), limit)
+
+            def ours():
+                with torch.inference_mode():
+                    for source in sources:
+                        engine.model.greedy(source[None], torch.tensor([len(source)]), limit)
+
+            amount = {"sentences": len(sources)}
         else:
             from sparsernn.data.text import load_corpus
             from sparsernn.engine import LanguageModelEngine
@@ -103,11 +127,22 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
     model, config, _, checkpoint = load_trained(best)
     baseline = (model if name == study.baseline  # the baseline times itself: load it once
                 else load_trained(run_dir(out, study.baseline) / "checkpoints" / "best.pt")[0])
+    extra = {}
     if config.speech:
         from sparsernn.train.recognize import evaluate_speech
 
         evaluation = evaluate_speech(best, "test", beam=study.beam)
         metrics = {key: evaluation[key] for key in evaluation if key.startswith(("cer_", "wer_"))}
+    elif config.translation:
+        from sparsernn.train.translate import evaluate_translation
+
+        evaluation = evaluate_translation(best, "test")
+        metrics = {"bleu_greedy": evaluation["bleu"], "chrf_greedy": evaluation["chrf"],
+                   "perplexity": evaluation["perplexity"]}
+        if study.beam:
+            beam = evaluate_translation(best, "test", beam=study.beam)
+            metrics |= {"bleu_beam": beam["bleu"], "chrf_beam": beam["chrf"]}
+        extra = {key: evaluation[key] for key in ("bleu_signature", "chrf_signature")}
     else:
         evaluation = evaluate_checkpoint(best, "test")
         metrics = {"perplexity": evaluation["perplexity"]}
@@ -116,7 +151,8 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
     exported = export_checkpoint(best, directory / "model.safetensors")
     shape = model.config
     result = {
-        "name": name, "task": "speech" if config.speech else "language_model",
+        "name": name,
+        "task": "speech" if config.speech else "translation" if config.translation else "language_model",
         "method": config.prune.method, "cell": shape.cell, "layers": shape.layers,
         "hidden_size": shape.hidden_size, "block": list(config.prune.block), "seed": config.train.seed,
         "step": evaluation["step"], "parameters": evaluation["parameters"],
@@ -125,7 +161,7 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
         "metrics": metrics,
         "train_seconds": [r for r in records if r["kind"] == "eval"][-1]["train_seconds"],
         "file_bytes": exported["bytes"], "dense_fp32_bytes": exported["dense_fp32_bytes"],
-        **_speed(config, model, baseline, directory / "model.safetensors", study),
+        **_speed(config, model, baseline, directory / "model.safetensors", study, best), **extra,
         "machine": machine(),  # where it was timed, so a report rebuilt elsewhere still says so
     }
     (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")

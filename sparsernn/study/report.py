@@ -12,9 +12,11 @@ PRUNED = ("narang", "agp", "oneshot")
 
 
 def _metric(result: dict) -> tuple[str, float]:
-    """The headline metric: test perplexity, or greedy CER."""
+    """The headline metric: test perplexity, greedy CER, or greedy BLEU."""
     if result["task"] == "speech":
         return "CER", result["metrics"]["cer_greedy"]
+    if result["task"] == "translation":
+        return "BLEU", result["metrics"]["bleu_greedy"]
     return "perplexity", result["metrics"]["perplexity"]
 
 
@@ -38,17 +40,22 @@ def _rows(results: list[dict], baseline: dict) -> list[dict]:
     return rows
 
 
-def _markdown(rows: list[dict], speech: bool) -> list[str]:
-    metric_headers = ("test CER | test WER | CER beam | WER beam | CER vs dense" if speech
-                      else "test perplexity | vs dense")
+def _markdown(rows: list[dict], task: str) -> list[str]:
+    metric_headers = {"speech": "test CER | test WER | CER beam | WER beam | CER vs dense",
+                      "translation": "test BLEU | BLEU beam | chrF | BLEU vs dense",
+                      "language_model": "test perplexity | vs dense"}[task]
     header = (f"| run | method | recurrent | non-zero parameters | sparsity | {metric_headers} | model file "
               "(vs dense fp32) | engine speed at batch 1 vs dense PyTorch | training time vs dense |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
-        if speech:
+        if task == "speech":
             beam = " | ".join(f"{row[k]:.1%}" if k in row else "-" for k in ("cer_beam", "wer_beam"))
             metrics = (f"{row['cer_greedy']:.1%} | {row['wer_greedy']:.1%} | {beam} "
                        f"| {row['CER_vs_baseline']:+.1%}")
+        elif task == "translation":
+            beam = f"{row['bleu_beam']:.2f}" if "bleu_beam" in row else "-"
+            metrics = (f"{row['bleu_greedy']:.2f} | {beam} | {row['chrf_greedy']:.2f} "
+                       f"| {row['BLEU_vs_baseline']:+.1%}")
         else:
             metrics = f"{row['perplexity']:.2f} | {row['perplexity_vs_baseline']:+.1%}"
         lines.append(f"| {row['run']} | {row['method']} | {row['recurrent']} "
@@ -59,7 +66,7 @@ def _markdown(rows: list[dict], speech: bool) -> list[str]:
     return lines
 
 
-def _seed_spread(study, results: list[dict], speech: bool) -> list[str]:
+def _seed_spread(study, results: list[dict], task: str) -> list[str]:
     """Runs that differ only in ``train.seed``: their metric side by side, so readers see the noise."""
     by_name = {r["name"]: r for r in results}
     groups: dict[tuple, list[dict]] = {}
@@ -71,11 +78,12 @@ def _seed_spread(study, results: list[dict], speech: bool) -> list[str]:
     for group in groups.values():
         if len(group) > 1:
             values = [_metric(r)[1] for r in group]
-            form = "{:.1%}" if speech else "{:.2f}"
+            form = "{:.1%}" if task == "speech" else "{:.2f}"
             shown = ", ".join(f"{r['name']} (seed {r['seed']}) {form.format(v)}"
                               for r, v in zip(group, values, strict=True))
-            spread = (f"{100 * (max(values) - min(values)):.1f} points" if speech
-                      else f"{max(values) / min(values) - 1:.1%}")
+            spread = {"speech": f"{100 * (max(values) - min(values)):.1f} points",
+                      "translation": f"{max(values) - min(values):.2f} BLEU points",
+                      "language_model": f"{max(values) / min(values) - 1:.1%}"}[task]
             lines.append(f"- {shown}: spread {spread}")
     if not lines:
         return []
@@ -176,7 +184,7 @@ def write_report(out: Path) -> Path:
         from sparsernn.config import ConfigError
 
         raise ConfigError(f"{out}: the baseline run {study.baseline!r} has no results yet")
-    speech = baseline["task"] == "speech"
+    task = baseline["task"]
     rows = _rows(results, baseline)
     (out / "results.json").write_text(json.dumps({"title": study.title, "baseline": study.baseline,
                                                    "runs": results}, indent=2) + "\n")
@@ -187,23 +195,27 @@ def write_report(out: Path) -> Path:
     command = (out / "command.txt").read_text().strip()
     host = baseline["machine"]
     elsewhere = [r["name"] for r in results if r["machine"] != host]
-    timed = (f"the first {study.speed_utterances} test utterances" if speech
-             else f"{study.speed_tokens} test tokens fed one per call (streaming)")
+    timed = {"speech": f"the first {study.speed_utterances} test utterances",
+             "translation": f"the first {study.speed_sentences} test sentences, one per call, greedy",
+             "language_model": f"{study.speed_tokens} test tokens fed one per call (streaming)"}[task]
     notes = out / "notes.md"  # how the runs were made, where that is more than the command
     lines = [f"# {study.title}", "", "```sh", command, "```", "",
              *([notes.read_text().strip(), ""] if notes.exists() else []),
              f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}. Metrics on the test "
              f"split. Speeds at batch 1 on one thread over {timed} (best of 3, timed in turns in one "
              "process): the engine on each run's exported model against the dense baseline in PyTorch.", "",
-             *_markdown(rows, speech), ""]
+             *_markdown(rows, task), ""]
     if elsewhere:
         lines += [f"Measured on another machine or software than the baseline (see results.json): "
                   f"{', '.join(elsewhere)}.", ""]
-    lines += _seed_spread(study, results, speech)
+    if task == "translation":
+        lines += [f"BLEU: sacrebleu `{baseline['bleu_signature']}`; chrF: `{baseline['chrf_signature']}`; "
+                  "detokenized output against the references as written.", ""]
+    lines += _seed_spread(study, results, task)
     missing = [run.name for run in study.runs if run.name not in {r["name"] for r in results}]
     if missing:
         lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
-    for file, caption in _plots(out, results, "CER" if speech else "perplexity"):
+    for file, caption in _plots(out, results, _metric(baseline)[0]):
         lines += [f"![{caption}]({file})", "", f"*{caption}.*", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))

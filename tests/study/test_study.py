@@ -132,6 +132,26 @@ def test_speech_study_measures_error_rates_and_audio_speed(tmp_path, speech_conf
     assert "| test CER | test WER | CER beam | WER beam | CER vs dense |" in report
 
 
+def test_translation_study_measures_bleu_and_sentence_speed(tmp_path):
+    from tests.conftest import translation_config_for, write_parallel
+
+    raw = translation_config_for(write_parallel(tmp_path / "raw", lines=(300, 20, 20)))
+    raw["train"]["epochs"] = 2
+    raw["prune"] = {"method": "oneshot", "at": 5, "sparsity": 0.8}
+    sparse = write_config(tmp_path, "sparse", raw)
+    runs = [{"name": "dense", "config": sparse, "set": ["prune.method=dense"]},
+            {"name": "sparse", "config": sparse}]
+    study = write_study(tmp_path, runs, speed_sentences=3, beam=2)
+    assert main(["study", str(study), "--out", str(tmp_path / "out")]) == 0
+    results = json.loads((tmp_path / "out/results.json").read_text())["runs"]
+    assert set(results[1]["metrics"]) == {"bleu_greedy", "chrf_greedy", "perplexity", "bleu_beam",
+                                          "chrf_beam"}
+    assert results[1]["sentences"] == 3 and results[1]["bleu_signature"].startswith("nrefs:1")
+    report = (tmp_path / "out/report.md").read_text()
+    assert "| test BLEU | BLEU beam | chrF | BLEU vs dense |" in report
+    assert "BLEU: sacrebleu `nrefs:1" in report
+
+
 def test_report_shows_seed_spread_and_notes(tmp_path):
     study = write_study(tmp_path, [
         {"name": "dense", "config": "d.yaml"},
@@ -176,7 +196,7 @@ def test_bad_study_configs_name_the_problem(tmp_path):
     assert main(["report", str(tmp_path / "nowhere")]) == 2
 
 
-@pytest.mark.parametrize("name", ["an4", "ptb"])
+@pytest.mark.parametrize("name", ["an4", "mt", "ptb"])
 def test_committed_studies_resolve_every_run(name, tmp_path, monkeypatch):
     root = Path(__file__).parent.parent.parent
     study = load_study(root / "configs/studies" / f"{name}.yaml")
