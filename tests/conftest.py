@@ -221,3 +221,50 @@ def translation_config_for(directory):
         "prune": {"method": "narang", "sparsity": 0.5, "start": 20, "ramp": 40, "end": 80, "freq": 10},
         "train": {"optimizer": "adam", "lr": 0.01, "clip": 1.0, "epochs": 4, "log_every": 10},
     }
+
+
+def metrics_without_timing(run_dir):
+    """A run's metrics.jsonl records without the fields that measure time."""
+    import json
+
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for record in records:
+        record.pop("step_time", None)
+        record.pop("train_seconds", None)
+    return records
+
+
+def check_resume_is_exact(config, directory, monkeypatch, crash: int) -> int:
+    """Train ``config`` straight into ``directory/straight``, and into ``directory/resumed`` stopped
+    after optimizer step ``crash`` and resumed; both must end with the same weights, masks and metrics.
+    Returns the step the stopped run had checkpointed."""
+    import torch
+
+    from sparsernn.checkpoint import load_checkpoint
+    from sparsernn.prune import Pruner
+    from sparsernn.train.loop import train
+
+    train(config, directory / "straight")
+    original = Pruner.step
+
+    def crashing(self):
+        original(self)
+        if self.current_step == crash:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Pruner, "step", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        train(config, directory / "resumed")
+    monkeypatch.setattr(Pruner, "step", original)
+    checkpointed = load_checkpoint(directory / "resumed/checkpoints/last.pt")["loop"]["step"]
+    train(config, directory / "resumed", resume=True)
+    straight = load_checkpoint(directory / "straight/checkpoints/last.pt")
+    resumed = load_checkpoint(directory / "resumed/checkpoints/last.pt")
+    for part in ("model", "pruner.masks"):
+        ours, theirs = straight, resumed
+        for key in part.split("."):
+            ours, theirs = ours[key], theirs[key]
+        for name, value in ours.items():
+            assert torch.equal(value, theirs[name]), f"{part}: {name}"
+    assert metrics_without_timing(directory / "straight") == metrics_without_timing(directory / "resumed")
+    return checkpointed

@@ -41,7 +41,21 @@ class StepLoss:
     skipped: int = 0  # utterances left out (non-finite CTC loss)
 
 
-class LanguageModelling:
+class _Task:
+    """What every task shares unless it says otherwise."""
+
+    @staticmethod
+    def artifacts() -> dict[str, bytes]:
+        """Files the task built from its data, kept in checkpoints and the run directory."""
+        return {}
+
+    @staticmethod
+    def selection(metrics: dict) -> float:
+        """What best.pt minimises: the validation loss."""
+        return metrics["valid_loss"]
+
+
+class LanguageModelling(_Task):
     """Word- or character-level next-token prediction in truncated-BPTT windows; the hidden state is
     carried from window to window within an epoch."""
 
@@ -57,14 +71,6 @@ class LanguageModelling:
 
     def loading_report(self) -> str:
         return f"vocabulary: {len(self.vocabulary):,} {self.config.data.level}s"
-
-    @staticmethod
-    def artifacts() -> dict[str, bytes]:
-        return {}  # the vocabulary is in every checkpoint already
-
-    @staticmethod
-    def selection(metrics: dict) -> float:
-        return metrics["valid_loss"]  # best.pt: the lowest validation loss
 
     def new_carry(self) -> dict:
         return {"hidden": None, "teacher_hidden": None}
@@ -101,7 +107,7 @@ class LanguageModelling:
         return f"validation perplexity {record['valid_perplexity']:.2f}"
 
 
-class SpeechRecognition:
+class SpeechRecognition(_Task):
     """Utterances in length-sorted batches (a new batch order each epoch), CTC loss; validation on
     held-out training speakers (or a validation manifest) with greedy CER and WER."""
 
@@ -128,9 +134,6 @@ class SpeechRecognition:
         for split in (self.train_set, self.valid_set):
             lines += [f"skipped {reason}" for reason in split.skipped]
         return "\n".join(lines)
-
-    artifacts = LanguageModelling.artifacts
-    selection = LanguageModelling.selection
 
     def new_carry(self) -> dict:
         return {}
@@ -194,7 +197,7 @@ class SpeechRecognition:
         return f"validation CER {record['valid_cer']:.1%}, WER {record['valid_wer']:.1%}"
 
 
-class Translation:
+class Translation(_Task):
     """Sentence pairs in length-bucketed batches (a new order each epoch), teacher forcing with
     cross-entropy (label smoothing optional); validation loss, perplexity and greedy BLEU. The
     checkpoint keeps the subword model (``artifacts``), so evaluation and export never retrain it."""

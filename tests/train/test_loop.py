@@ -1,21 +1,11 @@
-import json
 
 import pytest
-import torch
 
 from sparsernn.checkpoint import load_checkpoint
 from sparsernn.config import RunConfig
-from sparsernn.prune import Pruner
 from sparsernn.train import loop
 from sparsernn.train.loop import TrainingDiverged, train
-
-
-def metrics_without_timing(run_dir):
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for record in records:
-        record.pop("step_time", None)
-        record.pop("train_seconds", None)
-    return records
+from tests.conftest import check_resume_is_exact, metrics_without_timing
 
 
 def test_run_directory_and_pruning(tmp_path, tiny_config):
@@ -45,29 +35,7 @@ def test_run_directory_and_pruning(tmp_path, tiny_config):
 def test_interrupted_run_resumes_to_identical_end(tmp_path, tiny_config, monkeypatch, crash,
                                                   checkpointed):
     config = RunConfig.model_validate(tiny_config)
-    train(config, tmp_path / "straight")
-
-    original_step = Pruner.step
-
-    def crashing_step(self):
-        original_step(self)
-        if self.current_step == crash:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Pruner, "step", crashing_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed")
-    monkeypatch.setattr(Pruner, "step", original_step)
-    assert load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")["loop"]["step"] == checkpointed
-    train(config, tmp_path / "resumed", resume=True)
-
-    straight = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")
-    resumed = load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")
-    for name, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][name]), name
-    for name, mask in straight["pruner"]["masks"].items():
-        assert torch.equal(mask, resumed["pruner"]["masks"][name]), name
-    assert metrics_without_timing(tmp_path / "straight") == metrics_without_timing(tmp_path / "resumed")
+    assert check_resume_is_exact(config, tmp_path, monkeypatch, crash) == checkpointed
 
 
 def test_resuming_a_finished_run_returns_its_last_evaluation(tmp_path, tiny_config):

@@ -9,17 +9,9 @@ import yaml
 from sparsernn.checkpoint import load_checkpoint
 from sparsernn.cli import main
 from sparsernn.config import RunConfig
-from sparsernn.prune import Pruner
 from sparsernn.train.loop import train
 from sparsernn.train.recognize import evaluate_speech, transcribe
-
-
-def records(run_dir):
-    out = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    for record in out:
-        record.pop("step_time", None)
-        record.pop("train_seconds", None)
-    return out
+from tests.conftest import check_resume_is_exact, metrics_without_timing
 
 
 @pytest.fixture(scope="module")
@@ -40,10 +32,10 @@ def test_training_prunes_and_writes_the_run_directory(speech_run):
     masks = checkpoint["pruner"]["masks"]
     assert set(masks) == {f"rnns.{i}.weight_{k}_l0{s}" for i in range(2) for k in ("ih", "hh")
                           for s in ("", "_reverse")} | {"fc.weight"}
-    evals = [r for r in records(run) if r["kind"] == "eval"]
+    evals = [r for r in metrics_without_timing(run) if r["kind"] == "eval"]
     assert [r["step"] for r in evals] == [3, 6, 9, 12]
     assert {"valid_loss", "valid_cer", "valid_wer", "valid_skipped", "skipped_in_training"} <= set(evals[-1])
-    train_record = next(r for r in records(run) if r["kind"] == "train")
+    train_record = next(r for r in metrics_without_timing(run) if r["kind"] == "train")
     assert "perplexity" not in train_record and train_record["skipped_in_training"] == 0
 
 
@@ -60,25 +52,7 @@ def test_evaluate_and_transcribe(speech_run, an4_dir):
 def test_interrupted_speech_run_resumes_to_identical_end(tmp_path, speech_config, monkeypatch):
     speech_config["data"].update(freq_masks=1, time_masks=1)  # augmentation must resume exactly too
     config = RunConfig.model_validate(speech_config)
-    train(config, tmp_path / "straight")
-    original = Pruner.step
-
-    def crashing(self):
-        original(self)
-        if self.current_step == 8:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Pruner, "step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed")
-    monkeypatch.setattr(Pruner, "step", original)
-    assert load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")["loop"]["step"] == 6
-    train(config, tmp_path / "resumed", resume=True)
-    straight = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")
-    resumed = load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")
-    for name, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][name]), name
-    assert records(tmp_path / "straight") == records(tmp_path / "resumed")
+    assert check_resume_is_exact(config, tmp_path, monkeypatch, crash=8) == 6
 
 
 def test_small_dense_and_distillation(tmp_path, speech_config, speech_run):

@@ -4,24 +4,19 @@ methods, evaluation, the CLI, and export to the engine."""
 import json
 
 import pytest
-import torch
 import yaml
 
 from sparsernn.checkpoint import load_checkpoint
 from sparsernn.cli import main
 from sparsernn.config import RunConfig
-from sparsernn.prune import Pruner
 from sparsernn.train.loop import train
 from sparsernn.train.translate import evaluate_translation, translate
-from tests.conftest import translation_config_for, write_parallel
-
-
-def records(run):
-    out = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
-    for record in out:
-        record.pop("step_time", None)
-        record.pop("train_seconds", None)
-    return out
+from tests.conftest import (
+    check_resume_is_exact,
+    metrics_without_timing,
+    translation_config_for,
+    write_parallel,
+)
 
 
 @pytest.fixture(scope="module")
@@ -43,7 +38,7 @@ def test_training_prunes_keeps_the_subword_model_and_selects_by_bleu(translation
     assert record["valid_bleu"] > 30  # the toy pair is learnable: a word for a word
     checkpoint = load_checkpoint(run / "checkpoints/best.pt")
     assert checkpoint["artifacts"]["tokenizer.model"] == (run / "tokenizer.model").read_bytes()
-    evaluations = [r for r in records(run) if r["kind"] == "eval"]
+    evaluations = [r for r in metrics_without_timing(run) if r["kind"] == "eval"]
     final_masks = [r for r in evaluations if r["step"] >= 80]
     best = max(final_masks, key=lambda r: r["valid_bleu"])
     assert checkpoint["loop"]["step"] == best["step"]  # the highest BLEU once masks are final
@@ -89,25 +84,7 @@ def test_export_runs_in_the_engine_with_the_same_translations(translation_run, p
 def test_interrupted_run_resumes_to_identical_end(tmp_path, parallel_dir, monkeypatch):
     raw = translation_config_for(parallel_dir)
     raw["train"].update(max_steps=50, eval_every=20)  # evaluations (greedy BLEU) before and after the stop
-    config = RunConfig.model_validate(raw)
-    train(config, tmp_path / "straight")
-    original = Pruner.step
-
-    def crashing(self):
-        original(self)
-        if self.current_step == 30:
-            raise KeyboardInterrupt
-
-    monkeypatch.setattr(Pruner, "step", crashing)
-    with pytest.raises(KeyboardInterrupt):
-        train(config, tmp_path / "resumed")
-    monkeypatch.setattr(Pruner, "step", original)
-    train(config, tmp_path / "resumed", resume=True)
-    straight = load_checkpoint(tmp_path / "straight/checkpoints/last.pt")
-    resumed = load_checkpoint(tmp_path / "resumed/checkpoints/last.pt")
-    for name, value in straight["model"].items():
-        assert torch.equal(value, resumed["model"][name]), name
-    assert records(tmp_path / "straight") == records(tmp_path / "resumed")
+    assert check_resume_is_exact(RunConfig.model_validate(raw), tmp_path, monkeypatch, crash=30) == 20
 
 
 def test_small_dense_and_distillation_share_the_subword_model(tmp_path, parallel_dir, translation_run):
