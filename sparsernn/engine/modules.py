@@ -95,21 +95,20 @@ class _SparseRecurrent(_SparseModule):
         if (self.cell == "lstm") != isinstance(hx, tuple):
             wanted = "a tuple (h_0, c_0)" if self.cell == "lstm" else "a tensor"
             raise TypeError(f"{self.module_name}: hx must be {wanted}")
-        parts = hx if isinstance(hx, tuple) else (hx,)
-        sizes = (self.stack.output_size, self.stack.hidden_size)
-        rows = len(state) * len(state[0])
-        for part, (what, size) in enumerate(zip(("h_0", "c_0")[:len(parts)], sizes, strict=False)):
-            array = self._array(parts[part], what)
+        directions, sizes = len(state[0]), {"h_0": self.stack.output_size, "c_0": self.stack.hidden_size}
+        arrays = []
+        for what, part in zip(("h_0", "c_0"), hx if isinstance(hx, tuple) else (hx,), strict=False):
+            array = self._array(part, what)
             array = array if batched else array[:, None]
-            if array.shape != (rows, batch, size):
-                shape = (rows, batch, size) if batched else (rows, size)
+            expected = (len(state) * directions, batch, sizes[what])
+            if array.shape != expected:
+                shape = expected if batched else (expected[0], expected[2])
                 raise ValueError(f"{self.module_name}: {what} must have shape {shape}, "
-                                 f"got {tuple(parts[part].shape)}")
-            for k in range(rows):
-                layer, direction = divmod(k, len(state[0]))
-                pair = list(state[layer][direction])
-                pair[part] = array[k].T.copy()  # (size, B)
-                state[layer][direction] = tuple(pair)
+                                 f"got {tuple(part.shape)}")
+            arrays.append(array)
+        for k in range(len(state) * directions):
+            columns = [array[k].T.copy() for array in arrays]  # (size, B) each
+            state[k // directions][k % directions] = (columns[0], columns[1] if len(columns) > 1 else None)
         return state
 
     def _final(self, state, batched: bool):
