@@ -61,10 +61,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     if config.speech:
         from sparsernn.train.recognize import evaluate_speech
 
-        args.beam = 16 if args.beam is None else args.beam
-        result = evaluate_speech(args.checkpoint, args.split, args.beam)
-        beam = (f"; beam {args.beam}: CER {result['cer_beam']:.2%}, WER {result['wer_beam']:.2%}"
-                if args.beam else "")
+        width = 16 if args.beam is None else args.beam
+        result = evaluate_speech(args.checkpoint, args.split, width)
+        beam = (f"; beam {width}: CER {result['cer_beam']:.2%}, WER {result['wer_beam']:.2%}"
+                if width else "")
         print(f"{args.checkpoint} ({args.split}, {result['utterances']} utterances, step {result['step']}): "
               f"greedy CER {result['cer_greedy']:.2%}, WER {result['wer_greedy']:.2%}{beam}; "
               f"{result['nonzero_parameters']:,} non-zero of {result['parameters']:,} parameters")
@@ -78,13 +78,14 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _translate(args: argparse.Namespace) -> int:
     from sparsernn.data.translation import read_lines
-    from sparsernn.train.translate import translate
+    from sparsernn.train.translate import load_translator, translate_lines
 
     if args.beam < 0:
         raise UserError(f"--beam must be >= 0, got {args.beam}")
+    model, config, tokenizer, _ = load_translator(args.checkpoint)
     for name in args.files:
         lines = sys.stdin.read().splitlines() if name == "-" else read_lines(Path(name))
-        for translation in translate(args.checkpoint, lines, args.beam):
+        for translation in translate_lines(model, tokenizer, lines, args.beam, config.data.max_output):
             print(translation)
     return 0
 

@@ -80,8 +80,6 @@ def _conv2d(x: np.ndarray, weight: np.ndarray, stride: tuple[int, int]) -> np.nd
     The convolutions stay dense, so the best dense library does them (torch's oneDNN convolution
     rather than im2col and a numpy GEMM, which was several times slower on the development machine).
     """
-    import torch
-
     padding = (weight.shape[2] // 2, weight.shape[3] // 2)
     with torch.no_grad():
         out = torch.nn.functional.conv2d(torch.from_numpy(x)[None], torch.from_numpy(weight), stride=stride,
@@ -142,8 +140,6 @@ class SpeechEngine:
 
     def transcribe(self, audio: np.ndarray, rate: int, beam: int = 0) -> str:
         """Text of one utterance: greedy decoding, or prefix beam search of width ``beam``."""
-        import torch
-
         from sparsernn.train.metrics import greedy_decode, prefix_beam_decode
 
         frames = torch.from_numpy(self.log_probs(self.features(audio, rate)))

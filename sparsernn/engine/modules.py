@@ -271,8 +271,9 @@ def load_sparse(model: nn.Module, path: str | Path | ExportedModel, *, threads: 
     for name in state:
         if name not in in_file:
             raise ExportError(f"{path}: the model's tensor {name} is not in the file")
-    for name in sorted(in_file - set(state)):
-        raise ExportError(f"{path}: tensor {name} in the file is not in the model")
+    extra = sorted(in_file - set(state))
+    if extra:
+        raise ExportError(f"{path}: tensor {extra[0]} in the file is not in the model")
     stored = {name: exported.tensors[ties.get(name, name)] for name in state}
     for name, tensor in state.items():
         if tuple(tensor.shape) != tuple(stored[name].shape):

@@ -202,11 +202,7 @@ def export_checkpoint(checkpoint_path: str | Path, out: str | Path, values: str 
     from sparsernn.config import config_to_dict
     from sparsernn.train.evaluate import load_trained
 
-    model, config, vocabulary, checkpoint = load_trained(checkpoint_path)
-    with torch.no_grad():  # the saved weights already carry their masks; applying them again is exact
-        parameters = dict(model.named_parameters())
-        for name, mask in checkpoint["pruner"]["masks"].items():
-            parameters[name].mul_(mask.to(parameters[name].dtype))
+    model, config, vocabulary, checkpoint = load_trained(checkpoint_path)  # masks already applied
     extra = {}
     if config.speech:
         architecture = speech_architecture(model.config.model_dump(mode="json"),

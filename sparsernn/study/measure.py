@@ -41,7 +41,7 @@ def _best_seconds(functions: dict, repeats: int = 3) -> dict:
     return best
 
 
-def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoint_path: Path) -> dict:
+def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoint: dict) -> dict:
     """Seconds at batch 1, one thread, on the same test input: the run's PyTorch model, the baseline's
     PyTorch model and the engine on the run's exported file, side by side."""
     threads = torch.get_num_threads()
@@ -66,11 +66,10 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoi
 
             amount = {"audio_seconds": sum(f.shape[1] for f in inputs) * config.data.hop_ms / 1000}
         elif config.translation:
-            from sparsernn.data.translation import load_translation
+            from sparsernn.data.translation import Tokenizer, load_translation
             from sparsernn.engine import TranslationEngine
-            from sparsernn.train.translate import load_translator
 
-            tokenizer = load_translator(checkpoint_path)[2]
+            tokenizer = Tokenizer(checkpoint["artifacts"]["tokenizer.model"])
             sources = load_translation(config.data, tokenizer, splits=("test",))[0]["test"].sources
             sources = sources[:study.speed_sentences]
             engine = TranslationEngine(model_file, threads=1)
@@ -161,7 +160,7 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
         "metrics": metrics,
         "train_seconds": [r for r in records if r["kind"] == "eval"][-1]["train_seconds"],
         "file_bytes": exported["bytes"], "dense_fp32_bytes": exported["dense_fp32_bytes"],
-        **_speed(config, model, baseline, directory / "model.safetensors", study, best), **extra,
+        **_speed(config, model, baseline, directory / "model.safetensors", study, checkpoint), **extra,
         "machine": machine(),  # where it was timed, so a report rebuilt elsewhere still says so
     }
     (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from sparsernn.config import RunConfig
-from sparsernn.data import speech
+from sparsernn.data import speech, translation
 from sparsernn.data.text import batchify, bptt_windows, load_corpus, num_windows
 from sparsernn.models import build_model
 from sparsernn.models.lm import detach
@@ -32,6 +32,7 @@ from sparsernn.train.losses import (
     token_cross_entropy,
 )
 from sparsernn.train.metrics import error_rates, greedy_decode
+from sparsernn.train.translate import score_set
 
 
 @dataclass
@@ -203,8 +204,6 @@ class Translation(_Task):
     checkpoint keeps the subword model (``artifacts``), so evaluation and export never retrain it."""
 
     def __init__(self, config: RunConfig, ranks: Distributed, artifacts: dict | None = None):
-        from sparsernn.data import translation
-
         self.config, self.ranks, self.device = config, ranks, ranks.device
         tokenizer = translation.Tokenizer(artifacts["tokenizer.model"]) if artifacts else None
         sets, self.tokenizer = translation.load_translation(config.data, tokenizer, splits=("train", "valid"))
@@ -228,8 +227,6 @@ class Translation(_Task):
         return {}
 
     def batches(self, epoch: int, first: int) -> Iterator[tuple[int, Any]]:
-        from sparsernn.data import translation
-
         order = translation.bucketed_batches(self.train_set, self.config.data.batch_size, epoch,
                                              self.config.train.seed)
         mine = order[self.ranks.rank::self.ranks.world_size][:self.steps_per_epoch]
@@ -237,17 +234,16 @@ class Translation(_Task):
             yield position, translation.collate(self.train_set, mine[position]).to(self.device)
 
     def step_loss(self, model: nn.Module, teacher: nn.Module | None, batch, carry: dict) -> StepLoss:
-        from sparsernn.data.translation import PAD
-
         logits = model(batch.source, batch.source_lengths, batch.target_in)  # (B, T, V)
-        task = padded_cross_entropy(logits, batch.target_out, PAD)
+        task = padded_cross_entropy(logits, batch.target_out, translation.PAD)
         smoothing = self.config.train.label_smoothing
-        loss = padded_cross_entropy(logits, batch.target_out, PAD, smoothing) if smoothing else task
+        loss = (padded_cross_entropy(logits, batch.target_out, translation.PAD, smoothing) if smoothing
+                else task)
         if teacher is None:
             return StepLoss(loss, task)
         with torch.no_grad():
             teacher_logits = teacher(batch.source, batch.source_lengths, batch.target_in)
-        soft = masked_distillation(logits, teacher_logits, batch.target_out != PAD,
+        soft = masked_distillation(logits, teacher_logits, batch.target_out != translation.PAD,
                                    self.config.prune.temperature)
         alpha = self.config.prune.alpha
         return StepLoss((1 - alpha) * loss + alpha * soft, task)
@@ -260,8 +256,6 @@ class Translation(_Task):
         return {}
 
     def evaluate(self, model: nn.Module) -> dict:
-        from sparsernn.train.translate import score_set
-
         scores = score_set(model, self.valid_set, self.tokenizer, self.config.data, beam=0,
                            device=self.device)
         return {"valid_loss": scores["loss"], "valid_perplexity": scores["perplexity"],
