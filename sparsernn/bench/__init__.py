@@ -200,7 +200,8 @@ def machine() -> dict:
     compiled = _compiled()
     return {"cpu": names[0] if names else platform.processor(), "cores": os.cpu_count(),
             "python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
-            "avx2": bool(compiled and compiled.avx2), "openmp": bool(compiled and compiled.openmp)}
+            "avx2": bool(compiled and compiled.avx2), "avx512": bool(compiled and compiled.avx512),
+            "openmp": bool(compiled and compiled.openmp)}
 
 
 def run_bench(args) -> None:

@@ -7,6 +7,7 @@ def markdown_table(result: dict) -> str:
     machine = result["machine"]
     block = "x".join(str(v) for v in result["block"])
     lines = [f"Machine: {machine['cpu']}, {machine['cores']} cores, AVX2 {machine['avx2']}, "
+             f"AVX-512 {machine.get('avx512', False)}, "
              f"numpy {machine['numpy']}, torch {machine['torch']}. Blocks: {block}.", "",
              *_rows_table(result["rows"], "speed-up vs best dense")]
     if result.get("cuda"):

@@ -33,20 +33,30 @@ class FormatError(ValueError):
     """Arrays that do not describe a valid sparse matrix."""
 
 
-class Interleaved(NamedTuple):
-    """An unstructured matrix laid out for products with one column (SELL-8-sigma).
+class OneColumn(NamedTuple):
+    """An unstructured matrix laid out again for products with one column, in one of two layouts.
+
+    ``lanes == 8``, interleaved (SELL-8-sigma, the AVX2 kernel):
 
     Rows are sorted by their number of non-zeros within windows of ``sigma`` rows and taken 8 at a
     time: group ``g`` owns slots ``ptr[g]:ptr[g + 1]``; slot ``s`` holds the ``s``-th non-zero of each of
     the group's 8 rows in ``values[s]`` and ``index[s]`` (value 0, index 0 past a row's end); lane ``l``
     computes row ``order[8 * g + l]``. One vector multiply then serves 8 rows, with no per-row tail.
+
+    ``lanes == 16``, sliced (the AVX-512 kernel): columns in slices of 32, each window of ``sigma`` rows
+    sorted by length and taken in ``ceil(sigma / 16)`` groups of 16 (``order[16 * g + l]`` is lane
+    ``l``'s row, -1 past the window). Segment ``(g, j)``, slots ``ptr[g * slices + j]`` to
+    ``ptr[g * slices + j + 1]``, holds group ``g``'s non-zeros in slice ``j``: slot ``k`` of it the
+    ``k``-th of each lane's row, ``index`` being the column within the slice (uint8). The kernel keeps
+    a slice of x in two registers and looks 16 values up in them at once: no x is loaded per non-zero.
     """
 
+    lanes: int
     sigma: int
-    ptr: np.ndarray  # int32 (rows / 8 + 1,)
-    order: np.ndarray  # int32 (rows,)
-    index: np.ndarray  # uint16 (slots, 8)
-    values: np.ndarray  # float32 (slots, 8)
+    ptr: np.ndarray  # int32 (segments + 1,)
+    order: np.ndarray  # int32 (groups * lanes,)
+    index: np.ndarray  # uint16 (slots, 8) or uint8 (slots, 16)
+    values: np.ndarray  # float32 (slots, lanes)
 
 
 @dataclass(frozen=True)
@@ -120,19 +130,23 @@ class SparseMatrix:
     def nbytes(self) -> int:
         return self.rowptr.nbytes + self.index.nbytes + self.values.nbytes
 
-    @cached_property
-    def interleaved(self) -> Interleaved | None:
-        """The one-column layout of an unstructured uint16 matrix, built on first use (about the size of
-        the CSR arrays again); None for blocks, int32 indices, or shapes with no window (see below).
-
-        The window is the largest multiple of 8 up to 64 that divides both dimensions, so that the
-        gates of a recurrent matrix (``gates * H`` rows) and the threads' shares fall on whole windows.
-        """
-        rows, cols = self.shape
-        windows = [w for w in range(64, 7, -8) if math.gcd(rows, cols) % w == 0]
+    def _window(self, lanes: int) -> int | None:
+        """The rows a thread's share and a gate of a recurrent matrix (``gates * H`` rows, H columns)
+        fall on whole multiples of: a multiple of 8 up to 64 dividing both dimensions; for ``lanes``-row
+        groups, the one that wastes the fewest lanes, then the largest."""
+        windows = [w for w in range(64, 7, -8) if math.gcd(*self.shape) % w == 0]
         if self.block != (1, 1) or self.index.dtype != np.uint16 or not windows:
             return None
-        sigma = windows[0]
+        return min(windows, key=lambda w: (-(-w // lanes) * lanes / w, -w))
+
+    @cached_property
+    def interleaved(self) -> OneColumn | None:
+        """The 8-lane one-column layout (see :class:`OneColumn`), built on first use (about the size of
+        the CSR arrays again); None for blocks, int32 indices, or shapes with no window."""
+        sigma = self._window(8)
+        if sigma is None:
+            return None
+        rows = self.shape[0]
         lengths = np.diff(self.rowptr)
         order = np.lexsort((-lengths, np.arange(rows) // sigma)).astype(np.int32)
         ptr = np.zeros(rows // 8 + 1, dtype=np.int32)
@@ -145,7 +159,46 @@ class SparseMatrix:
         values = np.zeros((int(ptr[-1]), 8), dtype=np.float32)
         index[slot, position[row] % 8] = self.index
         values[slot, position[row] % 8] = self.values.reshape(-1)
-        return Interleaved(sigma, ptr, order, index, values)
+        return OneColumn(8, sigma, ptr, order, index, values)
+
+    @cached_property
+    def sliced(self) -> OneColumn | None:
+        """The 16-lane one-column layout (see :class:`OneColumn`), built on first use; None where
+        :attr:`interleaved` is."""
+        sigma = self._window(16)
+        if sigma is None:
+            return None
+        rows, cols = self.shape
+        per_window, slices = -(-sigma // 16), -(-cols // 32)
+        groups = rows // sigma * per_window
+        # rows sorted by length within their window, so that long rows share groups (less padding)
+        lengths = np.diff(self.rowptr)
+        position = np.empty(rows, dtype=np.int64)
+        position[np.lexsort((-lengths, np.arange(rows) // sigma))] = np.arange(rows)
+        within = position % sigma
+        group = position // sigma * per_window + within // 16
+        lane = within % 16
+        order = np.full(groups * 16, -1, dtype=np.int32)
+        order[group * 16 + lane] = np.arange(rows)
+        row = np.repeat(np.arange(rows), np.diff(self.rowptr))
+        column = self.index.astype(np.int64)
+        # the k-th non-zero of its row in its slice: rank within the (row, slice) runs
+        key = row * slices + column // 32
+        by_key = np.argsort(key, kind="stable")
+        starts = np.searchsorted(key[by_key], key[by_key], side="left")
+        rank = np.empty(row.size, dtype=np.int64)
+        rank[by_key] = np.arange(row.size) - starts
+        segment = group[row] * slices + column // 32
+        length = np.zeros(groups * slices, dtype=np.int64)
+        np.maximum.at(length, segment, rank + 1)
+        ptr = np.zeros(groups * slices + 1, dtype=np.int32)
+        np.cumsum(length, out=ptr[1:])
+        slot = ptr[segment] + rank
+        index = np.zeros((int(ptr[-1]), 16), dtype=np.uint8)
+        values = np.zeros((int(ptr[-1]), 16), dtype=np.float32)
+        index[slot, lane[row]] = column % 32
+        values[slot, lane[row]] = self.values.reshape(-1)
+        return OneColumn(16, sigma, ptr, order, index, values)
 
     def to_dense(self) -> np.ndarray:
         rows, cols = self.shape
@@ -207,13 +260,29 @@ def backend(name: str = "auto") -> str:
     return "c"
 
 
+def one_column_layouts() -> tuple[str, ...]:
+    """The layouts the compiled kernels can multiply by one column here, slowest first: ``"csr"``
+    always, ``"interleaved"`` where they were built with AVX2, ``"sliced"`` where the CPU also runs
+    AVX-512 (found at run time)."""
+    compiled = _compiled()
+    if compiled is None or not compiled.avx2:
+        return ("csr",)
+    return ("csr", "interleaved", "sliced") if compiled.avx512 else ("csr", "interleaved")
+
+
+#: The one-column layout the compiled calls use (None: the last of :func:`one_column_layouts`); tests
+#: and benchmarks set it to reach the others.
+one_column_layout: str | None = None
+
+
 def _args(matrix: SparseMatrix, columns: int) -> tuple:
-    """The matrix's arguments to a compiled call with ``columns`` columns (one column, where the kernels
-    were built with AVX2: the interleaved copy too)."""
-    interleaved = matrix.interleaved if columns == 1 and _compiled().avx2 else None
+    """The matrix's arguments to a compiled call with ``columns`` columns (with one column, its copy in
+    the one-column layout, where the matrix has one)."""
+    layout = (one_column_layout or one_column_layouts()[-1]) if columns == 1 else "csr"
+    copy = matrix.sliced if layout == "sliced" else matrix.interleaved if layout == "interleaved" else None
     return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32),
             matrix.rowptr, matrix.index, matrix.values,
-            *(interleaved or (0, b"", b"", b"", b"")))
+            *(copy or (0, 0, b"", b"", b"", b"")))
 
 
 def _float32(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -7,11 +7,17 @@
  *   spmm    X is (cols, N), Y is (rows, N): Y = W X (+ bias per row). Feature-major, so the N columns
  *           of one input feature sit together and the products vectorize over N.
  *   recurrent  xproj (T, G*H, B): input projections incl. b_ih; out (T, H, B); h, c (H, B) in/out.
- *   interleaved  optional second copy of an unstructured uint16 matrix for one column (SELL-8-sigma):
- *           rows sorted by length within windows of sigma rows, then taken 8 at a time; group g holds
- *           slots [ptr[g], ptr[g+1]), slot s the s-th non-zero of each of its 8 rows (lanes) in
- *           values[8s..8s+8] and index[8s..8s+8] (zero value, index 0 past a row's end), and lane l
- *           computes row order[8g + l]. sigma = 0: none.
+ *   one-column copy  optional second copy of an unstructured uint16 matrix for products with one
+ *           column, in one of two layouts (lanes = 0: none):
+ *     lanes 8, interleaved (SELL-8-sigma, AVX2): rows sorted by length within windows of sigma rows,
+ *           then taken 8 at a time; group g holds slots [ptr[g], ptr[g+1]), slot s the s-th non-zero of
+ *           each of its 8 rows (lanes) in values[8s..8s+8] and index[8s..8s+8] (uint16; zero value,
+ *           index 0 past a row's end), and lane l computes row order[8g + l].
+ *     lanes 16, sliced (AVX-512): columns in slices of 32; each window of sigma rows split into
+ *           ceil(sigma/16) groups of 16 rows (lane l of group g computes row order[16g + l], -1 for a
+ *           lane past the window); segment (g, j) = group g's non-zeros in slice j, slots
+ *           [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
+ *           each lane's row: values[16s..16s+16], index[16s..16s+16] (uint8 column within the slice).
  *
  * The Python side (sparsernn.kernels) validates index ranges once, when a matrix is built; here only
  * buffer sizes are checked, on every call, so a wrong call raises instead of reading out of bounds.
@@ -40,9 +46,9 @@ struct Matrix {
     const void *index;
     const float *values;
     kernel_fn by_width[3]; /* for 16, 4 and 1 columns, chosen once per call (NULL: generic_kernel) */
-    int sigma;             /* the interleaved copy's window (0: none) */
+    int lanes, sigma;      /* the one-column copy's layout (8, 16; 0: none) and window */
     const int32_t *sell_ptr, *sell_order;
-    const uint16_t *sell_index;
+    const void *sell_index;
     const float *sell_values;
 };
 
@@ -241,6 +247,54 @@ static void interleaved_u16(const Matrix *m, int br0, int br1, const float *X, l
         for (int lane = 0; lane < 8; ++lane) {
             const int32_t row = m->sell_order[8 * g + lane];
             Y[(size_t)row * ldy] = sums[lane] + (bias ? bias[row] : 0.0f);
+        }
+    }
+}
+
+/* Unstructured, one contiguous column, from the sliced copy (AVX-512, chosen at run time): the 32 values
+ * of x in a slice sit in two registers and each slot looks its 16 lanes' values up in them with one
+ * vpermi2ps by byte indices, so no x value is loaded per non-zero. Costs padding (a segment runs as
+ * long as its longest row) but no gathers. Rows [br0, br1) must be whole windows, else CSR. */
+#define AVX512 __attribute__((target("avx512f")))
+AVX512 static inline __m512 lookup16(const uint8_t *index, __m512 lo, __m512 hi) {
+    return _mm512_permutex2var_ps(lo, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)index)), hi);
+}
+AVX512 static void sliced_avx512(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                                 const float *bias) {
+    if (ldx != 1 || br0 % m->sigma || br1 % m->sigma) {
+        csr_gather_u16(m, br0, br1, X, ldx, Y, ldy, bias);
+        return;
+    }
+    const float *v = m->sell_values;
+    const uint8_t *ix = m->sell_index;
+    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + 31) / 32, last = m->cols - 32 * (slices - 1);
+    const __mmask16 last_lo = last >= 16 ? 0xffff : (__mmask16)((1u << last) - 1);
+    const __mmask16 last_hi = last <= 16 ? 0 : last == 32 ? 0xffff : (__mmask16)((1u << (last - 16)) - 1);
+    for (int g = br0 / m->sigma * per_window; g < br1 / m->sigma * per_window; ++g) {
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
+               a3 = _mm512_setzero_ps();
+        const int32_t *ptr = m->sell_ptr + (size_t)g * slices;
+        for (int j = 0; j < slices; ++j) {
+            int32_t s = ptr[j];
+            const int32_t end = ptr[j + 1];
+            if (s == end) continue;
+            const float *x = X + 32 * j;
+            const __m512 lo = j + 1 < slices ? _mm512_loadu_ps(x) : _mm512_maskz_loadu_ps(last_lo, x);
+            const __m512 hi = j + 1 < slices ? _mm512_loadu_ps(x + 16) : _mm512_maskz_loadu_ps(last_hi, x + 16);
+            for (; s + 4 <= end; s += 4) {
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s), lookup16(ix + 16 * (size_t)s, lo, hi), a0);
+                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s + 16), lookup16(ix + 16 * (size_t)s + 16, lo, hi), a1);
+                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s + 32), lookup16(ix + 16 * (size_t)s + 32, lo, hi), a2);
+                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s + 48), lookup16(ix + 16 * (size_t)s + 48, lo, hi), a3);
+            }
+            for (; s < end; ++s)
+                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s), lookup16(ix + 16 * (size_t)s, lo, hi), a0);
+        }
+        float sums[16];
+        _mm512_storeu_ps(sums, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        for (int lane = 0; lane < 16; ++lane) {
+            const int32_t row = m->sell_order[16 * g + lane];
+            if (row >= 0) Y[(size_t)row * ldy] = sums[lane] + (bias ? bias[row] : 0.0f);
         }
     }
 }
@@ -489,7 +543,7 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
         if (shape_table[s][0] == m->r && shape_table[s][1] == m->c) {
 #ifdef __AVX2__
             if (nn_slot == 2 && !m->wide) {
-                if (s == 0) return m->sigma ? interleaved_u16 : csr_gather_u16;
+                if (s == 0) return m->lanes == 16 ? sliced_avx512 : m->lanes == 8 ? interleaved_u16 : csr_gather_u16;
                 return one_column[s];
             }
             if (nn_slot == 0 && !m->wide && s == 0) return csr_tile16_u16;
@@ -719,9 +773,11 @@ static int check_len(const Py_buffer *b, Py_ssize_t need, const char *what) {
     return 0;
 }
 
+static int cpu_avx512 = 0; /* set at import: the CPU (and OS) run AVX-512F */
+
 /* Fills m from the buffers after checking their sizes against the shape and block shape. */
 static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py_buffer *rowptr, Py_buffer *index,
-                       Py_buffer *values, int sigma, Py_buffer *sell_ptr, Py_buffer *sell_order,
+                       Py_buffer *values, int lanes, int sigma, Py_buffer *sell_ptr, Py_buffer *sell_order,
                        Py_buffer *sell_index, Py_buffer *sell_values) {
     if (r < 1 || c < 1 || r > 64 || c > 64 || rows % r || cols % c) {
         PyErr_Format(PyExc_ValueError, "block %dx%d does not tile a %dx%d matrix", r, c, rows, cols);
@@ -738,42 +794,53 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
     if (check_len(index, nblocks * (wide ? 4 : 2), "index") ||
         check_len(values, nblocks * r * c * 4, "values"))
         return -1;
-    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, NULL, NULL, NULL, NULL};
+    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, 0, NULL, NULL, NULL, NULL};
 #ifdef __AVX2__
-    if (sigma) { /* without AVX2 the interleaved copy is not used */
-        if (r != 1 || c != 1 || wide || sigma % 8 || rows % sigma) {
-            PyErr_Format(PyExc_ValueError, "interleaved copy: window %d does not fit a %dx%d %dx%d matrix", sigma,
+    const int usable = lanes == 8 || (lanes == 16 && cpu_avx512);
+#else
+    const int usable = 0; /* without AVX2 no one-column copy is used */
+#endif
+    if (lanes && !usable) {
+        PyErr_Format(PyExc_ValueError, "one-column copy with %d lanes: not built or not supported by this CPU", lanes);
+        return -1;
+    }
+    if (usable) {
+        if (r != 1 || c != 1 || wide || sigma < 8 || sigma % 8 || rows % sigma) {
+            PyErr_Format(PyExc_ValueError, "one-column copy: window %d does not fit a %dx%d %dx%d matrix", sigma,
                          rows, cols, r, c);
             return -1;
         }
-        if (check_len(sell_ptr, (rows / 8 + 1) * 4, "interleaved ptr") ||
-            check_len(sell_order, (Py_ssize_t)rows * 4, "interleaved order"))
+        /* lanes 8: a group per 8 rows; lanes 16: ceil(sigma / 16) groups per window, a segment per slice */
+        const Py_ssize_t groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / sigma) * ((sigma + 15) / 16);
+        const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + 31) / 32);
+        if (check_len(sell_ptr, (segments + 1) * 4, "one-column ptr") ||
+            check_len(sell_order, groups * lanes * 4, "one-column order"))
             return -1;
         const int32_t *sp = sell_ptr->buf;
-        if (sp[0] != 0 || sp[rows / 8] < 0 || check_len(sell_index, (Py_ssize_t)sp[rows / 8] * 16, "interleaved index") ||
-            check_len(sell_values, (Py_ssize_t)sp[rows / 8] * 32, "interleaved values"))
+        const Py_ssize_t slots = sp[segments];
+        if (sp[0] != 0 || slots < 0 ||
+            check_len(sell_index, slots * lanes * (lanes == 8 ? 2 : 1), "one-column index") ||
+            check_len(sell_values, slots * lanes * 4, "one-column values"))
             return -1;
-        m->sigma = sigma, m->sell_ptr = sp, m->sell_order = sell_order->buf;
+        m->lanes = lanes, m->sigma = sigma, m->sell_ptr = sp, m->sell_order = sell_order->buf;
         m->sell_index = sell_index->buf, m->sell_values = sell_values->buf;
     }
-#else
-    (void)sigma, (void)sell_ptr, (void)sell_order, (void)sell_index, (void)sell_values;
-#endif
     for (int slot = 0; slot < 3; ++slot) m->by_width[slot] = pick_kernel(m, slot);
     return 0;
 }
 
 static PyObject *py_spmm(PyObject *self, PyObject *args) {
     (void)self;
-    int rows, cols, r, c, wide, sigma, threads;
+    int rows, cols, r, c, wide, lanes, sigma, threads;
     long N;
     Py_buffer rowptr, index, values, sptr, sorder, sindex, svalues, x, y, bias;
-    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*iy*y*y*y*y*w*y*li", &rows, &cols, &r, &c, &wide, &rowptr, &index,
-                          &values, &sigma, &sptr, &sorder, &sindex, &svalues, &x, &y, &bias, &N, &threads))
+    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*iiy*y*y*y*y*w*y*li", &rows, &cols, &r, &c, &wide, &rowptr, &index,
+                          &values, &lanes, &sigma, &sptr, &sorder, &sindex, &svalues, &x, &y, &bias, &N, &threads))
         return NULL;
     PyObject *result = NULL;
     Matrix m;
-    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, sigma, &sptr, &sorder, &sindex, &svalues) ||
+    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, lanes, sigma, &sptr, &sorder, &sindex,
+                    &svalues) ||
         check_len(&x, (Py_ssize_t)cols * N * 4, "x") || check_len(&y, (Py_ssize_t)rows * N * 4, "y") ||
         (bias.len && check_len(&bias, (Py_ssize_t)rows * 4, "bias")))
         goto done;
@@ -799,16 +866,17 @@ done:
 
 static PyObject *py_recurrent(PyObject *self, PyObject *args) {
     (void)self;
-    int cell, rows, cols, r, c, wide, sigma, reverse, threads;
+    int cell, rows, cols, r, c, wide, lanes, sigma, reverse, threads;
     long T, B;
     Py_buffer rowptr, index, values, sptr, sorder, sindex, svalues, bias, xproj, out, h, cst;
-    if (!PyArg_ParseTuple(args, "iiiiiiy*y*y*iy*y*y*y*y*y*w*w*w*llii", &cell, &rows, &cols, &r, &c, &wide, &rowptr,
-                          &index, &values, &sigma, &sptr, &sorder, &sindex, &svalues, &bias, &xproj, &out, &h, &cst,
+    if (!PyArg_ParseTuple(args, "iiiiiiy*y*y*iiy*y*y*y*y*y*w*w*w*llii", &cell, &rows, &cols, &r, &c, &wide, &rowptr,
+                          &index, &values, &lanes, &sigma, &sptr, &sorder, &sindex, &svalues, &bias, &xproj, &out, &h, &cst,
                           &T, &B, &reverse, &threads))
         return NULL;
     PyObject *result = NULL;
     Matrix m;
-    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, sigma, &sptr, &sorder, &sindex, &svalues))
+    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, lanes, sigma, &sptr, &sorder, &sindex,
+                    &svalues))
         goto done;
     const int G = cell < 0 || cell > 4 ? 0 : cell_gates(cell);
     if (!G || rows != G * cols || (cols / r) * r != cols || threads < 1 || T < 0 || B < 1) {
@@ -841,10 +909,10 @@ done:
 
 static PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS,
-     "spmm(rows, cols, r, c, wide, rowptr, index, values, sigma, sell_ptr, sell_order, sell_index, sell_values, "
+     "spmm(rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, sell_ptr, sell_order, sell_index, sell_values, "
      "x, y, bias, n, threads): y = W x + bias"},
     {"recurrent", py_recurrent, METH_VARARGS,
-     "recurrent(cell, rows, cols, r, c, wide, rowptr, index, values, sigma, sell_ptr, sell_order, sell_index, "
+     "recurrent(cell, rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, sell_ptr, sell_order, sell_index, "
      "sell_values, bias_hh, xproj, out, h, c, T, B, reverse, threads)"},
     {NULL, NULL, 0, NULL},
 };
@@ -857,9 +925,12 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     if (!mod) return NULL;
 #ifdef __AVX2__
     PyModule_AddIntConstant(mod, "avx2", 1);
+    __builtin_cpu_init();
+    cpu_avx512 = !!__builtin_cpu_supports("avx512f");
 #else
     PyModule_AddIntConstant(mod, "avx2", 0);
 #endif
+    PyModule_AddIntConstant(mod, "avx512", cpu_avx512);
 #ifdef _OPENMP
     PyModule_AddIntConstant(mod, "openmp", 1);
 #else

@@ -10,6 +10,19 @@ from sparsernn.kernels import CELLS, FormatError, SparseMatrix, recurrent, spmm
 
 pytestmark = pytest.mark.skipif(kernels.backend() != "c", reason="compiled kernels not built")
 
+#: Every one-column layout, each skipped with its reason where this machine cannot run it.
+LAYOUTS = [pytest.param(layout, marks=pytest.mark.skipif(
+    kernels.backend() != "c" or layout not in kernels.one_column_layouts(),
+    reason=f"the {layout} layout needs {need}, which this build or CPU lacks"))
+    for layout, need in (("csr", "the compiled kernels"), ("interleaved", "AVX2"), ("sliced", "AVX-512F"))]
+
+
+@pytest.fixture(params=LAYOUTS)
+def layout(request, monkeypatch):
+    """Runs the test with the compiled calls' one-column layout set to each layout the machine has."""
+    monkeypatch.setattr(kernels, "one_column_layout", request.param)
+    return request.param
+
 BLOCKS = [(1, 1), (4, 1), (8, 1), (16, 1), (1, 4), (1, 8), (4, 4), (8, 8), (2, 3)]
 
 
@@ -39,9 +52,9 @@ def test_spmm_matches_dense_and_reference(block, density):
 
 
 @pytest.mark.parametrize("rows, window", [(71, None), (72, 8)])
-def test_long_rows_use_every_unrolled_path(rows, window):
+def test_long_rows_use_every_unrolled_path(rows, window, layout):
     """Rows with 0..71 non-zeros exercise the 16-wide CSR loop, its remainder and the scalar tail (71
-    rows: no interleaved copy), or the interleaved loop of 4 slots and its remainder (72 rows)."""
+    rows: no one-column copy), or the one-column copy's loop of 4 slots and its remainder (72 rows)."""
     rng = np.random.default_rng(3)
     dense = np.zeros((rows, 1760), np.float32)
     for row in range(rows):
@@ -51,6 +64,7 @@ def test_long_rows_use_every_unrolled_path(rows, window):
     x = rng.standard_normal((1760, 1)).astype(np.float32)
     np.testing.assert_allclose(spmm(matrix, x), dense @ x, atol=1e-4)
     assert (matrix.interleaved and matrix.interleaved.sigma) == window
+    assert (matrix.sliced and matrix.sliced.sigma) == window
 
 
 def interleaved_to_dense(matrix):
@@ -84,12 +98,13 @@ def test_interleaved_copy_holds_each_row_within_its_window(shape, window):
     assert np.array_equal(interleaved_to_dense(matrix), dense)
 
 
-@pytest.mark.parametrize("shape", [(600, 200), (192, 64), (1760, 1760)])
-def test_interleaved_products_match_dense(shape):
-    """One column, with thread shares that start inside a window (moved to its start) or not."""
+@pytest.mark.parametrize("shape", [(600, 200), (192, 64), (1760, 1760), (24, 40), (48, 96)])
+def test_one_column_products_match_dense(shape, layout):
+    """One column, with thread shares that start inside a window (moved to its start) or not, and a
+    last slice of 32 columns that is whole (64, 96, 1760) or not (200, 40)."""
     rng = np.random.default_rng(12)
     dense, matrix = random_sparse(rng, shape, (1, 1), 0.1)
-    assert matrix.interleaved is not None
+    assert matrix.interleaved is not None and matrix.sliced is not None
     x = rng.standard_normal((shape[1], 1)).astype(np.float32)
     bias = rng.standard_normal(shape[0]).astype(np.float32)
     for threads in (1, 2, 3, 5):
@@ -103,20 +118,75 @@ def test_no_interleaved_copy_for_blocks_or_wide_indices():
     assert SparseMatrix.from_dense(dense, (1, 1), np.int32).interleaved is None
 
 
-def test_short_interleaved_arrays_are_rejected_by_the_compiled_call():
+@pytest.mark.parametrize("layout", LAYOUTS[1:])
+def test_short_one_column_arrays_are_rejected_by_the_compiled_call(layout):
     matrix = SparseMatrix.from_dense(np.eye(16, dtype=np.float32))
-    sigma, ptr, order, index, values = matrix.interleaved
+    lanes, sigma, ptr, order, index, values = getattr(matrix, layout)
     x, y = np.ones((16, 1), np.float32), np.empty((16, 1), np.float32)
     csr = (16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values)
-    with pytest.raises(ValueError, match="interleaved index"):
-        kernels._compiled().spmm(*csr, sigma, ptr, order, index[:-1], values, x, y, b"", 1, 1)
+    with pytest.raises(ValueError, match="one-column index"):
+        kernels._compiled().spmm(*csr, lanes, sigma, ptr, order, index[:-1], values, x, y, b"", 1, 1)
+    with pytest.raises(ValueError, match="one-column order"):
+        kernels._compiled().spmm(*csr, lanes, sigma, ptr, order[:-1], index, values, x, y, b"", 1, 1)
     with pytest.raises(ValueError, match="window 12"):
-        kernels._compiled().spmm(*csr, 12, ptr, order, index, values, x, y, b"", 1, 1)
+        kernels._compiled().spmm(*csr, lanes, 12, ptr, order, index, values, x, y, b"", 1, 1)
+
+
+@pytest.mark.skipif(kernels.backend() != "c" or "sliced" in kernels.one_column_layouts(),
+                    reason="this CPU runs AVX-512F: the sliced layout is allowed")
+def test_the_sliced_layout_is_refused_where_the_cpu_lacks_avx512():
+    matrix = SparseMatrix.from_dense(np.eye(16, dtype=np.float32))
+    x, y = np.ones((16, 1), np.float32), np.empty((16, 1), np.float32)
+    with pytest.raises(ValueError, match="16 lanes"):
+        kernels._compiled().spmm(16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values, *matrix.sliced,
+                                 x, y, b"", 1, 1)
+
+
+def sliced_to_dense(matrix):
+    """The slow oracle for the sliced copy: every slot's lanes written back to their rows and columns."""
+    lanes, sigma, ptr, order, index, values = matrix.sliced
+    rows, cols = matrix.shape
+    slices = -(-cols // 32)
+    dense = np.zeros(matrix.shape, np.float32)
+    for group in range(len(order) // 16):
+        for j in range(slices):
+            for slot in range(ptr[group * slices + j], ptr[group * slices + j + 1]):
+                for lane in range(16):
+                    if order[16 * group + lane] >= 0:
+                        dense[order[16 * group + lane], 32 * j + index[slot, lane]] += values[slot, lane]
+                    else:
+                        assert values[slot, lane] == 0
+    return dense
+
+
+@pytest.mark.parametrize("shape, window, groups",
+                         [((48, 96), 48, 3), ((600, 200), 40, 45), ((64, 64), 64, 4), ((24, 40), 8, 3),
+                          ((40, 70), None, None)])
+def test_sliced_copy_holds_each_row_within_its_window(shape, window, groups):
+    """Windows are whole 16-row groups where a multiple of 16 divides the shape (48, 64), else padded
+    (40 rows: groups of 16, 16 and 8); rows stay in their window, longest first."""
+    rng = np.random.default_rng(13)
+    dense, _ = random_sparse(rng, shape, (1, 1), 0.15)
+    dense[5] = 0.0  # an empty row
+    dense[6] = rng.standard_normal(shape[1])  # a full one
+    matrix = SparseMatrix.from_dense(dense)
+    if window is None:
+        assert matrix.sliced is None
+        return
+    lanes, sigma, ptr, order, index, values = matrix.sliced
+    assert (lanes, sigma, len(order)) == (16, window, 16 * groups)
+    rows = order[order >= 0]
+    assert sorted(rows) == list(range(shape[0]))
+    assert np.array_equal(rows // window, np.arange(shape[0]) // window)
+    lengths = np.diff(matrix.rowptr)[rows]
+    assert np.all(np.diff(lengths.reshape(-1, window), axis=1) <= 0)
+    assert np.all(index < 32)
+    assert np.array_equal(sliced_to_dense(matrix), dense)
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("block", [(1, 1), (8, 1), (4, 4)])
-def test_recurrent_matches_reference(cell, block):
+def test_recurrent_matches_reference(cell, block, layout):
     rng = np.random.default_rng(7)
     gates, hidden, steps = CELLS[cell], 32, 9
     dense, weight = random_sparse(rng, (gates * hidden, hidden), block, 0.3)
