@@ -8,8 +8,9 @@ the fastest dense method at the same n, batch and threads) and ``bound_speedup``
 bytes of our format: what memory traffic alone would allow). All methods for one n, batch and thread
 count are timed in turns (:func:`measure_in_turns`).
 
-End to end: a GRU language model, 90% sparse, fed one token at a time (batch 1, state carried) and as a
-whole sequence, our engine against the dense PyTorch model.
+End to end (:mod:`sparsernn.bench.end_to_end`): language models 90% sparse, fed one token at a time
+(batch 1, state carried) and as a whole sequence, our engine against the dense model in PyTorch, ONNX
+Runtime and OpenVINO (where installed), in turns.
 
 With a CUDA device, also the paper's comparison there: torch's CSR (cuSPARSE) against dense (cuBLAS).
 """
@@ -217,7 +218,8 @@ def run_bench(args) -> None:
     result = {"machine": machine(), "block": list(block),
               "rows": kernel_rows(sizes, sparsities, batches, thread_counts, block, args.seconds)}
     if args.end_to_end or args.model:
-        result["end_to_end"] = end_to_end_rows(args.model, block, quick=args.quick, progress=print)
+        result["end_to_end"] = end_to_end_rows(args.model, block, quick=args.quick,
+                                               threads=tuple(thread_counts), progress=print)
     import torch
 
     if torch.cuda.is_available():

@@ -1,23 +1,34 @@
-"""End to end: an exported language model at batch 1, our engine against the dense PyTorch model."""
+"""End to end: a language model at batch 1, our engine on the pruned model against the dense model in
+PyTorch, ONNX Runtime and OpenVINO (the peers: :mod:`sparsernn.bench.peers`), all timed in turns.
+
+Two modes: streaming (one token per call, state carried, as a deployed model serves) and the whole
+sequence in one call. Every row gives tokens per second, the speed-up against dense PyTorch and against
+the best dense runtime measured in the same run and mode.
+"""
 
 from __future__ import annotations
 
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from sparsernn.bench.peers import PEERS, export_onnx, missing, runner
 from sparsernn.config import ModelConfig
 from sparsernn.engine import LanguageModelEngine
 from sparsernn.export import lm_architecture, load_exported, save_sparse
 from sparsernn.models.lm import LanguageModel
 from sparsernn.prune import OneShotSchedule, Pruner
 
-#: The default model: a GRU LM of the size where the paper's speed-ups matter (~26 M parameters).
-SHAPE = {"cell": "gru", "embedding_size": 512, "hidden_size": 1024, "layers": 2, "vocab": 10000}
+#: The default models: a GRU LM of the size where the paper's speed-ups matter (~26 M parameters), and
+#: the shape of the PTB presets (LSTM 2x200).
+SHAPES = {
+    "gru": {"cell": "gru", "embedding_size": 512, "hidden_size": 1024, "layers": 2, "vocab": 10000},
+    "ptb": {"cell": "lstm", "embedding_size": 200, "hidden_size": 200, "layers": 2, "vocab": 10000},
+}
 QUICK_SHAPE = {"cell": "gru", "embedding_size": 64, "hidden_size": 128, "layers": 1, "vocab": 1000}
+DENSE_METHODS = ("pytorch", *PEERS)
 
 
 def _pruned_model(shape: dict, block: tuple[int, int], sparsity: float = 0.9):
@@ -33,7 +44,7 @@ def _pruned_model(shape: dict, block: tuple[int, int], sparsity: float = 0.9):
     return model, lm_architecture(config.model_dump(), shape["vocab"])
 
 
-def _dense_from_export(path: str) -> tuple[LanguageModel, str]:
+def _dense_from_export(path: str) -> LanguageModel:
     exported = load_exported(path)
     arch = exported.architecture
     config = ModelConfig(**{k: arch[k] for k in ("cell", "embedding_size", "hidden_size", "layers",
@@ -44,30 +55,77 @@ def _dense_from_export(path: str) -> tuple[LanguageModel, str]:
     if arch["tie_weights"]:
         state["decoder.weight"] = state["embedding.weight"]
     model.load_state_dict(state)
-    return model, Path(path).name
+    return model
 
 
-def _tokens_per_second(step, tokens: int, repeats: int = 3) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        step()
-        best = min(best, time.perf_counter() - start)
-    return tokens / best
+class _FlatStates(torch.nn.Module):
+    """The LM with its states as separate tensors in and out (what an ONNX graph takes)."""
+
+    def __init__(self, model: LanguageModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, *states):
+        logits, hidden = self.model(tokens, states if len(states) == 2 else states[0])
+        return (logits, *(hidden if isinstance(hidden, tuple) else (hidden,)))
 
 
-def _time_torch(model, tokens: torch.Tensor) -> dict[str, float]:
+def _state_names(model: LanguageModel) -> list[str]:
+    return ["h", "c"] if isinstance(model.rnn, torch.nn.LSTM) else ["h"]
+
+
+def _torch_calls(model: LanguageModel, tokens: np.ndarray) -> dict:
+    tokens = torch.from_numpy(tokens)
+
     def streaming():
         hidden = None
         for t in range(tokens.shape[0]):
             _, hidden = model(tokens[t:t + 1], hidden)
 
+    def sequence():
+        model(tokens)
+
+    return {"streaming": torch.no_grad()(streaming), "sequence": torch.no_grad()(sequence)}
+
+
+def _export_modes(model: LanguageModel, steps: int, directory: Path) -> dict[str, Path]:
+    """The dense model as two ONNX graphs of fixed shapes: one step and the whole sequence (each
+    runtime's fastest form for that use; a graph with a free length ran slower in OpenVINO)."""
+    names = _state_names(model)
+    zeros = torch.zeros(model.rnn.num_layers, 1, model.rnn.hidden_size)
+    return {mode: export_onnx(_FlatStates(model), (torch.zeros(length, 1, dtype=torch.long),
+                                                   *([zeros] * len(names))),
+                              directory / f"{mode}.onnx", ["tokens", *names],
+                              ["logits", *(f"{n}_out" for n in names)])
+            for mode, length in (("streaming", 1), ("sequence", steps))}
+
+
+def _peer_calls(name: str, paths: dict[str, Path], model: LanguageModel, tokens: np.ndarray,
+                threads: int) -> dict:
+    """The two modes on peer ``name``, after checking its logits against PyTorch's on ``tokens``."""
+    step, sequence = (runner(name, paths[mode], threads) for mode in ("streaming", "sequence"))
+    names = _state_names(model)
+    zeros = np.zeros((model.rnn.num_layers, 1, model.rnn.hidden_size), np.float32)
+    start = dict.fromkeys(names, zeros)
+
+    def streaming():
+        states, logits = start, []
+        for t in range(tokens.shape[0]):
+            outputs = step({"tokens": tokens[t:t + 1], **states})
+            states = dict(zip(names, outputs[1:], strict=True))
+            logits.append(outputs[0])
+        return np.concatenate(logits)
+
     with torch.no_grad():
-        return {"streaming": _tokens_per_second(streaming, tokens.shape[0]),
-                "sequence": _tokens_per_second(lambda: model(tokens), tokens.shape[0])}
+        expected = model(torch.from_numpy(tokens))[0].numpy()
+    for mode, got in (("streaming", streaming()), ("sequence", sequence({"tokens": tokens, **start})[0])):
+        if not np.allclose(got, expected, atol=1e-3, rtol=1e-3):
+            raise RuntimeError(f"{name} ({mode}) computes other logits than PyTorch (max difference "
+                               f"{np.abs(got - expected).max():.3g}); not timing it")
+    return {"streaming": streaming, "sequence": lambda: sequence({"tokens": tokens, **start})}
 
 
-def _time_engine(engine: LanguageModelEngine, tokens: np.ndarray) -> dict[str, float]:
+def _engine_calls(engine: LanguageModelEngine, tokens: np.ndarray) -> dict:
     def streaming():
         engine.reset()
         for t in range(tokens.shape[0]):
@@ -77,20 +135,60 @@ def _time_engine(engine: LanguageModelEngine, tokens: np.ndarray) -> dict[str, f
         engine.reset()
         engine(tokens)
 
-    return {"streaming": _tokens_per_second(streaming, tokens.shape[0]),
-            "sequence": _tokens_per_second(sequence, tokens.shape[0])}
+    return {"streaming": streaming, "sequence": sequence}
+
+
+def time_model(name: str, dense_model: LanguageModel, variants: dict[str, str], *, threads: int = 1,
+               steps: int = 200, rounds: int = 5, progress=print) -> list[dict]:
+    """Rows for one model: the dense model in PyTorch and the peers, and each exported ``variants``
+    file in our engine, streaming and whole sequence, timed in turns (``rounds`` rounds)."""
+    from sparsernn.bench import measure_in_turns
+
+    torch.set_num_threads(threads)
+    vocab = dense_model.decoder.out_features
+    tokens = torch.randint(0, vocab, (steps, 1), generator=torch.Generator().manual_seed(0)).numpy()
+    calls, skipped = {"pytorch": _torch_calls(dense_model, tokens)}, {}
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = None
+        for peer in PEERS:
+            skipped[peer] = missing(peer)
+            if not skipped[peer]:
+                paths = paths or _export_modes(dense_model, steps, Path(tmp))
+                calls[peer] = _peer_calls(peer, paths, dense_model, tokens, threads)
+        for structure, path in variants.items():
+            engine = LanguageModelEngine(path, threads=threads)
+            calls[f"sparsernn_{structure}"] = _engine_calls(engine, tokens)
+        rows = []
+        for mode in ("streaming", "sequence"):
+            timed = measure_in_turns({method: modes[mode] for method, modes in calls.items()}, 0.0, rounds)
+            rate = {method: steps / (us * 1e-6) for method, us in timed.items()}
+            best = max(rate[method] for method in DENSE_METHODS if method in rate)
+            for method in (*DENSE_METHODS, *(m for m in calls if m.startswith("sparsernn"))):
+                row = {"model": name, "mode": mode, "threads": threads, "method": method}
+                if method in rate:
+                    row |= {"tokens_per_s": rate[method],
+                            "speedup_vs_pytorch": rate[method] / rate["pytorch"],
+                            "speedup_vs_best_dense": rate[method] / best}
+                else:
+                    row |= {"skipped": skipped[method]}
+                rows.append(row)
+            progress(f"{name}, {mode}, {threads} thread(s): " + ", ".join(
+                f"{method} {rate[method]:,.0f} tokens/s" for method in rate))
+    return rows
 
 
 def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bool = False,
-                    steps: int = 200, progress=print) -> list[dict]:
-    torch.set_num_threads(1)
+                    threads: tuple[int, ...] = (1,), steps: int = 200, progress=print) -> list[dict]:
+    """Rows for an exported model file (``model_path``), or else for each of :data:`SHAPES` (the quick
+    shape with ``quick``) pruned 90% at random, unstructured and in ``block`` blocks."""
     rows = []
+    if model_path:
+        for count in threads:
+            rows += time_model(Path(model_path).name, _dense_from_export(model_path), {"file": model_path},
+                               threads=count, steps=steps, progress=progress)
+        return rows
     with tempfile.TemporaryDirectory() as tmp:
-        if model_path:
-            dense_model, name = _dense_from_export(model_path)
-            variants = {"file": model_path}
-        else:
-            shape = QUICK_SHAPE if quick else SHAPE
+        for shape in [QUICK_SHAPE] if quick else SHAPES.values():
             name = (f"{shape['cell']} LM {shape['layers']}x{shape['hidden_size']}, embedding "
                     f"{shape['embedding_size']}, vocabulary {shape['vocab']}, 90% sparse")
             variants = {}
@@ -100,19 +198,7 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
                 save_sparse(model, path, extra={"architecture": architecture,
                                                 "vocabulary": [str(i) for i in range(shape["vocab"])]})
                 variants[structure] = path
-            dense_model = model  # run densely: PyTorch's speed does not depend on the zeros
-        vocab = dense_model.decoder.out_features
-        tokens = torch.randint(0, vocab, (steps, 1), generator=torch.Generator().manual_seed(0))
-        dense = _time_torch(dense_model, tokens)
-        for mode, rate in dense.items():
-            rows.append({"model": name, "mode": mode, "method": "pytorch_dense", "tokens_per_s": rate,
-                         "speedup_vs_dense": 1.0})
-        for structure, path in variants.items():
-            engine = LanguageModelEngine(path, threads=1)
-            for mode, rate in _time_engine(engine, tokens.numpy()).items():
-                rows.append({"model": name, "mode": mode, "method": f"sparsernn_{structure}",
-                             "tokens_per_s": rate, "speedup_vs_dense": rate / dense[mode]})
-            progress(f"end to end {structure}: " + ", ".join(
-                f"{r['mode']} {r['tokens_per_s']:,.0f} tokens/s ({r['speedup_vs_dense']:.2f}x)"
-                for r in rows[-2:]))
+            # the last pruned model, run densely: a dense runtime's speed does not depend on the zeros
+            for count in threads:
+                rows += time_model(name, model, variants, threads=count, steps=steps, progress=progress)
     return rows

@@ -14,11 +14,17 @@ def markdown_table(result: dict) -> str:
         lines += ["", f"CUDA device: {result['cuda']['device']} (torch CSR = cuSPARSE, dense = cuBLAS).", "",
                   *_rows_table(result["cuda"]["rows"], "speed-up vs dense on the device")]
     if result.get("end_to_end"):
-        lines += ["", "| model | mode | method | tokens/s | speed-up vs dense PyTorch |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "End to end, batch 1 (dense runtimes on the dense model, sparsernn on the 90% sparse "
+                  "one):", "",
+                  "| model | mode | threads | method | tokens/s | vs dense PyTorch | vs best dense runtime |",
+                  "|---|---|---|---|---|---|---|"]
         for row in result["end_to_end"]:
-            lines.append(f"| {row['model']} | {row['mode']} | {row['method']} "
-                         f"| {row['tokens_per_s']:,.0f} | {row['speedup_vs_dense']:.2f} |")
+            start = f"| {row['model']} | {row['mode']} | {row['threads']} | {row['method']} "
+            if "skipped" in row:
+                lines.append(start + f"| skipped: {row['skipped']} | | |")
+            else:
+                lines.append(start + f"| {row['tokens_per_s']:,.0f} | {row['speedup_vs_pytorch']:.2f}x "
+                             f"| {row['speedup_vs_best_dense']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 

@@ -6,6 +6,7 @@ import pytest
 
 from sparsernn import kernels
 from sparsernn.bench import device_rows, machine, measure_in_turns
+from sparsernn.bench.peers import PEERS, missing
 from sparsernn.bench.report import markdown_table
 from sparsernn.cli import main
 
@@ -27,8 +28,20 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
     best_dense = min(r["us_per_call"] for r in result["rows"] if r["structure"] == "dense")
     for row in result["rows"]:
         assert row["speedup_vs_dense"] == pytest.approx(best_dense / row["us_per_call"], rel=1e-2)
-    assert {row["method"] for row in result["end_to_end"]} == {"pytorch_dense", "sparsernn_unstructured",
-                                                               "sparsernn_blocks"}
+    rows = result["end_to_end"]
+    assert [(row["mode"], row["method"]) for row in rows] == [
+        (mode, method) for mode in ("streaming", "sequence")
+        for method in ("pytorch", *PEERS, "sparsernn_unstructured", "sparsernn_blocks")]
+    for mode in ("streaming", "sequence"):
+        timed = [row for row in rows if row["mode"] == mode and "skipped" not in row]
+        best = max(row["tokens_per_s"] for row in timed if not row["method"].startswith("sparsernn"))
+        pytorch = next(row["tokens_per_s"] for row in timed if row["method"] == "pytorch")
+        for row in timed:
+            assert row["speedup_vs_best_dense"] == pytest.approx(row["tokens_per_s"] / best)
+            assert row["speedup_vs_pytorch"] == pytest.approx(row["tokens_per_s"] / pytorch)
+    for row in rows:  # a peer is timed exactly where it is installed, else says why not
+        if row["method"] in PEERS:
+            assert ("skipped" in row) == (missing(row["method"]) is not None)
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     assert "| blocks | sparsernn |" in paths["markdown"].read_text()
     assert "cuSPARSE against cuBLAS comparison is skipped" in capsys.readouterr().out  # no CUDA here

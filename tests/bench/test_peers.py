@@ -1,0 +1,52 @@
+"""The peer runtimes compute what PyTorch computes on the ONNX graphs the benchmarks export."""
+
+import numpy as np
+import pytest
+import torch
+
+from sparsernn.bench.end_to_end import QUICK_SHAPE, _export_modes, _peer_calls, _pruned_model
+from sparsernn.bench.peers import PEERS, missing, runner
+
+
+@pytest.mark.parametrize("peer", [pytest.param(name, marks=pytest.mark.skipif(
+    missing(name) is not None, reason=f"{missing(name)}")) for name in PEERS])
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_peer_runs_the_exported_model_as_pytorch_does(peer, cell, tmp_path):
+    """One step with states carried and the whole sequence, against the PyTorch model at 1e-4."""
+    model, _ = _pruned_model(QUICK_SHAPE | {"cell": cell, "layers": 2}, (1, 1))
+    paths = _export_modes(model, 5, tmp_path)
+    tokens = np.array([[3], [1], [4], [1], [5]], np.int64)
+    names = ["h", "c"] if cell == "lstm" else ["h"]
+    state = np.random.default_rng(0).standard_normal((2, 1, 128)).astype(np.float32)
+    with torch.no_grad():
+        hidden = tuple(torch.from_numpy(state) for _ in names)
+        logits, after = model(torch.from_numpy(tokens), hidden if cell == "lstm" else hidden[0])
+        step_logits, after_step = model(torch.from_numpy(tokens[:1]), hidden if cell == "lstm" else hidden[0])
+    outputs = runner(peer, paths["sequence"])({"tokens": tokens, **dict.fromkeys(names, state)})
+    np.testing.assert_allclose(outputs[0], logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs[1], (after[0] if cell == "lstm" else after).numpy(), atol=1e-4)
+    outputs = runner(peer, paths["streaming"])({"tokens": tokens[:1], **dict.fromkeys(names, state)})
+    np.testing.assert_allclose(outputs[0], step_logits.numpy(), atol=1e-4)
+    if cell == "lstm":
+        np.testing.assert_allclose(outputs[2], after_step[1].numpy(), atol=1e-4)
+
+
+@pytest.mark.skipif(missing("onnxruntime") is not None, reason=str(missing("onnxruntime")))
+def test_a_peer_that_computes_other_logits_is_not_timed(tmp_path):
+    model, _ = _pruned_model(QUICK_SHAPE, (1, 1))
+    paths = _export_modes(model, 4, tmp_path)
+    with torch.no_grad():
+        model.decoder.bias += 1.0  # the graphs keep the old bias
+    with pytest.raises(RuntimeError, match="other logits than PyTorch"):
+        _peer_calls("onnxruntime", paths, model, np.zeros((4, 1), np.int64), threads=1)
+
+
+def test_a_missing_peer_is_named_with_the_install_command(monkeypatch):
+    import importlib.util
+
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name: None if name == "openvino" else find_spec(name))
+    assert missing("openvino") == "openvino is not installed (pip install 'sparsernn[peers]')"
+    with pytest.raises(RuntimeError, match="openvino is not installed"):
+        runner("openvino", "model.onnx")
