@@ -74,21 +74,21 @@ def _state_names(model: LanguageModel) -> list[str]:
     return ["h", "c"] if isinstance(model.rnn, torch.nn.LSTM) else ["h"]
 
 
-def _torch_calls(model: LanguageModel, tokens: np.ndarray) -> dict:
-    tokens = torch.from_numpy(tokens)
+def _torch_calls(model: LanguageModel, tokens: dict[str, np.ndarray]) -> dict:
+    stream, whole = (torch.from_numpy(tokens[mode]) for mode in ("streaming", "sequence"))
 
     def streaming():
         hidden = None
-        for t in range(tokens.shape[0]):
-            _, hidden = model(tokens[t:t + 1], hidden)
+        for t in range(stream.shape[0]):
+            _, hidden = model(stream[t:t + 1], hidden)
 
     def sequence():
-        model(tokens)
+        model(whole)
 
     return {"streaming": torch.no_grad()(streaming), "sequence": torch.no_grad()(sequence)}
 
 
-def _export_modes(model: LanguageModel, steps: int, directory: Path) -> dict[str, Path]:
+def _export_modes(model: LanguageModel, sequence_steps: int, directory: Path) -> dict[str, Path]:
     """The dense model as two ONNX graphs of fixed shapes: one step and the whole sequence (each
     runtime's fastest form for that use; a graph with a free length ran slower in OpenVINO)."""
     names = _state_names(model)
@@ -97,12 +97,13 @@ def _export_modes(model: LanguageModel, steps: int, directory: Path) -> dict[str
                                                    *([zeros] * len(names))),
                               directory / f"{mode}.onnx", ["tokens", *names],
                               ["logits", *(f"{n}_out" for n in names)])
-            for mode, length in (("streaming", 1), ("sequence", steps))}
+            for mode, length in (("streaming", 1), ("sequence", sequence_steps))}
 
 
-def _peer_calls(name: str, paths: dict[str, Path], model: LanguageModel, tokens: np.ndarray,
+def _peer_calls(name: str, paths: dict[str, Path], model: LanguageModel, tokens: dict[str, np.ndarray],
                 threads: int) -> dict:
-    """The two modes on peer ``name``, after checking its logits against PyTorch's on ``tokens``."""
+    """The two modes on peer ``name`` (``tokens`` per mode), after checking its logits against
+    PyTorch's."""
     step, sequence = (runner(name, paths[mode], threads) for mode in ("streaming", "sequence"))
     names = _state_names(model)
     zeros = np.zeros((model.rnn.num_layers, 1, model.rnn.hidden_size), np.float32)
@@ -110,50 +111,55 @@ def _peer_calls(name: str, paths: dict[str, Path], model: LanguageModel, tokens:
 
     def streaming():
         states, logits = start, []
-        for t in range(tokens.shape[0]):
-            outputs = step({"tokens": tokens[t:t + 1], **states})
+        for t in range(tokens["streaming"].shape[0]):
+            outputs = step({"tokens": tokens["streaming"][t:t + 1], **states})
             states = dict(zip(names, outputs[1:], strict=True))
             logits.append(outputs[0])
         return np.concatenate(logits)
 
-    with torch.no_grad():
-        expected = model(torch.from_numpy(tokens))[0].numpy()
-    for mode, got in (("streaming", streaming()), ("sequence", sequence({"tokens": tokens, **start})[0])):
+    def whole():
+        return sequence({"tokens": tokens["sequence"], **start})[0]
+
+    for mode, got in (("streaming", streaming()), ("sequence", whole())):
+        with torch.no_grad():
+            expected = model(torch.from_numpy(tokens[mode]))[0].numpy()
         if not np.allclose(got, expected, atol=1e-3, rtol=1e-3):
             raise RuntimeError(f"{name} ({mode}) computes other logits than PyTorch (max difference "
                                f"{np.abs(got - expected).max():.3g}); not timing it")
-    return {"streaming": streaming, "sequence": lambda: sequence({"tokens": tokens, **start})}
+    return {"streaming": streaming, "sequence": whole}
 
 
-def _engine_calls(engine: LanguageModelEngine, tokens: np.ndarray) -> dict:
+def _engine_calls(engine: LanguageModelEngine, tokens: dict[str, np.ndarray]) -> dict:
     def streaming():
         engine.reset()
-        for t in range(tokens.shape[0]):
-            engine(tokens[t:t + 1])
+        for t in range(tokens["streaming"].shape[0]):
+            engine(tokens["streaming"][t:t + 1])
 
     def sequence():
         engine.reset()
-        engine(tokens)
+        engine(tokens["sequence"])
 
     return {"streaming": streaming, "sequence": sequence}
 
 
 def time_model(name: str, dense_model: LanguageModel, variants: dict[str, str], *, threads: int = 1,
-               steps: int = 200, rounds: int = 5, progress=print) -> list[dict]:
+               steps: tuple[int, int] = (200, 2000), rounds: int = 5, progress=print) -> list[dict]:
     """Rows for one model: the dense model in PyTorch and the peers, and each exported ``variants``
-    file in our engine, streaming and whole sequence, timed in turns (``rounds`` rounds)."""
+    file in our engine, streaming ``steps[0]`` tokens and a whole sequence of ``steps[1]``, timed in
+    turns (``rounds`` rounds)."""
     from sparsernn.bench import measure_in_turns
 
     torch.set_num_threads(threads)
     vocab = dense_model.decoder.out_features
-    tokens = torch.randint(0, vocab, (steps, 1), generator=torch.Generator().manual_seed(0)).numpy()
+    random = torch.randint(0, vocab, (max(steps), 1), generator=torch.Generator().manual_seed(0)).numpy()
+    tokens = {"streaming": random[:steps[0]], "sequence": random[:steps[1]]}
     calls, skipped = {"pytorch": _torch_calls(dense_model, tokens)}, {}
     with tempfile.TemporaryDirectory() as tmp:
         paths = None
         for peer in PEERS:
             skipped[peer] = missing(peer)
             if not skipped[peer]:
-                paths = paths or _export_modes(dense_model, steps, Path(tmp))
+                paths = paths or _export_modes(dense_model, steps[1], Path(tmp))
                 calls[peer] = _peer_calls(peer, paths, dense_model, tokens, threads)
         for structure, path in variants.items():
             engine = LanguageModelEngine(path, threads=threads)
@@ -161,10 +167,11 @@ def time_model(name: str, dense_model: LanguageModel, variants: dict[str, str], 
         rows = []
         for mode in ("streaming", "sequence"):
             timed = measure_in_turns({method: modes[mode] for method, modes in calls.items()}, 0.0, rounds)
-            rate = {method: steps / (us * 1e-6) for method, us in timed.items()}
+            length = tokens[mode].shape[0]
+            rate = {method: length / (us * 1e-6) for method, us in timed.items()}
             best = max(rate[method] for method in DENSE_METHODS if method in rate)
             for method in (*DENSE_METHODS, *(m for m in calls if m.startswith("sparsernn"))):
-                row = {"model": name, "mode": mode, "threads": threads, "method": method}
+                row = {"model": name, "mode": mode, "tokens": length, "threads": threads, "method": method}
                 if method in rate:
                     row |= {"tokens_per_s": rate[method],
                             "speedup_vs_pytorch": rate[method] / rate["pytorch"],
@@ -178,9 +185,12 @@ def time_model(name: str, dense_model: LanguageModel, variants: dict[str, str], 
 
 
 def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bool = False,
-                    threads: tuple[int, ...] = (1,), steps: int = 200, progress=print) -> list[dict]:
+                    threads: tuple[int, ...] = (1,), steps: tuple[int, int] | None = None,
+                    progress=print) -> list[dict]:
     """Rows for an exported model file (``model_path``), or else for each of :data:`SHAPES` (the quick
-    shape with ``quick``) pruned 90% at random, unstructured and in ``block`` blocks."""
+    shape with ``quick``) pruned 90% at random, unstructured and in ``block`` blocks. ``steps``: tokens
+    streamed and tokens in the whole sequence (default 200 and 2,000; 20 and 50 with ``quick``)."""
+    steps = steps or ((20, 50) if quick else (200, 2000))
     rows = []
     if model_path:
         for count in threads:

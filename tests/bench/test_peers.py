@@ -38,7 +38,8 @@ def test_a_peer_that_computes_other_logits_is_not_timed(tmp_path):
     with torch.no_grad():
         model.decoder.bias += 1.0  # the graphs keep the old bias
     with pytest.raises(RuntimeError, match="other logits than PyTorch"):
-        _peer_calls("onnxruntime", paths, model, np.zeros((4, 1), np.int64), threads=1)
+        _peer_calls("onnxruntime", paths, model, dict.fromkeys(("streaming", "sequence"),
+                                                                np.zeros((4, 1), np.int64)), threads=1)
 
 
 def test_a_missing_peer_is_named_with_the_install_command(monkeypatch):
