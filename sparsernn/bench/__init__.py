@@ -2,9 +2,9 @@
 
 Kernel sweep: an n x n matrix times (n, batch) at each sparsity, unstructured and block-sparse, with 1
 or more threads. Methods: ``numpy`` (OpenBLAS) and ``torch`` dense, ``scipy`` (CSR / BSR, one thread),
-``torch_csr`` (MKL through ``torch.sparse_csr_tensor`` with int32 indices) and ``sparsernn`` (batch 1
-unstructured also ``sparsernn_<layout>`` for each narrower one-column layout the machine runs: on an
-AVX-512 machine, ``sparsernn_interleaved`` is the AVX2 kernel and ``sparsernn_csr`` plain CSR). Each row:
+``torch_csr`` (MKL through ``torch.sparse_csr_tensor`` with int32 indices) and ``sparsernn`` (unstructured,
+also ``sparsernn_<isa>`` limited to each narrower instruction set the machine has: ``sparsernn_avx2`` on
+an AVX-512 machine). Each row:
 ``n, sparsity, batch, threads, structure, method, us_per_call, gbytes_per_s, speedup_vs_dense`` (against
 the fastest dense method at the same n, batch and threads) and ``bound_speedup`` (dense bytes over the
 bytes of our format: what memory traffic alone would allow). All methods for one n, batch and thread
@@ -92,16 +92,16 @@ def _csr_bytes(csr) -> int:
     return csr.values().numel() * 8 + csr.crow_indices().numel() * 4
 
 
-def _with_layout(layout: str, call):
-    """``call`` run with the kernels' one-column layout set to ``layout``."""
+def _with_isa(level: str, call):
+    """``call`` run with the compiled kernels limited to instruction set ``level``."""
     from sparsernn import kernels
 
     def run():
-        kernels.one_column_layout = layout
+        kernels.set_isa(level)
         try:
             return call()
         finally:
-            kernels.one_column_layout = None
+            kernels.set_isa(None)
 
     return run
 
@@ -120,9 +120,9 @@ def _sparse_methods(weights: np.ndarray, block: tuple[int, int], x: np.ndarray, 
     csr = _torch_csr(weights, "cpu")
     methods = {"sparsernn": (lambda: spmm(matrix, x, threads=threads, out=out), matrix.nbytes),
                "torch_csr": (lambda: csr @ x_torch, _csr_bytes(csr))}
-    if block == (1, 1) and x.shape[1] == 1:  # the narrower one-column layouts too, e.g. AVX2 on AVX-512
-        for layout in kernels.one_column_layouts()[:-1]:
-            methods[f"sparsernn_{layout}"] = (_with_layout(layout, methods["sparsernn"][0]), matrix.nbytes)
+    if block == (1, 1):  # the narrower instruction sets too (AVX2 on an AVX-512 machine)
+        for level in kernels.isa_levels()[:-1]:
+            methods[f"sparsernn_{level}"] = (_with_isa(level, methods["sparsernn"][0]), matrix.nbytes)
     if threads == 1:  # scipy.sparse runs on one thread
         sp = (scipy.sparse.csr_array(weights) if block == (1, 1)
               else scipy.sparse.bsr_array(weights, blocksize=block))

@@ -260,26 +260,44 @@ def backend(name: str = "auto") -> str:
     return "c"
 
 
-def one_column_layouts() -> tuple[str, ...]:
-    """The layouts the compiled kernels can multiply by one column here, slowest first: ``"csr"``
-    always, ``"interleaved"`` where they were built with AVX2, ``"sliced"`` where the CPU also runs
-    AVX-512 (found at run time)."""
+#: The instruction sets of the compiled kernels, narrowest first.
+ISA_LEVELS = ("portable", "avx2", "avx512")
+_isa_limit: str | None = None
+
+
+def isa_levels() -> tuple[str, ...]:
+    """The instruction sets the compiled kernels can use here, narrowest first: ``"avx2"`` where they
+    were built with it (``-march=native`` on an AVX2 machine), then ``"avx512"`` where the CPU also runs
+    AVX-512F (found at run time); ``("portable",)`` without AVX2 or without the extension."""
     compiled = _compiled()
     if compiled is None or not compiled.avx2:
-        return ("csr",)
-    return ("csr", "interleaved", "sliced") if compiled.avx512 else ("csr", "interleaved")
+        return ("portable",)
+    return ("avx2", "avx512") if compiled.avx512 else ("avx2",)
 
 
-#: The one-column layout the compiled calls use (None: the last of :func:`one_column_layouts`); tests
-#: and benchmarks set it to reach the others.
-one_column_layout: str | None = None
+def isa() -> str:
+    """The instruction set the compiled kernels use now (the widest, unless :func:`set_isa` narrowed it)."""
+    return _isa_limit or isa_levels()[-1]
+
+
+def set_isa(level: str | None) -> None:
+    """Let the compiled kernels use at most ``level`` (one of :func:`isa_levels`; None: the widest), for
+    tests and benchmarks of the narrower paths. AVX-512 adds the sliced one-column layout
+    (:class:`OneColumn`) and a 16-wide kernel for 16 columns; AVX2 runs the interleaved layout."""
+    global _isa_limit
+    if level is not None and level not in isa_levels():
+        raise ValueError(f"instruction set {level!r} not available here; "
+                         f"available: {', '.join(isa_levels())}")
+    _isa_limit = level
+    if "avx512" in isa_levels():
+        _compiled().set_avx512(isa() == "avx512")
 
 
 def _args(matrix: SparseMatrix, columns: int) -> tuple:
     """The matrix's arguments to a compiled call with ``columns`` columns (with one column, its copy in
-    the one-column layout, where the matrix has one)."""
-    layout = (one_column_layout or one_column_layouts()[-1]) if columns == 1 else "csr"
-    copy = matrix.sliced if layout == "sliced" else matrix.interleaved if layout == "interleaved" else None
+    the layout of the instruction set in use: sliced for AVX-512, interleaved for AVX2)."""
+    level = isa() if columns == 1 else "portable"
+    copy = matrix.sliced if level == "avx512" else matrix.interleaved if level == "avx2" else None
     return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32),
             matrix.rowptr, matrix.index, matrix.values,
             *(copy or (0, 0, b"", b"", b"", b"")))

@@ -37,6 +37,8 @@
 #endif
 
 typedef struct Matrix Matrix;
+static int cpu_avx512 = 0; /* the CPU (and OS) run AVX-512F: found at import */
+static int use_avx512 = 0; /* the AVX-512 kernels may run (set_avx512; at import: cpu_avx512) */
 /* Block rows [br0, br1) of Y = W X + bias for a fixed number of columns (X row stride ldx, Y row stride ldy). */
 typedef void (*kernel_fn)(const Matrix *, int, int, const float *, long, float *, long, const float *);
 
@@ -507,6 +509,30 @@ static void csr_tile16_u16(const Matrix *m, int br0, int br1, const float *X, lo
     free(packed);
 }
 
+/* The same with AVX-512 (chosen at run time): one 16-wide FMA per non-zero instead of two 8-wide. */
+AVX512 static void csr_tile16_avx512(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y,
+                                     long ldy, const float *bias) {
+    float *packed = ldx == 16 ? NULL : aligned_alloc(64, (size_t)m->cols * 64);
+    if (packed) {
+        for (int col = 0; col < m->cols; ++col) memcpy(packed + (size_t)col * 16, X + (size_t)col * ldx, 64);
+        X = packed, ldx = 16;
+    }
+    const uint16_t *ix = (const uint16_t *)m->index;
+    const float *v = m->values;
+    for (int row = br0; row < br1; ++row) {
+        __m512 a[4] = {_mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps(), _mm512_setzero_ps()};
+        int32_t k = m->rowptr[row];
+        const int32_t end = m->rowptr[row + 1];
+        for (; k + 4 <= end; k += 4)
+            for (int u = 0; u < 4; ++u)
+                a[u] = _mm512_fmadd_ps(_mm512_set1_ps(v[k + u]), _mm512_loadu_ps(X + (size_t)ix[k + u] * ldx), a[u]);
+        for (; k < end; ++k) a[0] = _mm512_fmadd_ps(_mm512_set1_ps(v[k]), _mm512_loadu_ps(X + (size_t)ix[k] * ldx), a[0]);
+        const __m512 sum = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
+        _mm512_storeu_ps(Y + (size_t)row * ldy, _mm512_add_ps(sum, _mm512_set1_ps(bias ? bias[row] : 0.0f)));
+    }
+    free(packed);
+}
+
 /* Unstructured, 4 columns (a batch of 4, or the 4-column tile after the 16-column ones): per non-zero a
  * broadcast weight times the feature's 4 x values, four non-zeros in flight; x packed as for 16 columns. */
 static void csr_tile4_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
@@ -546,7 +572,7 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
                 if (s == 0) return m->lanes == 16 ? sliced_avx512 : m->lanes == 8 ? interleaved_u16 : csr_gather_u16;
                 return one_column[s];
             }
-            if (nn_slot == 0 && !m->wide && s == 0) return csr_tile16_u16;
+            if (nn_slot == 0 && !m->wide && s == 0) return use_avx512 ? csr_tile16_avx512 : csr_tile16_u16;
             if (nn_slot == 1 && !m->wide && s == 0) return csr_tile4_u16;
 #endif
             return kernels[m->wide ? 1 : 0][nn_slot][s];
@@ -773,7 +799,6 @@ static int check_len(const Py_buffer *b, Py_ssize_t need, const char *what) {
     return 0;
 }
 
-static int cpu_avx512 = 0; /* set at import: the CPU (and OS) run AVX-512F */
 
 /* Fills m from the buffers after checking their sizes against the shape and block shape. */
 static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py_buffer *rowptr, Py_buffer *index,
@@ -796,12 +821,12 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
         return -1;
     *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, 0, NULL, NULL, NULL, NULL};
 #ifdef __AVX2__
-    const int usable = lanes == 8 || (lanes == 16 && cpu_avx512);
+    const int usable = lanes == 8 || (lanes == 16 && use_avx512);
 #else
     const int usable = 0; /* without AVX2 no one-column copy is used */
 #endif
     if (lanes && !usable) {
-        PyErr_Format(PyExc_ValueError, "one-column copy with %d lanes: not built or not supported by this CPU", lanes);
+        PyErr_Format(PyExc_ValueError, "one-column copy with %d lanes: not built, or AVX-512 not run by this CPU or turned off", lanes);
         return -1;
     }
     if (usable) {
@@ -907,7 +932,20 @@ done:
     return result;
 }
 
+static PyObject *py_set_avx512(PyObject *self, PyObject *args) {
+    (void)self;
+    int flag;
+    if (!PyArg_ParseTuple(args, "p", &flag)) return NULL;
+    if (flag && !cpu_avx512) {
+        PyErr_SetString(PyExc_ValueError, "this CPU does not run AVX-512F (or the kernels were built without AVX2)");
+        return NULL;
+    }
+    use_avx512 = flag;
+    Py_RETURN_NONE;
+}
+
 static PyMethodDef methods[] = {
+    {"set_avx512", py_set_avx512, METH_VARARGS, "set_avx512(flag): allow the AVX-512 kernels or not"},
     {"spmm", py_spmm, METH_VARARGS,
      "spmm(rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, sell_ptr, sell_order, sell_index, sell_values, "
      "x, y, bias, n, threads): y = W x + bias"},
@@ -926,7 +964,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
 #ifdef __AVX2__
     PyModule_AddIntConstant(mod, "avx2", 1);
     __builtin_cpu_init();
-    cpu_avx512 = !!__builtin_cpu_supports("avx512f");
+    cpu_avx512 = use_avx512 = !!__builtin_cpu_supports("avx512f");
 #else
     PyModule_AddIntConstant(mod, "avx2", 0);
 #endif

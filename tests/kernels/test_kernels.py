@@ -10,18 +10,26 @@ from sparsernn.kernels import CELLS, FormatError, SparseMatrix, recurrent, spmm
 
 pytestmark = pytest.mark.skipif(kernels.backend() != "c", reason="compiled kernels not built")
 
-#: Every one-column layout, each skipped with its reason where this machine cannot run it.
-LAYOUTS = [pytest.param(layout, marks=pytest.mark.skipif(
-    kernels.backend() != "c" or layout not in kernels.one_column_layouts(),
-    reason=f"the {layout} layout needs {need}, which this build or CPU lacks"))
-    for layout, need in (("csr", "the compiled kernels"), ("interleaved", "AVX2"), ("sliced", "AVX-512F"))]
 
 
-@pytest.fixture(params=LAYOUTS)
-def layout(request, monkeypatch):
-    """Runs the test with the compiled calls' one-column layout set to each layout the machine has."""
-    monkeypatch.setattr(kernels, "one_column_layout", request.param)
-    return request.param
+def _on(level):
+    return pytest.mark.skipif(kernels.backend() != "c" or level not in kernels.isa_levels(),
+                              reason=f"this build or CPU has no {level} kernels")
+
+
+#: Every instruction set of the kernels, each skipped where this machine lacks it.
+ISAS = [pytest.param(level, marks=_on(level)) for level in kernels.ISA_LEVELS]
+#: The one-column copy each instruction set uses.
+COPIES = [pytest.param("avx2", "interleaved", marks=_on("avx2")),
+          pytest.param("avx512", "sliced", marks=_on("avx512"))]
+
+
+@pytest.fixture(params=ISAS)
+def isa(request):
+    """Runs the test with the compiled kernels limited to each instruction set the machine has."""
+    kernels.set_isa(request.param)
+    yield request.param
+    kernels.set_isa(None)
 
 BLOCKS = [(1, 1), (4, 1), (8, 1), (16, 1), (1, 4), (1, 8), (4, 4), (8, 8), (2, 3)]
 
@@ -35,7 +43,7 @@ def random_sparse(rng, shape, block, density, index_dtype=None):
 
 @pytest.mark.parametrize("block", BLOCKS)
 @pytest.mark.parametrize("density", [0.0, 0.05, 0.3, 1.0])
-def test_spmm_matches_dense_and_reference(block, density):
+def test_spmm_matches_dense_and_reference(block, density, isa):
     rng = np.random.default_rng(hash((block, density)) % 2**32)
     shape = (48, 96)
     dense, matrix = random_sparse(rng, shape, block, density)
@@ -52,7 +60,7 @@ def test_spmm_matches_dense_and_reference(block, density):
 
 
 @pytest.mark.parametrize("rows, window", [(71, None), (72, 8)])
-def test_long_rows_use_every_unrolled_path(rows, window, layout):
+def test_long_rows_use_every_unrolled_path(rows, window, isa):
     """Rows with 0..71 non-zeros exercise the 16-wide CSR loop, its remainder and the scalar tail (71
     rows: no one-column copy), or the one-column copy's loop of 4 slots and its remainder (72 rows)."""
     rng = np.random.default_rng(3)
@@ -99,7 +107,7 @@ def test_interleaved_copy_holds_each_row_within_its_window(shape, window):
 
 
 @pytest.mark.parametrize("shape", [(600, 200), (192, 64), (1760, 1760), (24, 40), (48, 96)])
-def test_one_column_products_match_dense(shape, layout):
+def test_one_column_products_match_dense(shape, isa):
     """One column, with thread shares that start inside a window (moved to its start) or not, and a
     last slice of 32 columns that is whole (64, 96, 1760) or not (200, 40)."""
     rng = np.random.default_rng(12)
@@ -118,8 +126,8 @@ def test_no_interleaved_copy_for_blocks_or_wide_indices():
     assert SparseMatrix.from_dense(dense, (1, 1), np.int32).interleaved is None
 
 
-@pytest.mark.parametrize("layout", LAYOUTS[1:])
-def test_short_one_column_arrays_are_rejected_by_the_compiled_call(layout):
+@pytest.mark.parametrize("level, layout", COPIES)
+def test_short_one_column_arrays_are_rejected_by_the_compiled_call(level, layout):
     matrix = SparseMatrix.from_dense(np.eye(16, dtype=np.float32))
     lanes, sigma, ptr, order, index, values = getattr(matrix, layout)
     x, y = np.ones((16, 1), np.float32), np.empty((16, 1), np.float32)
@@ -132,14 +140,23 @@ def test_short_one_column_arrays_are_rejected_by_the_compiled_call(layout):
         kernels._compiled().spmm(*csr, lanes, 12, ptr, order, index, values, x, y, b"", 1, 1)
 
 
-@pytest.mark.skipif(kernels.backend() != "c" or "sliced" in kernels.one_column_layouts(),
-                    reason="this CPU runs AVX-512F: the sliced layout is allowed")
-def test_the_sliced_layout_is_refused_where_the_cpu_lacks_avx512():
+@_on("avx2")
+def test_the_sliced_layout_is_refused_without_avx512():
+    """Refused where the CPU lacks AVX-512F, and where it is turned off (then also asking for it)."""
     matrix = SparseMatrix.from_dense(np.eye(16, dtype=np.float32))
     x, y = np.ones((16, 1), np.float32), np.empty((16, 1), np.float32)
-    with pytest.raises(ValueError, match="16 lanes"):
-        kernels._compiled().spmm(16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values, *matrix.sliced,
-                                 x, y, b"", 1, 1)
+    kernels.set_isa("avx2")
+    try:
+        with pytest.raises(ValueError, match="16 lanes"):
+            kernels._compiled().spmm(16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values,
+                                     *matrix.sliced, x, y, b"", 1, 1)
+    finally:
+        kernels.set_isa(None)
+    if "avx512" not in kernels.isa_levels():
+        with pytest.raises(ValueError, match="does not run AVX-512F"):
+            kernels._compiled().set_avx512(True)
+        with pytest.raises(ValueError, match="not available here"):
+            kernels.set_isa("avx512")
 
 
 def sliced_to_dense(matrix):
@@ -186,7 +203,7 @@ def test_sliced_copy_holds_each_row_within_its_window(shape, window, groups):
 
 @pytest.mark.parametrize("cell", list(CELLS))
 @pytest.mark.parametrize("block", [(1, 1), (8, 1), (4, 4)])
-def test_recurrent_matches_reference(cell, block, layout):
+def test_recurrent_matches_reference(cell, block, isa):
     rng = np.random.default_rng(7)
     gates, hidden, steps = CELLS[cell], 32, 9
     dense, weight = random_sparse(rng, (gates * hidden, hidden), block, 0.3)
