@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsernn.bench.peers import PEERS, export_onnx, missing, runner
+from sparsernn.bench.peers import PEERS, PeerLanguageModel, export_language_model, missing
 from sparsernn.config import ModelConfig
 from sparsernn.engine import LanguageModelEngine
 from sparsernn.export import lm_architecture, load_exported, save_sparse
@@ -58,22 +58,6 @@ def _dense_from_export(path: str) -> LanguageModel:
     return model
 
 
-class _FlatStates(torch.nn.Module):
-    """The LM with its states as separate tensors in and out (what an ONNX graph takes)."""
-
-    def __init__(self, model: LanguageModel):
-        super().__init__()
-        self.model = model
-
-    def forward(self, tokens, *states):
-        logits, hidden = self.model(tokens, states if len(states) == 2 else states[0])
-        return (logits, *(hidden if isinstance(hidden, tuple) else (hidden,)))
-
-
-def _state_names(model: LanguageModel) -> list[str]:
-    return ["h", "c"] if isinstance(model.rnn, torch.nn.LSTM) else ["h"]
-
-
 def _torch_calls(model: LanguageModel, tokens: dict[str, np.ndarray]) -> dict:
     stream, whole = (torch.from_numpy(tokens[mode]) for mode in ("streaming", "sequence"))
 
@@ -88,45 +72,21 @@ def _torch_calls(model: LanguageModel, tokens: dict[str, np.ndarray]) -> dict:
     return {"streaming": torch.no_grad()(streaming), "sequence": torch.no_grad()(sequence)}
 
 
-def _export_modes(model: LanguageModel, sequence_steps: int, directory: Path) -> dict[str, Path]:
-    """The dense model as two ONNX graphs of fixed shapes: one step and the whole sequence (each
-    runtime's fastest form for that use; a graph with a free length ran slower in OpenVINO)."""
-    names = _state_names(model)
-    zeros = torch.zeros(model.rnn.num_layers, 1, model.rnn.hidden_size)
-    return {mode: export_onnx(_FlatStates(model), (torch.zeros(length, 1, dtype=torch.long),
-                                                   *([zeros] * len(names))),
-                              directory / f"{mode}.onnx", ["tokens", *names],
-                              ["logits", *(f"{n}_out" for n in names)])
-            for mode, length in (("streaming", 1), ("sequence", sequence_steps))}
-
-
 def _peer_calls(name: str, paths: dict[str, Path], model: LanguageModel, tokens: dict[str, np.ndarray],
                 threads: int) -> dict:
     """The two modes on peer ``name`` (``tokens`` per mode), after checking its logits against
     PyTorch's."""
-    step, sequence = (runner(name, paths[mode], threads) for mode in ("streaming", "sequence"))
-    names = _state_names(model)
-    zeros = np.zeros((model.rnn.num_layers, 1, model.rnn.hidden_size), np.float32)
-    start = dict.fromkeys(names, zeros)
-
-    def streaming():
-        states, logits = start, []
-        for t in range(tokens["streaming"].shape[0]):
-            outputs = step({"tokens": tokens["streaming"][t:t + 1], **states})
-            states = dict(zip(names, outputs[1:], strict=True))
-            logits.append(outputs[0])
-        return np.concatenate(logits)
-
-    def whole():
-        return sequence({"tokens": tokens["sequence"], **start})[0]
-
-    for mode, got in (("streaming", streaming()), ("sequence", whole())):
+    peer = PeerLanguageModel(name, paths, model, threads)
+    calls = {"streaming": lambda: peer.stream(tokens["streaming"]),
+             "sequence": lambda: peer.sequence(tokens["sequence"])}
+    for mode, call in calls.items():
         with torch.no_grad():
             expected = model(torch.from_numpy(tokens[mode]))[0].numpy()
+        got = call()
         if not np.allclose(got, expected, atol=1e-3, rtol=1e-3):
             raise RuntimeError(f"{name} ({mode}) computes other logits than PyTorch (max difference "
                                f"{np.abs(got - expected).max():.3g}); not timing it")
-    return {"streaming": streaming, "sequence": whole}
+    return calls
 
 
 def _engine_calls(engine: LanguageModelEngine, tokens: dict[str, np.ndarray]) -> dict:
@@ -159,7 +119,7 @@ def time_model(name: str, dense_model: LanguageModel, variants: dict[str, str], 
         for peer in PEERS:
             skipped[peer] = missing(peer)
             if not skipped[peer]:
-                paths = paths or _export_modes(dense_model, steps[1], Path(tmp))
+                paths = paths or export_language_model(dense_model, Path(tmp), steps[1])
                 calls[peer] = _peer_calls(peer, paths, dense_model, tokens, threads)
         for structure, path in variants.items():
             engine = LanguageModelEngine(path, threads=threads)

@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 #: The peer runtimes, in the order the tables list them.
 PEERS = ("onnxruntime", "openvino")
@@ -33,8 +34,6 @@ def missing(name: str) -> str | None:
 def export_onnx(module, inputs: tuple, path: str | Path, input_names: Sequence[str],
                 output_names: Sequence[str], dynamic_axes: dict | None = None) -> Path:
     """``module`` (in eval mode) traced on ``inputs`` and written as an ONNX model at ``path``."""
-    import torch
-
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and RNN batch notes
         torch.onnx.export(module, inputs, str(path), input_names=list(input_names),
@@ -69,3 +68,133 @@ def runner(name: str, path: str | Path, threads: int = 1) -> Runner:
         return lambda feeds: [np.array(output) for output in
                               request.infer(feeds, share_inputs=True, share_outputs=True).values()]
     raise ValueError(f"unknown peer {name!r}; valid: {', '.join(PEERS)}")
+
+
+# -- the model families as ONNX graphs ------------------------------------------------------------------
+
+
+def _states(state) -> tuple:
+    return state if isinstance(state, tuple) else (state,)
+
+
+def _state_names(recurrent) -> list[str]:
+    return ["h", "c"] if isinstance(recurrent, torch.nn.LSTM) else ["h"]
+
+
+class _LanguageModelGraph(torch.nn.Module):
+    """A language model with its states as separate tensors in and out, as an ONNX graph takes them."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens, *states):
+        logits, hidden = self.model(tokens, states if len(states) == 2 else states[0])
+        return (logits, *_states(hidden))
+
+
+class _Encode(torch.nn.Module):
+    """A translation model's ``encode`` for one sentence, its outputs as plain tensors."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, source):
+        encoded, state, feed = self.model.encode(source, torch.full((1,), source.shape[1], dtype=torch.long))
+        return (encoded.memory, encoded.keys, *_states(state), feed)
+
+
+class _DecodeStep(torch.nn.Module):
+    """A translation model's ``decode_step`` for one sentence (no padding: every position attended)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, words, memory, keys, feed, *states):
+        from sparsernn.models.seq2seq import Encoded
+
+        mask = torch.ones(memory.shape[:2], dtype=torch.bool)
+        logits, state, feed = self.model.decode_step(words, states if len(states) == 2 else states[0], feed,
+                                                     Encoded(memory, keys, mask))
+        return (logits, feed, *_states(state))
+
+
+def export_language_model(model, directory: Path, sequence_steps: int) -> dict[str, Path]:
+    """A :class:`~sparsernn.models.lm.LanguageModel` (batch 1) as two ONNX graphs of fixed shapes, one
+    token (``"streaming"``) and ``sequence_steps`` tokens (``"sequence"``): each runtime's fastest form
+    for that use (a graph with a free length ran slower in OpenVINO)."""
+    names = _state_names(model.rnn)
+    zeros = torch.zeros(model.rnn.num_layers, 1, model.rnn.hidden_size)
+    return {mode: export_onnx(_LanguageModelGraph(model), (torch.zeros(length, 1, dtype=torch.long),
+                                                           *([zeros] * len(names))),
+                              Path(directory) / f"lm-{mode}.onnx", ["tokens", *names],
+                              ["logits", *(f"{n}_out" for n in names)])
+            for mode, length in (("streaming", 1), ("sequence", sequence_steps))}
+
+
+class PeerLanguageModel:
+    """The graphs of :func:`export_language_model` on peer ``name``, from zero states."""
+
+    def __init__(self, name: str, paths: dict[str, Path], model, threads: int = 1):
+        self.step, self.whole = (runner(name, paths[mode], threads) for mode in ("streaming", "sequence"))
+        self.names = _state_names(model.rnn)
+        zeros = np.zeros((model.rnn.num_layers, 1, model.rnn.hidden_size), np.float32)
+        self.start = dict.fromkeys(self.names, zeros)
+
+    def stream(self, tokens: np.ndarray) -> np.ndarray:
+        """``tokens`` (T, 1) one per call, the state carried: logits (T, 1, V)."""
+        states, logits = self.start, []
+        for t in range(tokens.shape[0]):
+            outputs = self.step({"tokens": tokens[t:t + 1], **states})
+            states = dict(zip(self.names, outputs[1:], strict=True))
+            logits.append(outputs[0])
+        return np.concatenate(logits)
+
+    def sequence(self, tokens: np.ndarray) -> np.ndarray:
+        """``tokens`` (T, 1), T as exported, in one call: logits (T, 1, V)."""
+        return self.whole({"tokens": tokens, **self.start})[0]
+
+
+def export_translator(model, directory: Path) -> dict[str, Path]:
+    """A :class:`~sparsernn.models.seq2seq.Seq2Seq` (batch 1) as two ONNX graphs: the model's own
+    ``encode`` (source of any length -> encoder states, their attention keys, the decoder's first state
+    and attentional vector) and its own ``decode_step``."""
+    names = _state_names(model.decoder)
+    source = torch.ones(1, 3, dtype=torch.long)
+    with torch.no_grad():
+        encoded, state, feed = model.encode(source, torch.tensor([3]))
+    free = {"source": {1: "length"}, "memory": {1: "length"}, "keys": {1: "length"}}
+    return {
+        "encode": export_onnx(_Encode(model), (source,), Path(directory) / "encode.onnx", ["source"],
+                              ["memory", "keys", *names, "feed"], free),
+        "step": export_onnx(_DecodeStep(model), (torch.ones(1, dtype=torch.long), encoded.memory,
+                                                 encoded.keys, feed, *_states(state)),
+                            Path(directory) / "step.onnx",
+                            ["words", "memory", "keys", "feed", *names],
+                            ["logits", "feed_out", *(f"{n}_out" for n in names)], free),
+    }
+
+
+class PeerTranslator:
+    """The graphs of :func:`export_translator` on peer ``name``: greedy decoding of one sentence."""
+
+    def __init__(self, name: str, paths: dict[str, Path], model, threads: int = 1):
+        self.encode, self.step = (runner(name, paths[part], threads) for part in ("encode", "step"))
+        self.names = _state_names(model.decoder)
+
+    def greedy(self, source: np.ndarray, max_length: int) -> list[int]:
+        """Source ids (S,) -> the most likely word at each step, up to the end of sentence."""
+        from sparsernn.data.translation import BOS, EOS
+
+        memory, keys, *states, feed = self.encode({"source": np.asarray(source, np.int64)[None]})
+        words, output = np.array([BOS], np.int64), []
+        for _ in range(max_length):
+            logits, feed, *states = self.step({"words": words, "memory": memory, "keys": keys, "feed": feed,
+                                               **dict(zip(self.names, states, strict=True))})
+            words = logits.argmax(-1).astype(np.int64)
+            if int(words[0]) == EOS:
+                break
+            output.append(int(words[0]))
+        return output

@@ -3,13 +3,14 @@
 Test metric (perplexity; CER and WER greedy and with beam search; or BLEU and chrF greedy and with beam
 search), parameter counts, sparsity per pruned tensor, training time, exported file size, and the time
 at batch 1 (one thread) on the same test input of the run's PyTorch model, the baseline's PyTorch model
-and the engine on the exported file, taken in turns in one process so that the ratios compare like with
-like.
+(language and translation models also in ONNX Runtime and OpenVINO, where installed) and the engine on
+the exported file, taken in turns in one process so that the ratios compare like with like.
 """
 
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 from pathlib import Path
 
@@ -41,9 +42,30 @@ def _best_seconds(functions: dict, repeats: int = 3) -> dict:
     return best
 
 
+def _peer_calls(config: RunConfig, baseline, inputs, directory: Path) -> dict:
+    """The baseline's dense model on each installed peer runtime (:mod:`sparsernn.bench.peers`), on
+    the same input as the other timings: ``{"baseline_<peer>_seconds": call}``. Speech models are not
+    exported to the peers yet."""
+    from sparsernn.bench import peers
+
+    names = [name for name in peers.PEERS if peers.missing(name) is None]
+    if config.speech or not names:
+        return {}
+    if config.translation:
+        paths = peers.export_translator(baseline, directory)
+        translators = {name: peers.PeerTranslator(name, paths, baseline) for name in names}
+        limit = config.data.max_output
+        return {f"baseline_{name}_seconds": (lambda t=t: [t.greedy(s.numpy(), limit) for s in inputs])
+                for name, t in translators.items()}
+    paths = peers.export_language_model(baseline, directory, len(inputs))
+    models = {name: peers.PeerLanguageModel(name, paths, baseline) for name in names}
+    return {f"baseline_{name}_seconds": (lambda m=m: m.stream(inputs.numpy())) for name, m in models.items()}
+
+
 def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoint: dict) -> dict:
     """Seconds at batch 1, one thread, on the same test input: the run's PyTorch model, the baseline's
-    PyTorch model and the engine on the run's exported file, side by side."""
+    PyTorch model (and, where installed, in ONNX Runtime and OpenVINO) and the engine on the run's
+    exported file, side by side."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
@@ -71,7 +93,7 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoi
 
             tokenizer = Tokenizer(checkpoint["artifacts"]["tokenizer.model"])
             sources = load_translation(config.data, tokenizer, splits=("test",))[0]["test"].sources
-            sources = sources[:study.speed_sentences]
+            inputs = sources = sources[:study.speed_sentences]
             engine = TranslationEngine(model_file, threads=1)
             limit = config.data.max_output
 
@@ -91,7 +113,7 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoi
             from sparsernn.data.text import load_corpus
             from sparsernn.engine import LanguageModelEngine
 
-            tokens = load_corpus(config.data).test[:study.speed_tokens].reshape(-1, 1)
+            inputs = tokens = load_corpus(config.data).test[:study.speed_tokens].reshape(-1, 1)
             engine = LanguageModelEngine(model_file, threads=1)
 
             # Streaming, as a deployed language model runs: one token per call, the state carried.
@@ -107,9 +129,11 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoi
                     engine(token[None])
 
             amount = {"tokens": len(tokens)}
-        seconds = _best_seconds({"pytorch_seconds": lambda: pytorch(model),
-                                 "baseline_pytorch_seconds": lambda: pytorch(baseline),
-                                 "engine_seconds": ours})
+        with tempfile.TemporaryDirectory() as tmp:
+            seconds = _best_seconds({"pytorch_seconds": lambda: pytorch(model),
+                                     "baseline_pytorch_seconds": lambda: pytorch(baseline),
+                                     **_peer_calls(config, baseline, inputs, Path(tmp)),
+                                     "engine_seconds": ours})
         return {**amount, **seconds}
     finally:
         torch.set_num_threads(threads)

@@ -20,8 +20,25 @@ def _metric(result: dict) -> tuple[str, float]:
     return "perplexity", result["metrics"]["perplexity"]
 
 
+#: The baseline's dense runtimes a run may have been timed against, beside PyTorch.
+PEER_FIELDS = ("baseline_onnxruntime_seconds", "baseline_openvino_seconds")
+
+
+def _has_peers(results: list[dict]) -> bool:
+    return any(field in r for r in results for field in PEER_FIELDS)
+
+
+def _best_dense(r: dict) -> float | None:
+    """The run's engine against the fastest runtime of the dense baseline (None: no peer timed)."""
+    if not any(field in r for field in PEER_FIELDS):
+        return None
+    seconds = [r[field] for field in ("baseline_pytorch_seconds", *PEER_FIELDS) if field in r]
+    return min(seconds) / r["engine_seconds"]
+
+
 def _rows(results: list[dict], baseline: dict) -> list[dict]:
     name, base = _metric(baseline)
+    peers = _has_peers(results)
     rows = []
     for r in results:
         value = _metric(r)[1]
@@ -35,6 +52,7 @@ def _rows(results: list[dict], baseline: dict) -> list[dict]:
             "file_bytes": r["file_bytes"],
             "file_vs_baseline_fp32": r["file_bytes"] / baseline["dense_fp32_bytes"],
             "engine_speedup_vs_baseline_pytorch": r["baseline_pytorch_seconds"] / r["engine_seconds"],
+            **({"engine_speedup_vs_best_dense": _best_dense(r)} if peers else {}),
             "train_time_vs_baseline": r["train_seconds"] / baseline["train_seconds"],
         })
     return rows
@@ -44,8 +62,10 @@ def _markdown(rows: list[dict], task: str) -> list[str]:
     metric_headers = {"speech": "test CER | test WER | CER beam | WER beam | CER vs dense",
                       "translation": "test BLEU | BLEU beam | chrF | BLEU vs dense",
                       "language_model": "test perplexity | vs dense"}[task]
+    peers = any("engine_speedup_vs_best_dense" in row for row in rows)
     header = (f"| run | method | recurrent | non-zero parameters | sparsity | {metric_headers} | model file "
-              "(vs dense fp32) | engine speed at batch 1 vs dense PyTorch | training time vs dense |")
+              "(vs dense fp32) | engine speed at batch 1 vs dense PyTorch "
+              + ("| vs the best dense runtime " if peers else "") + "| training time vs dense |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         if task == "speech":
@@ -58,11 +78,13 @@ def _markdown(rows: list[dict], task: str) -> list[str]:
                        f"| {row['BLEU_vs_baseline']:+.1%}")
         else:
             metrics = f"{row['perplexity']:.2f} | {row['perplexity_vs_baseline']:+.1%}"
+        best = row.get("engine_speedup_vs_best_dense")
         lines.append(f"| {row['run']} | {row['method']} | {row['recurrent']} "
                      f"| {row['nonzero_parameters']:,} | {row['sparsity']:.1%} | {metrics} "
                      f"| {row['file_bytes'] / 1e6:.2f} MB ({row['file_vs_baseline_fp32']:.1%}) "
                      f"| {row['engine_speedup_vs_baseline_pytorch']:.2f}x "
-                     f"| {row['train_time_vs_baseline']:.2f}x |")
+                     + ("" if not peers else "| - " if best is None else f"| {best:.2f}x ")
+                     + f"| {row['train_time_vs_baseline']:.2f}x |")
     return lines
 
 
@@ -203,7 +225,10 @@ def write_report(out: Path) -> Path:
              *([notes.read_text().strip(), ""] if notes.exists() else []),
              f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}. Metrics on the test "
              f"split. Speeds at batch 1 on one thread over {timed} (best of 3, timed in turns in one "
-             "process): the engine on each run's exported model against the dense baseline in PyTorch.", "",
+             "process): the engine on each run's exported model against the dense baseline in PyTorch"
+             + (" and, where installed, in ONNX Runtime and OpenVINO (the best dense runtime: the fastest "
+                "of the three; `-`: run timed before the peers were)" if _has_peers(results) else "")
+             + ".", "",
              *_markdown(rows, task), ""]
     if elsewhere:
         lines += [f"Measured on another machine or software than the baseline (see results.json): "

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparsernn.bench.end_to_end import QUICK_SHAPE, _export_modes, _peer_calls, _pruned_model
-from sparsernn.bench.peers import PEERS, missing, runner
+from sparsernn.bench.end_to_end import QUICK_SHAPE, _peer_calls, _pruned_model
+from sparsernn.bench.peers import PEERS, export_language_model, missing, runner
 
 
 @pytest.mark.parametrize("peer", [pytest.param(name, marks=pytest.mark.skipif(
@@ -14,7 +14,7 @@ from sparsernn.bench.peers import PEERS, missing, runner
 def test_peer_runs_the_exported_model_as_pytorch_does(peer, cell, tmp_path):
     """One step with states carried and the whole sequence, against the PyTorch model at 1e-4."""
     model, _ = _pruned_model(QUICK_SHAPE | {"cell": cell, "layers": 2}, (1, 1))
-    paths = _export_modes(model, 5, tmp_path)
+    paths = export_language_model(model, tmp_path, 5)
     tokens = np.array([[3], [1], [4], [1], [5]], np.int64)
     names = ["h", "c"] if cell == "lstm" else ["h"]
     state = np.random.default_rng(0).standard_normal((2, 1, 128)).astype(np.float32)
@@ -34,7 +34,7 @@ def test_peer_runs_the_exported_model_as_pytorch_does(peer, cell, tmp_path):
 @pytest.mark.skipif(missing("onnxruntime") is not None, reason=str(missing("onnxruntime")))
 def test_a_peer_that_computes_other_logits_is_not_timed(tmp_path):
     model, _ = _pruned_model(QUICK_SHAPE, (1, 1))
-    paths = _export_modes(model, 4, tmp_path)
+    paths = export_language_model(model, tmp_path, 4)
     with torch.no_grad():
         model.decoder.bias += 1.0  # the graphs keep the old bias
     with pytest.raises(RuntimeError, match="other logits than PyTorch"):
@@ -51,3 +51,25 @@ def test_a_missing_peer_is_named_with_the_install_command(monkeypatch):
     assert missing("openvino") == "openvino is not installed (pip install 'sparsernn[peers]')"
     with pytest.raises(RuntimeError, match="openvino is not installed"):
         runner("openvino", "model.onnx")
+
+
+@pytest.mark.parametrize("peer", [pytest.param(name, marks=pytest.mark.skipif(
+    missing(name) is not None, reason=f"{missing(name)}")) for name in PEERS])
+@pytest.mark.parametrize("cell, attention", [("gru", "bahdanau"), ("lstm", "luong")])
+def test_peer_translates_as_the_pytorch_model_does(peer, cell, attention, tmp_path):
+    """Greedy decoding through the exported encoder and decoder step: the same words as the model's
+    own greedy search, on sources of several lengths (the graphs take any source length)."""
+    from sparsernn.bench.peers import PeerTranslator, export_translator
+    from sparsernn.config import Seq2SeqConfig
+    from sparsernn.models.seq2seq import Seq2Seq
+
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(cell=cell, attention=attention, embedding_size=24, hidden_size=32, dropout=0.0,
+                           decoder_layers=2 if cell == "lstm" else 1)
+    model = Seq2Seq(50, config).eval()
+    for p in model.parameters():  # sharp distributions: greedy words that differ by a hair are rare
+        torch.nn.init.normal_(p, std=0.5)
+    translator = PeerTranslator(peer, export_translator(model, tmp_path), model)
+    for source in ([5, 6, 7], [9] * 11, [4, 30, 22, 8, 17, 3]):
+        expected = model.greedy(torch.tensor([source]), torch.tensor([len(source)]), 12)[0]
+        assert translator.greedy(np.array(source), 12) == expected

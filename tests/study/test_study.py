@@ -49,6 +49,7 @@ def test_language_model_study_trains_measures_and_reports(tmp_path, tiny_config,
                                                         "decoder.weight"}
     assert all(r["engine_seconds"] > 0 and r["pytorch_seconds"] > 0 and r["baseline_pytorch_seconds"] > 0
                and r["tokens"] == 50 for r in results)
+    assert_peers_timed_where_installed(results, (out / "report.md").read_text())
     rows = list(csv.DictReader((out / "results.csv").open()))
     assert [row["run"] for row in rows] == ["dense", "narang", "oneshot", "small"]
     assert float(rows[0]["perplexity_vs_baseline"]) == 0.0
@@ -150,6 +151,49 @@ def test_translation_study_measures_bleu_and_sentence_speed(tmp_path):
     report = (tmp_path / "out/report.md").read_text()
     assert "| test BLEU | BLEU beam | chrF | BLEU vs dense |" in report
     assert "BLEU: sacrebleu `nrefs:1" in report
+    assert_peers_timed_where_installed(results, report)
+
+
+def assert_peers_timed_where_installed(results: list[dict], report: str) -> None:
+    """Each run times the baseline on every installed peer runtime, and the report then has the column."""
+    from sparsernn.bench.peers import PEERS, missing
+
+    installed = [peer for peer in PEERS if missing(peer) is None]
+    for r in results:
+        assert {key for key in r if key.endswith("_seconds") and key.startswith("baseline_")} == {
+            "baseline_pytorch_seconds", *(f"baseline_{peer}_seconds" for peer in installed)}
+    assert ("| vs the best dense runtime |" in report) == bool(installed)
+
+
+def test_report_compares_the_engine_with_the_best_dense_runtime(tmp_path):
+    """The fastest of the baseline's runtimes over the engine; a run timed before the peers shows -."""
+    study = write_study(tmp_path, [{"name": "dense", "config": "d.yaml"},
+                                   {"name": "sparse", "config": "d.yaml"},
+                                   {"name": "older", "config": "d.yaml"}])
+    out = tmp_path / "out"
+    peers = {"dense": {"baseline_onnxruntime_seconds": 0.4, "baseline_openvino_seconds": 0.8},
+             "sparse": {"baseline_onnxruntime_seconds": 0.6, "baseline_openvino_seconds": 0.3},
+             "older": {}}
+    for name, fields in peers.items():
+        directory = out / "runs" / name
+        directory.mkdir(parents=True)
+        (directory / "finished.json").write_text("{}")
+        (directory / "result.json").write_text(json.dumps({
+            "name": name, "task": "language_model", "method": "dense", "seed": 0, "cell": "lstm",
+            "layers": 1, "hidden_size": 16, "block": [1, 1], "nonzero_parameters": 1600, "sparsity": 0.0,
+            "metrics": {"perplexity": 100.0}, "file_bytes": 1000, "dense_fp32_bytes": 1000,
+            "pytorch_seconds": 1.0, "baseline_pytorch_seconds": 1.0, "engine_seconds": 0.2, **fields,
+            "train_seconds": 10.0, "layer_sparsity": {}, "machine": {"cpu": "x", "cores": 2, "torch": "2"}}))
+    (out / "study.yaml").write_text(study.read_text())
+    (out / "command.txt").write_text("sparsernn study s.yaml --out out\n")
+    assert main(["report", str(out)]) == 0
+    report = (out / "report.md").read_text()
+    assert "| engine speed at batch 1 vs dense PyTorch | vs the best dense runtime |" in report
+    assert "| 5.00x | 2.00x | 1.00x |" in report  # dense: ONNX Runtime's 0.4 s against 0.2 s
+    assert "| 5.00x | 1.50x | 1.00x |" in report  # sparse: OpenVINO's 0.3 s
+    assert "| 5.00x | - | 1.00x |" in report  # older
+    rows = {row["run"]: row for row in csv.DictReader((out / "results.csv").open())}
+    assert float(rows["sparse"]["engine_speedup_vs_best_dense"]) == pytest.approx(1.5)
 
 
 def test_report_shows_seed_spread_and_notes(tmp_path):
