@@ -33,7 +33,10 @@ def missing(name: str) -> str | None:
 
 def export_onnx(module, inputs: tuple, path: str | Path, input_names: Sequence[str],
                 output_names: Sequence[str], dynamic_axes: dict | None = None) -> Path:
-    """``module`` (in eval mode) traced on ``inputs`` and written as an ONNX model at ``path``."""
+    """``module`` traced in eval mode on ``inputs`` and written as an ONNX model at ``path``; the module is
+    left in eval mode (the exporter restores the mode the top module had onto every submodule, so a
+    wrapper fresh in training mode would otherwise switch the wrapped model's dropout back on)."""
+    module.eval()
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # the TorchScript exporter's deprecation and RNN batch notes
         torch.onnx.export(module, inputs, str(path), input_names=list(input_names),
@@ -103,6 +106,17 @@ class _Encode(torch.nn.Module):
     def forward(self, source):
         encoded, state, feed = self.model.encode(source, torch.full((1,), source.shape[1], dtype=torch.long))
         return (encoded.memory, encoded.keys, *_states(state), feed)
+
+
+class _Utterance(torch.nn.Module):
+    """A speech model's forward for one utterance: features (1, bins, frames) -> log-probabilities."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, features):
+        return self.model(features, torch.full((1,), features.shape[2], dtype=torch.long))[0]
 
 
 class _DecodeStep(torch.nn.Module):
@@ -198,3 +212,26 @@ class PeerTranslator:
                 break
             output.append(int(words[0]))
         return output
+
+
+def export_speech(model, directory: Path, bins: int) -> Path:
+    """A :class:`~sparsernn.models.ctc.SpeechModel` (batch 1, ``bins`` features per frame) as one ONNX
+    graph taking utterances of any length. Not for ``rnn_clipped_relu``, whose recurrence is a Python
+    loop that tracing unrolls."""
+    if model.config.cell == "rnn_clipped_relu":
+        raise ValueError("a clipped-ReLU RNN runs a Python loop over frames; its ONNX graph would fix "
+                         "the utterance length")
+    return export_onnx(_Utterance(model), (torch.zeros(1, bins, 20),),
+                       Path(directory) / "speech.onnx", ["features"], ["log_probs"],
+                       {"features": {2: "frames"}, "log_probs": {0: "steps"}})
+
+
+class PeerSpeech:
+    """The graph of :func:`export_speech` on peer ``name``."""
+
+    def __init__(self, name: str, path: Path, threads: int = 1):
+        self.run = runner(name, path, threads)
+
+    def log_probs(self, features: np.ndarray) -> np.ndarray:
+        """Features (bins, frames) of one utterance -> log-probabilities (frames', alphabet)."""
+        return self.run({"features": np.asarray(features, np.float32)[None]})[0][:, 0]

@@ -3,7 +3,7 @@
 Test metric (perplexity; CER and WER greedy and with beam search; or BLEU and chrF greedy and with beam
 search), parameter counts, sparsity per pruned tensor, training time, exported file size, and the time
 at batch 1 (one thread) on the same test input of the run's PyTorch model, the baseline's PyTorch model
-(language and translation models also in ONNX Runtime and OpenVINO, where installed) and the engine on
+(also in ONNX Runtime and OpenVINO, where installed) and the engine on
 the exported file, taken in turns in one process so that the ratios compare like with like.
 """
 
@@ -44,13 +44,17 @@ def _best_seconds(functions: dict, repeats: int = 3) -> dict:
 
 def _peer_calls(config: RunConfig, baseline, inputs, directory: Path) -> dict:
     """The baseline's dense model on each installed peer runtime (:mod:`sparsernn.bench.peers`), on
-    the same input as the other timings: ``{"baseline_<peer>_seconds": call}``. Speech models are not
-    exported to the peers yet."""
+    the same input as the other timings: ``{"baseline_<peer>_seconds": call}``."""
     from sparsernn.bench import peers
 
     names = [name for name in peers.PEERS if peers.missing(name) is None]
-    if config.speech or not names:
-        return {}
+    if not names or (config.speech and config.model.cell == "rnn_clipped_relu"):
+        return {}  # no peer installed, or a model whose ONNX graph would fix the utterance length
+    if config.speech:
+        path = peers.export_speech(baseline, directory, inputs[0].shape[0])
+        runs = {name: peers.PeerSpeech(name, path) for name in names}
+        return {f"baseline_{name}_seconds": (lambda p=p: [p.log_probs(f.numpy()) for f in inputs])
+                for name, p in runs.items()}
     if config.translation:
         paths = peers.export_translator(baseline, directory)
         translators = {name: peers.PeerTranslator(name, paths, baseline) for name in names}

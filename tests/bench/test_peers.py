@@ -73,3 +73,39 @@ def test_peer_translates_as_the_pytorch_model_does(peer, cell, attention, tmp_pa
     for source in ([5, 6, 7], [9] * 11, [4, 30, 22, 8, 17, 3]):
         expected = model.greedy(torch.tensor([source]), torch.tensor([len(source)]), 12)[0]
         assert translator.greedy(np.array(source), 12) == expected
+
+
+@pytest.mark.parametrize("peer", [pytest.param(name, marks=pytest.mark.skipif(
+    missing(name) is not None, reason=f"{missing(name)}")) for name in PEERS])
+@pytest.mark.parametrize("cell, bidirectional", [("gru", True), ("lstm", False)])
+def test_peer_recognizes_utterances_of_any_length_as_pytorch_does(peer, cell, bidirectional, tmp_path):
+    """One graph for every utterance length; the model it came from stays in eval mode (the exporter
+    leaves submodules in the mode of the module it was given)."""
+    from sparsernn.bench.peers import PeerSpeech, export_speech
+    from sparsernn.config import SpeechModelConfig
+    from sparsernn.models.ctc import SpeechModel
+
+    torch.manual_seed(0)
+    model = SpeechModel(40, 29, SpeechModelConfig(cell=cell, hidden_size=32, layers=2,
+                                                   bidirectional=bidirectional)).eval()
+    for norm in model.modules():  # running statistics away from their initial 0 and 1
+        if isinstance(norm, (torch.nn.BatchNorm1d, torch.nn.BatchNorm2d)):
+            norm.running_mean.uniform_(-0.5, 0.5)
+            norm.running_var.uniform_(0.5, 2.0)
+    recognizer = PeerSpeech(peer, export_speech(model, tmp_path, 40))
+    assert not any(module.training for module in model.modules())
+    for frames in (17, 50, 123):
+        features = torch.randn(40, frames)
+        with torch.no_grad():
+            expected = model(features[None], torch.tensor([frames]))[0][:, 0].numpy()
+        np.testing.assert_allclose(recognizer.log_probs(features.numpy()), expected, atol=1e-4)
+
+
+def test_a_clipped_relu_speech_model_is_not_exported(tmp_path):
+    from sparsernn.bench.peers import export_speech
+    from sparsernn.config import SpeechModelConfig
+    from sparsernn.models.ctc import SpeechModel
+
+    model = SpeechModel(40, 29, SpeechModelConfig(cell="rnn_clipped_relu", hidden_size=16, layers=1))
+    with pytest.raises(ValueError, match="Python loop"):
+        export_speech(model, tmp_path, 40)

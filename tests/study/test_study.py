@@ -131,6 +131,7 @@ def test_speech_study_measures_error_rates_and_audio_speed(tmp_path, speech_conf
     assert results[1]["audio_seconds"] > 0 and results[1]["sparsity"] == pytest.approx(0.8, abs=0.01)
     report = (tmp_path / "out/report.md").read_text()
     assert "| test CER | test WER | CER beam | WER beam | CER vs dense |" in report
+    assert_peers_timed_where_installed(results, report)
 
 
 def test_translation_study_measures_bleu_and_sentence_speed(tmp_path):
