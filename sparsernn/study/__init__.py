@@ -34,6 +34,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from sparsernn.config import ConfigError, RunConfig, _format_errors, load_config
 from sparsernn.errors import UserError
+from sparsernn.study.claims import Claim
 
 
 class TrainingFailed(UserError):
@@ -60,6 +61,8 @@ class StudyConfig(BaseModel):
                                  "a time")
     beam: int = Field(16, ge=0, description="speech: prefix beam width for the beam CER/WER; translation: "
                       "beam search width for the beam BLEU (0: off)")
+    claims: tuple[Claim, ...] = Field((), description="claims the report computes verdicts for "
+                                      "(sparsernn.study.claims)")
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:
@@ -72,6 +75,10 @@ class StudyConfig(BaseModel):
             for reference in references(run):
                 if reference not in names[:i]:
                     raise ValueError(f"run {run.name}: {{run:{reference}}} must name an earlier run")
+        for claim in self.claims:
+            unknown = [name for name in (*claim.runs, *claim.against) if name not in names]
+            if unknown:
+                raise ValueError(f"claim {claim.claim!r} names runs that are not in the study: {unknown}")
         return self
 
 

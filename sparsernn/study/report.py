@@ -6,13 +6,14 @@ import csv
 import json
 from pathlib import Path
 
+from sparsernn.study.claims import claims_table
 from sparsernn.study.measure import training_curves
 
 PRUNED = ("narang", "agp", "oneshot")
 
 
 def _metric(result: dict) -> tuple[str, float]:
-    """The headline metric: test perplexity, greedy CER, or greedy BLEU."""
+    """The headline metric: test perplexity, greedy CER (both lower is better), or greedy BLEU."""
     if result["task"] == "speech":
         return "CER", result["metrics"]["cer_greedy"]
     if result["task"] == "translation":
@@ -236,6 +237,8 @@ def write_report(out: Path) -> Path:
     if task == "translation":
         lines += [f"BLEU: sacrebleu `{baseline['bleu_signature']}`; chrF: `{baseline['chrf_signature']}`; "
                   "detokenized output against the references as written.", ""]
+    lines += claims_table(study.claims, {r["name"]: _metric(r)[1] for r in results}, _metric(baseline)[0],
+                          higher_is_better=task == "translation")
     lines += _seed_spread(study, results, task)
     missing = [run.name for run in study.runs if run.name not in {r["name"] for r in results}]
     if missing:

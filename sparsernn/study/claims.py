@@ -1,0 +1,95 @@
+"""The paper's claims as computed verdicts: a difference between two groups of runs (seeds of one
+configuration each), its 95% interval, and what follows from it.
+
+A study config lists its claims::
+
+    claims:
+      - claim: "1. ~90% sparsity costs a moderate loss at the same width"
+        runs: [narang90, narang90-seed1]
+        against: [dense, dense-seed1]
+        test: within
+        margin: 0.25
+      - claim: "3. gradual pruning beats hard pruning"
+        runs: [narang90]
+        against: [oneshot90-late]
+        test: better
+
+The measure is the **relative loss** of ``runs`` against ``against``: ``(mean(runs) - mean(against)) /
+mean(against)`` for metrics where lower is better (perplexity, CER), the negative of that for BLEU, so a
+positive loss is always worse. Its 95% interval is Welch's t interval on the difference of the two means
+(``scipy.stats.ttest_ind(equal_var=False)``), divided by ``mean(against)`` (the denominator's own
+uncertainty is left out). It needs two or more runs on each side; with fewer the verdict is "not shown
+(one seed)". Verdicts:
+
+- ``better``: holds if the whole interval is below 0 (``runs`` better), contradicted if it is all above
+  0, else not shown;
+- ``within``: holds if the whole interval is below ``margin`` (``runs`` at most that much worse),
+  contradicted if it is all above ``margin``, else not shown.
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Claim(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    claim: str = Field(description="the claim as the report names it")
+    runs: tuple[str, ...] = Field(min_length=1, description="the runs the claim is about (seeds of one "
+                                  "setup)")
+    against: tuple[str, ...] = Field(min_length=1, description="the runs they are compared with")
+    test: Literal["better", "within"]
+    margin: float = Field(0.0, ge=0.0, description="within: the largest relative loss that still holds")
+
+
+def _signed(values: list[float], higher_is_better: bool) -> list[float]:
+    return [-v for v in values] if higher_is_better else list(values)
+
+
+def verdict(claim: Claim, metric: dict[str, float], higher_is_better: bool) -> dict:
+    """The claim against ``metric`` (run name -> test metric): the means, the relative loss, its 95%
+    interval (None with fewer than two runs on a side) and the verdict."""
+    from scipy import stats
+
+    runs = [metric[name] for name in claim.runs if name in metric]
+    against = [metric[name] for name in claim.against if name in metric]
+    result = {"claim": claim.claim, "runs": len(runs), "against": len(against)}
+    if not runs or not against:
+        return result | {"verdict": "not measured"}
+    base = statistics.fmean(against)
+    loss = (statistics.fmean(_signed(runs, higher_is_better)) - statistics.fmean(_signed(against,
+                                                                                       higher_is_better)))
+    result |= {"mean": statistics.fmean(runs), "mean_against": base, "loss": loss / abs(base)}
+    if len(runs) < 2 or len(against) < 2:
+        return result | {"low": None, "high": None, "verdict": "not shown (one seed)"}
+    test = stats.ttest_ind(_signed(runs, higher_is_better), _signed(against, higher_is_better),
+                           equal_var=False)
+    interval = test.confidence_interval(0.95)
+    low, high = interval.low / abs(base), interval.high / abs(base)
+    bound = claim.margin if claim.test == "within" else 0.0
+    outcome = "holds" if high < bound else "contradicted" if low > bound else "not shown"
+    return result | {"low": low, "high": high, "verdict": outcome}
+
+
+def claims_table(claims: tuple[Claim, ...], metric: dict[str, float], metric_name: str,
+                 higher_is_better: bool) -> list[str]:
+    """The report's claims table (markdown lines), each row computed by :func:`verdict`."""
+    if not claims:
+        return []
+    lines = [f"Claims (test {metric_name}; loss = how much worse than the runs compared with, relative; "
+             "95% interval: Welch's t over seeds):", "",
+             "| claim | runs (seeds) | against (seeds) | loss | 95% interval | test | verdict |",
+             "|---|---|---|---|---|---|---|"]
+    for claim in claims:
+        v = verdict(claim, metric, higher_is_better)
+        shown = "-" if "loss" not in v else f"{v['loss']:+.1%}"
+        interval = "-" if v.get("low") is None else f"{v['low']:+.1%} to {v['high']:+.1%}"
+        test = "better" if claim.test == "better" else f"loss under {claim.margin:.0%}"
+        lines.append(f"| {claim.claim} | {', '.join(claim.runs)} ({v['runs']}) "
+                     f"| {', '.join(claim.against)} ({v['against']}) | {shown} | {interval} | {test} "
+                     f"| {v['verdict']} |")
+    return [*lines, ""]
