@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import statistics
 from pathlib import Path
 
 from sparsernn.study.claims import claims_table
@@ -89,16 +90,21 @@ def _markdown(rows: list[dict], task: str) -> list[str]:
     return lines
 
 
-def _seed_spread(study, results: list[dict], task: str) -> list[str]:
-    """Runs that differ only in ``train.seed``: their metric side by side, so readers see the noise."""
+def _setups(study, results: list[dict]) -> list[list[dict]]:
+    """The results grouped by setup: runs that differ only in ``train.seed`` share a group."""
     by_name = {r["name"]: r for r in results}
     groups: dict[tuple, list[dict]] = {}
     for run in study.runs:
         if run.name in by_name:
             key = (str(run.config), tuple(item for item in run.set if not item.startswith("train.seed=")))
             groups.setdefault(key, []).append(by_name[run.name])
+    return list(groups.values())
+
+
+def _seed_spread(study, results: list[dict], task: str) -> list[str]:
+    """Runs that differ only in ``train.seed``: their metric side by side, so readers see the noise."""
     lines = []
-    for group in groups.values():
+    for group in _setups(study, results):
         if len(group) > 1:
             values = [_metric(r)[1] for r in group]
             form = "{:.1%}" if task == "speech" else "{:.2f}"
@@ -114,7 +120,26 @@ def _seed_spread(study, results: list[dict], task: str) -> list[str]:
             *lines, ""]
 
 
-def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, str]]:
+def _label_apart(axis, points: list[tuple[float, float, str]], size: float = 7.0) -> None:
+    """Name each point, moving a label up or down (in steps of one line) until its box, estimated
+    from the font size, overlaps no label placed before it."""
+    figure = axis.figure
+    figure.canvas.draw()  # fixes the axis limits, so data map to display points
+    to_points = 72.0 / figure.dpi
+    placed: list[tuple[float, float, float, float]] = []
+    for x, y, text in sorted(points):
+        px, py = (value * to_points for value in axis.transData.transform((x, y)))
+        width, height = 0.55 * size * len(text), 1.2 * size
+        for step in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5):
+            box = (px + 4, py + 2 + step * height, px + 4 + width, py + 2 + (step + 1) * height)
+            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+                break
+        placed.append(box)
+        axis.annotate(text, (x, y), xytext=(4, 2 + step * height), textcoords="offset points", fontsize=size)
+
+
+def _plots(out: Path, study, results: list[dict], metric_name: str,
+           higher_is_better: bool) -> list[tuple[str, str]]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -131,20 +156,35 @@ def _plots(out: Path, results: list[dict], metric_name: str) -> list[tuple[str, 
     methods = ("dense", "narang", "agp", "oneshot", "small_dense", "distill")
     colors = {method: f"C{i}" for i, method in enumerate(methods)}
 
-    figure, axis = plt.subplots(figsize=(6, 4))
-    for r in results:
-        value = _metric(r)[1]
-        axis.scatter(r["nonzero_parameters"], value, color=colors[r["method"]], label=r["method"])
-        axis.annotate(r["name"], (r["nonzero_parameters"], value), fontsize=7, xytext=(3, 3),
-                      textcoords="offset points")
-    handles, labels = axis.get_legend_handles_labels()
-    unique = dict(zip(labels, handles, strict=True))
-    axis.legend(unique.values(), unique.keys(), fontsize=7)
+    figure, axis = plt.subplots(figsize=(7, 4.5))
     axis.set_xscale("log")
+    by_method: dict[str, list[tuple]] = {}
+    for group in _setups(study, results):  # one point per setup: the mean over its seeds
+        values = [_metric(r)[1] for r in group]
+        label = group[0]["name"] + (f" ({len(group)} seeds)" if len(group) > 1 else "")
+        by_method.setdefault(group[0]["method"], []).append(
+            (statistics.fmean(r["nonzero_parameters"] for r in group), statistics.fmean(values),
+             min(values), max(values), label))
+    for method, points in by_method.items():
+        points.sort()
+        x, y, low, high, _ = (list(column) for column in zip(*points, strict=True))
+        axis.errorbar(x, y, yerr=[[m - lo for m, lo in zip(y, low, strict=True)],
+                                  [hi - m for m, hi in zip(y, high, strict=True)]],
+                      color=colors[method], marker="o", capsize=3, label=method, linestyle="none")
+        best: dict[float, float] = {}  # the method's frontier: its best setup at each size (within 2%)
+        for size, value in zip(x, y, strict=True):
+            near = next((s for s in best if abs(size / s - 1) < 0.02), size)
+            best[near] = value if near not in best else (max if higher_is_better else min)(best[near], value)
+        if len(best) > 1:
+            axis.plot(list(best), list(best.values()), color=colors[method], linewidth=1)
+    _label_apart(axis, [(x, y, label) for points in by_method.values() for x, y, _, _, label in points])
+    axis.legend(fontsize=7)
     axis.set_xlabel("non-zero parameters")
     axis.set_ylabel(f"test {metric_name}")
     axis.set_title("accuracy against size")
-    save(figure, "frontier.png", f"Test {metric_name} against non-zero parameters, every run")
+    save(figure, "frontier.png", f"Test {metric_name} against non-zero parameters: one point per setup, the "
+         "mean over its seeds, bars from the lowest to the highest seed; each method's line joins its best "
+         "setup at each size")
 
     pruned = [r for r in results if r["method"] in PRUNED]
     if pruned:
@@ -243,7 +283,7 @@ def write_report(out: Path) -> Path:
     missing = [run.name for run in study.runs if run.name not in {r["name"] for r in results}]
     if missing:
         lines += [f"Not finished, left out: {', '.join(missing)}.", ""]
-    for file, caption in _plots(out, results, _metric(baseline)[0]):
+    for file, caption in _plots(out, study, results, _metric(baseline)[0], task == "translation"):
         lines += [f"![{caption}]({file})", "", f"*{caption}.*", ""]
     path = out / "report.md"
     path.write_text("\n".join(lines))
