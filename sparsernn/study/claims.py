@@ -29,7 +29,9 @@ uncertainty is left out). It needs two or more runs on each side; with fewer the
 
 from __future__ import annotations
 
+import json
 import statistics
+from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +46,15 @@ class Claim(BaseModel):
     against: tuple[str, ...] = Field(min_length=1, description="the runs they are compared with")
     test: Literal["better", "within"]
     margin: float = Field(0.0, ge=0.0, description="within: the largest relative loss that still holds")
+
+
+def headline_metric(result: dict) -> tuple[str, float]:
+    """A run's headline metric: test perplexity, greedy CER (both lower is better), or greedy BLEU."""
+    if result["task"] == "speech":
+        return "CER", result["metrics"]["cer_greedy"]
+    if result["task"] == "translation":
+        return "BLEU", result["metrics"]["bleu_greedy"]
+    return "perplexity", result["metrics"]["perplexity"]
 
 
 def _signed(values: list[float], higher_is_better: bool) -> list[float]:
@@ -93,3 +104,38 @@ def claims_table(claims: tuple[Claim, ...], metric: dict[str, float], metric_nam
                      f"| {', '.join(claim.against)} ({v['against']}) | {shown} | {interval} | {test} "
                      f"| {v['verdict']} |")
     return [*lines, ""]
+
+
+def study_verdicts(out: Path) -> tuple[str, list[dict]]:
+    """The metric name and the verdict of each claim of the study in ``out``, from its ``study.yaml``
+    and ``results.json`` (as its report computes them)."""
+    from sparsernn.study import load_study
+
+    study = load_study(out / "study.yaml")
+    runs = json.loads((out / "results.json").read_text())["runs"]
+    metric = {r["name"]: headline_metric(r)[1] for r in runs}
+    name = headline_metric(runs[0])[0]
+    return name, [verdict(claim, metric, higher_is_better=runs[0]["task"] == "translation")
+                  for claim in study.claims]
+
+
+def readme_table(studies: dict[str, Path]) -> str:
+    """One table of every study's claims side by side (``studies``: column title -> study directory),
+    rows matched by the claim's text: what the README shows."""
+    columns = {title: study_verdicts(out) for title, out in studies.items()}
+    claims = list(dict.fromkeys(v["claim"] for _, verdicts in columns.values() for v in verdicts))
+    header = "| claim | " + " | ".join(f"{title} (test {name})" for title, (name, _) in columns.items())
+    header += " |"
+    lines = [header, "|" + "---|" * (len(columns) + 1)]
+    for text in claims:
+        cells = []
+        for _, verdicts in columns.values():
+            v = next((v for v in verdicts if v["claim"] == text), None)
+            if v is None or "loss" not in v:
+                cells.append("not measured")
+            elif v.get("low") is None:
+                cells.append(f"{v['loss']:+.1%}, {v['verdict']}")
+            else:
+                cells.append(f"{v['loss']:+.1%} ({v['low']:+.1%} to {v['high']:+.1%}): **{v['verdict']}**")
+        lines.append(f"| {text} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -7,19 +7,13 @@ import json
 import statistics
 from pathlib import Path
 
-from sparsernn.study.claims import claims_table
+from sparsernn.study.claims import claims_table, headline_metric
 from sparsernn.study.measure import training_curves
 
 PRUNED = ("narang", "agp", "oneshot")
 
 
-def _metric(result: dict) -> tuple[str, float]:
-    """The headline metric: test perplexity, greedy CER (both lower is better), or greedy BLEU."""
-    if result["task"] == "speech":
-        return "CER", result["metrics"]["cer_greedy"]
-    if result["task"] == "translation":
-        return "BLEU", result["metrics"]["bleu_greedy"]
-    return "perplexity", result["metrics"]["perplexity"]
+_metric = headline_metric
 
 
 #: The baseline's dense runtimes a run may have been timed against, beside PyTorch.
