@@ -469,6 +469,20 @@ static void column_blocks_4(const Matrix *m, int br0, int br1, const float *X, l
     }
 }
 
+/* A tile's `width` columns of X side by side (so that the loads of x stay in a few pages instead of one
+ * page per input feature), in a buffer the caller frees; NULL, with X and ldx unchanged, where they
+ * already are side by side or no memory was free (the kernels then read X at its own stride). */
+static float *pack_tile(const Matrix *m, const float **X, long *ldx, int width) {
+    if (*ldx == width) return NULL;
+    float *packed = aligned_alloc(64, ((size_t)m->cols * width * sizeof(float) + 63) / 64 * 64);
+    if (packed) {
+        for (int col = 0; col < m->cols; ++col)
+            memcpy(packed + (size_t)col * width, *X + (size_t)col * *ldx, (size_t)width * sizeof(float));
+        *X = packed, *ldx = width;
+    }
+    return packed;
+}
+
 /* Unstructured, 16 columns (rows of X at stride ldx): per non-zero one broadcast of the weight and two
  * FMAs; four non-zeros in flight, so eight accumulators cover the FMA latency. The 16 columns are first
  * copied side by side (64 bytes per input feature), so that the loads of x stay in a few pages instead of
@@ -476,11 +490,7 @@ static void column_blocks_4(const Matrix *m, int br0, int br1, const float *X, l
  * that stays in L1; packing all tiles once in rows_product into one large buffer was tried and was slower. */
 static void csr_tile16_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                            const float *bias) {
-    float *packed = ldx == 16 ? NULL : aligned_alloc(64, (size_t)m->cols * 64);
-    if (packed) {
-        for (int col = 0; col < m->cols; ++col) memcpy(packed + (size_t)col * 16, X + (size_t)col * ldx, 64);
-        X = packed, ldx = 16;
-    }
+    float *packed = pack_tile(m, &X, &ldx, 16);
     const uint16_t *ix = (const uint16_t *)m->index;
     const float *v = m->values;
     for (int row = br0; row < br1; ++row) {
@@ -512,11 +522,7 @@ static void csr_tile16_u16(const Matrix *m, int br0, int br1, const float *X, lo
 /* The same with AVX-512 (chosen at run time): one 16-wide FMA per non-zero instead of two 8-wide. */
 AVX512 static void csr_tile16_avx512(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y,
                                      long ldy, const float *bias) {
-    float *packed = ldx == 16 ? NULL : aligned_alloc(64, (size_t)m->cols * 64);
-    if (packed) {
-        for (int col = 0; col < m->cols; ++col) memcpy(packed + (size_t)col * 16, X + (size_t)col * ldx, 64);
-        X = packed, ldx = 16;
-    }
+    float *packed = pack_tile(m, &X, &ldx, 16);
     const uint16_t *ix = (const uint16_t *)m->index;
     const float *v = m->values;
     for (int row = br0; row < br1; ++row) {
@@ -537,11 +543,7 @@ AVX512 static void csr_tile16_avx512(const Matrix *m, int br0, int br1, const fl
  * broadcast weight times the feature's 4 x values, four non-zeros in flight; x packed as for 16 columns. */
 static void csr_tile4_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                           const float *bias) {
-    float *packed = ldx == 4 ? NULL : aligned_alloc(64, ((size_t)m->cols * 16 + 63) / 64 * 64);
-    if (packed) {
-        for (int col = 0; col < m->cols; ++col) memcpy(packed + (size_t)col * 4, X + (size_t)col * ldx, 16);
-        X = packed, ldx = 4;
-    }
+    float *packed = pack_tile(m, &X, &ldx, 4);
     const uint16_t *ix = (const uint16_t *)m->index;
     const float *v = m->values;
     for (int row = br0; row < br1; ++row) {
