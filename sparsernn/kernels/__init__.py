@@ -53,7 +53,7 @@ class OneColumn(NamedTuple):
 
     lanes: int
     sigma: int
-    ptr: np.ndarray  # int32 (segments + 1,)
+    ptr: np.ndarray  # int32 (groups + 1,) for 8 lanes, (groups * slices + 1,) for 16
     order: np.ndarray  # int32 (groups * lanes,)
     index: np.ndarray  # uint16 (slots, 8) or uint8 (slots, 16)
     values: np.ndarray  # float32 (slots, lanes)
