@@ -75,3 +75,20 @@ def test_device_comparison_runs_on_any_torch_device():
     table = markdown_table({"machine": machine(), "block": [8, 1], "rows": [],
                             "cuda": {"device": "stand-in", "rows": rows}})
     assert "CUDA device: stand-in" in table and "| torch_csr_cpu |" in table
+
+
+def test_end_to_end_times_an_exported_model_file(tmp_path):
+    """`sparsernn bench --model FILE`: the file in the engine against its dense weights in PyTorch (and
+    the peers where installed), both modes, with the lengths asked for."""
+    from sparsernn.bench.end_to_end import QUICK_SHAPE, _pruned_model, end_to_end_rows
+    from sparsernn.export import save_sparse
+
+    model, architecture = _pruned_model(QUICK_SHAPE, (1, 1))
+    path = tmp_path / "lm.safetensors"
+    save_sparse(model, path, extra={"architecture": architecture,
+                                    "vocabulary": [str(i) for i in range(QUICK_SHAPE["vocab"])]})
+    rows = end_to_end_rows(str(path), (8, 1), steps=(5, 7), progress=lambda line: None)
+    timed = [row for row in rows if "skipped" not in row]
+    assert {row["method"] for row in timed} >= {"pytorch", "sparsernn_file"}
+    assert {(row["mode"], row["tokens"]) for row in rows} == {("streaming", 5), ("sequence", 7)}
+    assert all(row["model"] == "lm.safetensors" and row["tokens_per_s"] > 0 for row in timed)
