@@ -171,6 +171,8 @@ class PruneConfig(_Section):
     per_gate: bool = False
     block: tuple[int, int] = Field((1, 1), description="prune r x c blocks by their largest magnitude; "
                                    "(8, 1) runs fastest in the engine")
+    exclude: tuple[str, ...] = Field((), description="parameter names left dense, shell patterns "
+                                     "('attention_score.weight': a 1 x 256 matrix no 8x1 block tiles)")
     q_scope: Literal["tensor", "group"] = "tensor"
     q_from: Literal["start", "update"] = "update"
     match_nonzeros: int | None = Field(None, ge=1, description="small_dense/distill: size the dense "

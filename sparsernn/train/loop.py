@@ -73,7 +73,9 @@ def _truncate_metrics(path: Path, step: int) -> list[dict]:
 
 
 def _resumable(config: dict) -> dict:
-    """The config fields a resumed run must share (it may raise train.max_steps)."""
+    """The config fields a resumed run must share (it may raise train.max_steps), with the defaults of
+    fields added since the checkpoint was written filled in."""
+    config = config_to_dict(RunConfig.model_validate(config))
     return {**config, "train": {k: v for k, v in config["train"].items() if k != "max_steps"}}
 
 
@@ -115,8 +117,12 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     trained = DistributedDataParallel(model) if ranks.enabled else model
     optimizer = make_optimizer(model, config)
     schedule = prune_schedule(config.prune, config.train.epochs, steps_per_epoch)
-    pruner = Pruner(model, dict.fromkeys(config.prune.groups, schedule), optimizer,
-                    per_gate=config.prune.per_gate, block=config.prune.block)
+    try:
+        pruner = Pruner(model, dict.fromkeys(config.prune.groups, schedule), optimizer,
+                        exclude=config.prune.exclude, per_gate=config.prune.per_gate,
+                        block=config.prune.block)
+    except ValueError as error:  # e.g. a block shape that does not tile some matrix
+        raise ConfigError(f"prune: {error} (prune.exclude leaves the parameters it names dense)") from None
     state, carry = LoopState(), task.new_carry()
     record = {}  # the last evaluation
 

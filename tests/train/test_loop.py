@@ -72,3 +72,17 @@ def test_resume_rejects_a_different_config(tmp_path, tiny_config):
         train(RunConfig.model_validate(changed), tmp_path / "run", resume=True)
     extended = {**tiny_config, "train": {**tiny_config["train"], "max_steps": 30}}
     assert train(RunConfig.model_validate(extended), tmp_path / "run", resume=True)["step"] == 30
+
+
+def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, tiny_config):
+    """A config field added later (here prune.exclude) takes its default in the old checkpoint's config."""
+    from sparsernn.checkpoint import load_checkpoint, save_checkpoint
+
+    train(RunConfig.model_validate({**tiny_config, "train": {**tiny_config["train"], "max_steps": 20}}),
+          tmp_path / "run")
+    last = tmp_path / "run" / "checkpoints" / "last.pt"
+    checkpoint = load_checkpoint(last)
+    del checkpoint["config"]["prune"]["exclude"]  # as an older sparsernn wrote it
+    save_checkpoint(last, checkpoint)
+    extended = {**tiny_config, "train": {**tiny_config["train"], "max_steps": 30}}
+    assert train(RunConfig.model_validate(extended), tmp_path / "run", resume=True)["step"] == 30

@@ -113,3 +113,21 @@ def test_bad_parallel_data_stops_before_training(tmp_path, capsys):
     error = capsys.readouterr().err
     assert "train.en: 597 lines, but" in error and "train.de has 600" in error
     assert len(error.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_blocks_that_do_not_tile_a_matrix_name_it_and_exclude_leaves_it_dense(tmp_path, parallel_dir):
+    """8x1 blocks cannot tile the 1 x H attention score: a config error naming it, unless excluded."""
+    from sparsernn.config import ConfigError
+
+    config = translation_config_for(parallel_dir)
+    config["train"]["max_steps"] = 30
+    config["prune"] = {"method": "oneshot", "at": 10, "sparsity": 0.5, "block": [8, 1]}
+    with pytest.raises(ConfigError, match=r"attention_score.weight .*prune.exclude"):
+        train(RunConfig.model_validate(config), tmp_path / "refused")
+    config["prune"]["exclude"] = ["attention_score.weight", "output.*"]  # this vocabulary: 60 rows
+    train(RunConfig.model_validate(config), tmp_path / "run")
+    masks = load_checkpoint(tmp_path / "run" / "checkpoints" / "last.pt")["pruner"]["masks"]
+    assert not {"attention_score.weight", "output.weight"} & set(masks)
+    assert "decoder.weight_hh_l0" in masks
+    kept = masks["decoder.weight_hh_l0"].reshape(-1, 8, masks["decoder.weight_hh_l0"].shape[1])
+    assert bool((kept.all(dim=1) | ~kept.any(dim=1)).all())  # whole 8x1 blocks kept or removed
