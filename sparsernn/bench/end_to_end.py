@@ -106,10 +106,18 @@ def time_model(name: str, dense_model: LanguageModel, variants: dict[str, str], 
                steps: tuple[int, int] = (200, 2000), rounds: int = 5, progress=print) -> list[dict]:
     """Rows for one model: the dense model in PyTorch and the peers, and each exported ``variants``
     file in our engine, streaming ``steps[0]`` tokens and a whole sequence of ``steps[1]``, timed in
-    turns (``rounds`` rounds)."""
+    turns (``rounds`` rounds), torch on ``threads`` threads."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        return _time_model(name, dense_model, variants, threads, steps, rounds, progress)
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _time_model(name, dense_model, variants, threads, steps, rounds, progress) -> list[dict]:
     from sparsernn.bench import measure_in_turns
 
-    torch.set_num_threads(threads)
     vocab = dense_model.decoder.out_features
     random = torch.randint(0, vocab, (max(steps), 1), generator=torch.Generator().manual_seed(0)).numpy()
     tokens = {"streaming": random[:steps[0]], "sequence": random[:steps[1]]}
