@@ -13,7 +13,7 @@
  *           then taken 8 at a time; group g holds slots [ptr[g], ptr[g+1]), slot s the s-th non-zero of
  *           each of its 8 rows (lanes) in values[8s..8s+8] and index[8s..8s+8] (uint16; zero value,
  *           index 0 past a row's end), and lane l computes row order[8g + l].
- *     lanes 16, sliced (AVX-512): columns in slices of 32; each window of sigma rows split into
+ *     lanes 16, sliced (AVX-512): columns in slices of 32; each window of sigma rows, sorted by length, split into
  *           ceil(sigma/16) groups of 16 rows (lane l of group g computes row order[16g + l], -1 for a
  *           lane past the window); segment (g, j) = group g's non-zeros in slice j, slots
  *           [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
