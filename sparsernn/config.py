@@ -211,6 +211,8 @@ class TrainConfig(_Section):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
     lr_decay: float = Field(0.25, gt=0.0, le=1.0, description="factor on a validation plateau")
     patience: int = Field(0, ge=0, description="evaluations without improvement before decay")
+    anneal_from: int | None = Field(None, ge=1, description="from the end of this epoch on, lr *= lr_decay "
+                                    "after every epoch instead of on plateaus (one schedule for all runs)")
     eval_every: int | None = Field(None, ge=1, description="steps; default once per epoch")
     log_every: int = Field(50, ge=1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="translation: on the target words")

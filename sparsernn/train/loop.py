@@ -163,7 +163,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
                 "optimizer": optimizer.state_dict(), "pruner": pruner.state_dict(),
                 "loop": asdict(state), "ranks": gathered, "artifacts": task.artifacts()})
 
-    def run_evaluation() -> dict:
+    def run_evaluation(end_of_epoch: bool) -> dict:
         # Every rank evaluates the same data with the same weights (and batch-norm statistics, taken
         # from rank 0): identical decisions, no messages.
         distributed.broadcast_buffers(model, ranks)
@@ -172,14 +172,16 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
         record = {"kind": "eval", "step": state.step, "epoch": state.epoch, **metrics,
                   "sparsity": pruner.sparsity(), "lr": optimizer.param_groups[0]["lr"],
                   "train_seconds": state.train_seconds, **task.skipped_metrics(state.skipped)}
+        annealing = config.train.anneal_from is not None and state.epoch >= config.train.anneal_from
         if valid_loss < state.best_valid_loss:
             state.best_valid_loss, state.evaluations_without_improvement = valid_loss, 0
         else:
             state.evaluations_without_improvement += 1
-            if state.evaluations_without_improvement > config.train.patience:
-                for group in optimizer.param_groups:
-                    group["lr"] *= config.train.lr_decay
-                state.evaluations_without_improvement = 0
+        if annealing and end_of_epoch or (not annealing and
+                                          state.evaluations_without_improvement > config.train.patience):
+            for group in optimizer.param_groups:
+                group["lr"] *= config.train.lr_decay
+            state.evaluations_without_improvement = 0
         # best.pt: the best model with its final masks, never a denser one from before; the lowest
         # validation loss, or what the task selects by (translation: the highest BLEU).
         selection = task.selection(metrics)
@@ -220,7 +222,7 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
             if end_of_epoch:
                 state.epoch, state.position, carry = state.epoch + 1, 0, task.new_carry()
             if state.step % eval_every == 0 or end_of_epoch or state.step == total_steps:
-                record = run_evaluation()
+                record = run_evaluation(end_of_epoch)
                 progress.set_postfix_str(f"{task.summary(record)}, sparsity {record['sparsity']:.1%}",
                                          refresh=False)
             if state.step >= total_steps or end_of_epoch:
