@@ -55,6 +55,7 @@ class StudyConfig(BaseModel):
     title: str
     baseline: str = Field(description="the dense run every other run is compared with")
     runs: tuple[StudyRun, ...] = Field(min_length=1)
+    set: tuple[str, ...] = Field((), description="overrides for every run, before the run's own")
     speed_tokens: int = Field(500, ge=2, description="language models: test tokens streamed at batch 1")
     speed_utterances: int = Field(20, ge=1, description="speech: test utterances timed one at a time")
     speed_sentences: int = Field(100, ge=1, description="translation: test sentences translated one at "
@@ -104,17 +105,18 @@ def references(run: StudyRun) -> list[str]:
     return re.findall(r"\{run:([^}]*)\}", " ".join(run.set))
 
 
-def overrides(run: StudyRun, out: Path) -> list[str]:
-    """The run's ``--set`` items with ``{out}`` and ``{run:NAME}`` filled in."""
+def overrides(study: StudyConfig, run: StudyRun, out: Path) -> list[str]:
+    """The study's and then the run's ``--set`` items with ``{out}`` and ``{run:NAME}`` filled in."""
     def best(match: re.Match) -> str:
         return str(run_dir(out, match.group(1)) / "checkpoints" / "best.pt")
 
-    return [re.sub(r"\{run:([^}]*)\}", best, item.replace("{out}", str(out))) for item in run.set]
+    return [re.sub(r"\{run:([^}]*)\}", best, item.replace("{out}", str(out)))
+            for item in (*study.set, *run.set)]
 
 
 def run_config(study: StudyConfig, run: StudyRun, out: Path) -> RunConfig:
     """A run's resolved training config: its file with the study's placeholders filled in."""
-    return load_config(run.config, overrides(run, out))
+    return load_config(run.config, overrides(study, run, out))
 
 
 def is_finished(directory: Path) -> bool:
@@ -154,7 +156,7 @@ def _train_side_by_side(study: StudyConfig, out: Path, jobs: int) -> None:
                 directory.mkdir(parents=True, exist_ok=True)
                 resume = (directory / "checkpoints" / "last.pt").exists()
                 command = [sys.executable, "-m", "sparsernn", "train", str(run.config), "--out",
-                           str(directory), *(f"--set={item}" for item in overrides(run, out)),
+                           str(directory), *(f"--set={item}" for item in overrides(study, run, out)),
                            *(["--resume"] if resume else [])]
                 log = (directory / "train.log").open("a")
                 environment = {**os.environ, "OMP_NUM_THREADS": str(threads)}

@@ -254,6 +254,28 @@ def test_committed_studies_resolve_every_run(name, tmp_path, monkeypatch):
                                                          "distill"}
 
 
+def test_the_study_overrides_every_run_before_its_own(tmp_path, tiny_config):
+    config = write_config(tmp_path, "sparse", tiny_config)
+    study = load_study(write_study(tmp_path, [{"name": "dense", "config": config},
+                                              {"name": "b", "config": config, "set": ["train.epochs=3"]}],
+                                   set=["train.epochs=5", "train.seed=7"]))
+    dense, b = (run_config(study, run, tmp_path) for run in study.runs)
+    assert (dense.train.epochs, dense.train.seed, b.train.epochs, b.train.seed) == (5, 7, 3, 7)
+
+
+def test_the_frontier_study_trains_every_run_on_one_schedule_and_seeds_its_claims_three_times(
+        tmp_path, monkeypatch):
+    root = Path(__file__).parents[2]
+    study = load_study(root / "configs/studies/ptb-frontier.yaml")
+    monkeypatch.chdir(root)
+    configs = {run.name: run_config(study, run, tmp_path) for run in study.runs}
+    assert {(c.train.epochs, c.train.anneal_from) for c in configs.values()} == {(8, 6)}
+    for claim in study.claims:
+        for names in (claim.runs, claim.against):
+            assert sorted(configs[name].train.seed for name in names) == [0, 1, 2]
+            assert len({str(configs[name].model_dump(exclude={"train": {"seed"}})) for name in names}) == 1
+
+
 RESULTS = Path(__file__).parents[2] / "docs/results"
 
 

@@ -91,5 +91,6 @@ def test_a_checkpoint_from_before_a_new_config_field_still_resumes(tmp_path, tin
 def test_annealing_decays_the_learning_rate_after_every_epoch_from_the_given_one(tmp_path, tiny_config):
     tiny_config["train"].update(epochs=4, anneal_from=2, lr_decay=0.5, patience=1000)
     train(RunConfig.model_validate(tiny_config), tmp_path / "run")
-    lr_by_epoch = {r["epoch"]: r["lr"] for r in metrics_without_timing(tmp_path / "run") if r["kind"] == "train"}
+    records = metrics_without_timing(tmp_path / "run")
+    lr_by_epoch = {r["epoch"]: r["lr"] for r in records if r["kind"] == "train"}
     assert lr_by_epoch == {0: 5.0, 1: 5.0, 2: 2.5, 3: 1.25}
