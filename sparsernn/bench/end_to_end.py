@@ -156,7 +156,8 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
                     threads: tuple[int, ...] = (1,), steps: tuple[int, int] | None = None,
                     progress=print) -> list[dict]:
     """Rows for an exported model file (``model_path``), or else for each of :data:`SHAPES` (the quick
-    shape with ``quick``) pruned 90% at random, unstructured and in ``block`` blocks. ``steps``: tokens
+    shape with ``quick``) pruned 90% at random, unstructured (float32 and bfloat16 values) and in ``block``
+    blocks. ``steps``: tokens
     streamed and tokens in the whole sequence (default 200 and 2,000; 20 and 50 with ``quick``)."""
     steps = steps or ((20, 50) if quick else (200, 2000))
     rows = []
@@ -170,11 +171,13 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
             name = (f"{shape['cell']} LM {shape['layers']}x{shape['hidden_size']}, embedding "
                     f"{shape['embedding_size']}, vocabulary {shape['vocab']}, 90% sparse")
             variants = {}
-            for structure, shape_of_block in (("unstructured", (1, 1)), ("blocks", block)):
+            for structure, shape_of_block, values in (("unstructured", (1, 1), "fp32"),
+                                                      ("unstructured_bf16", (1, 1), "bf16"),
+                                                      ("blocks", block, "fp32")):
                 model, architecture = _pruned_model(shape, shape_of_block)
                 path = str(Path(tmp) / f"{structure}.safetensors")
-                save_sparse(model, path, extra={"architecture": architecture,
-                                                "vocabulary": [str(i) for i in range(shape["vocab"])]})
+                save_sparse(model, path, values=values, extra={
+                    "architecture": architecture, "vocabulary": [str(i) for i in range(shape["vocab"])]})
                 variants[structure] = path
             # the last pruned model, run densely: a dense runtime's speed does not depend on the zeros
             for count in threads:

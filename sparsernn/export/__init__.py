@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sparsernn.errors import UserError
-from sparsernn.kernels import CELLS, FormatError, SparseMatrix, smallest_layout
+from sparsernn.kernels import CELLS, FormatError, SparseMatrix, bf16_bits, smallest_layout
 
 FORMAT = 2
 VALUE_TYPES = ("fp32", "fp16", "bf16")
@@ -60,9 +60,7 @@ def encode_values(values: np.ndarray, kind: str) -> np.ndarray:
         return values.astype(np.float32)
     if kind == "fp16":
         return values.astype(np.float16)
-    bits = values.astype(np.float32).view(np.uint32)
-    rounded = bits + 0x7FFF + ((bits >> 16) & 1)
-    return (rounded >> 16).astype(np.uint16)
+    return bf16_bits(values)
 
 
 def decode_values(stored: np.ndarray, kind: str) -> np.ndarray:
@@ -352,4 +350,4 @@ def _matrix(name: str, info: dict, stored: dict[str, np.ndarray]) -> SparseMatri
     if values.ndim != 3 or values.shape[1:] != (r, c):
         raise FormatError(f"values of shape {values.shape} do not hold {r}x{c} blocks")
     return SparseMatrix(shape, (r, c), stored[f"{name}.rowptr"], stored[f"{name}.index"],
-                        np.ascontiguousarray(values))
+                        np.ascontiguousarray(values), bf16=info["values"] == "bf16")

@@ -13,6 +13,7 @@ Activations are feature-major: ``x`` is ``(features, N)``; ``xproj`` is ``(T, ga
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import math
 import warnings
@@ -49,6 +50,9 @@ class OneColumn(NamedTuple):
     ``ptr[g * slices + j + 1]``, holds group ``g``'s non-zeros in slice ``j``: slot ``k`` of it the
     ``k``-th of each lane's row, ``index`` being the column within the slice (uint8). The kernel keeps
     a slice of x in two registers and looks 16 values up in them at once: no x is loaded per non-zero.
+
+    ``values`` are float32, or for a :attr:`SparseMatrix.bf16` matrix the bfloat16 bits (uint16), which
+    the kernels widen in registers: half the value bytes read per product.
     """
 
     lanes: int
@@ -56,7 +60,7 @@ class OneColumn(NamedTuple):
     ptr: np.ndarray  # int32 (groups + 1,) for 8 lanes, (groups * slices + 1,) for 16
     order: np.ndarray  # int32 (groups * lanes,)
     index: np.ndarray  # uint16 (slots, 8) or uint8 (slots, 16)
-    values: np.ndarray  # float32 (slots, lanes)
+    values: np.ndarray  # float32 or bfloat16 bits (uint16), (slots, lanes)
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,8 @@ class SparseMatrix:
 
     ``rowptr`` (int32, ``shape[0] / r + 1``), ``index`` (uint16 or int32 block-column numbers) and
     ``values`` (float32, ``(nblocks, r, c)``) are checked by :meth:`validate`; use :meth:`from_dense`
-    to build one from a (masked) dense array.
+    to build one from a (masked) dense array. ``bf16``: the values are bfloat16 numbers (see
+    :meth:`to_bf16`), and the one-column copies keep them in 16 bits.
     """
 
     shape: tuple[int, int]
@@ -73,6 +78,7 @@ class SparseMatrix:
     rowptr: np.ndarray
     index: np.ndarray
     values: np.ndarray
+    bf16: bool = False
 
     @classmethod
     def from_dense(cls, dense: np.ndarray, block: tuple[int, int] = (1, 1),
@@ -120,6 +126,13 @@ class SparseMatrix:
         for array in (self.rowptr, self.index, self.values):
             if not array.flags.c_contiguous:
                 raise FormatError("arrays must be C-contiguous")
+        if self.bf16 and np.any(self.values.view(np.uint32) & 0xFFFF):
+            raise FormatError("bf16 is set but the values are not all bfloat16 numbers (see to_bf16)")
+
+    def to_bf16(self) -> SparseMatrix:
+        """The matrix with its values rounded to bfloat16 (to nearest, ties to even) and ``bf16`` set."""
+        values = (bf16_bits(self.values).astype(np.uint32) << 16).view(np.float32)
+        return dataclasses.replace(self, values=values, bf16=True)
 
     @property
     def nnz(self) -> int:
@@ -128,7 +141,8 @@ class SparseMatrix:
 
     @property
     def nbytes(self) -> int:
-        return self.rowptr.nbytes + self.index.nbytes + self.values.nbytes
+        """Bytes as stored (a file's bf16 values in 16 bits each)."""
+        return self.rowptr.nbytes + self.index.nbytes + self.values.nbytes // (2 if self.bf16 else 1)
 
     def _window(self, lanes: int) -> int | None:
         """The rows a thread's share and a gate of a recurrent matrix (``gates * H`` rows, H columns)
@@ -159,7 +173,7 @@ class SparseMatrix:
         values = np.zeros((int(ptr[-1]), 8), dtype=np.float32)
         index[slot, position[row] % 8] = self.index
         values[slot, position[row] % 8] = self.values.reshape(-1)
-        return OneColumn(8, sigma, ptr, order, index, values)
+        return OneColumn(8, sigma, ptr, order, index, self._stored(values))
 
     @cached_property
     def sliced(self) -> OneColumn | None:
@@ -198,7 +212,11 @@ class SparseMatrix:
         values = np.zeros((int(ptr[-1]), 16), dtype=np.float32)
         index[slot, lane[row]] = column % 32
         values[slot, lane[row]] = self.values.reshape(-1)
-        return OneColumn(16, sigma, ptr, order, index, values)
+        return OneColumn(16, sigma, ptr, order, index, self._stored(values))
+
+    def _stored(self, values: np.ndarray) -> np.ndarray:
+        """One-column copy values as the kernels read them: bfloat16 bits for a bf16 matrix."""
+        return bf16_bits(values) if self.bf16 else values
 
     def to_dense(self) -> np.ndarray:
         rows, cols = self.shape
@@ -207,6 +225,13 @@ class SparseMatrix:
         block_rows = np.repeat(np.arange(rows // r), np.diff(self.rowptr))
         tiles[block_rows, self.index.astype(np.int64)] = self.values
         return tiles.transpose(0, 2, 1, 3).reshape(rows, cols)
+
+
+def bf16_bits(values: np.ndarray) -> np.ndarray:
+    """float32 values rounded to the nearest bfloat16 (ties to even), as its 16 bits (uint16): numpy
+    has no bfloat16 type."""
+    bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
+    return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
 
 
 #: Block shapes with a vectorized kernel (``_kernels.c``: ``shape_table``); (1, 1) is plain CSR.
@@ -298,9 +323,10 @@ def _args(matrix: SparseMatrix, columns: int) -> tuple:
     the layout of the instruction set in use: sliced for AVX-512, interleaved for AVX2)."""
     level = isa() if columns == 1 else "portable"
     copy = matrix.sliced if level == "avx512" else matrix.interleaved if level == "avx2" else None
+    lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
     return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32),
-            matrix.rowptr, matrix.index, matrix.values,
-            *(copy or (0, 0, b"", b"", b"", b"")))
+            matrix.rowptr, matrix.index, matrix.values, lanes, sigma, int(matrix.bf16 and copy is not None),
+            ptr, order, index, values)
 
 
 def _float32(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -18,6 +18,8 @@
  *           lane past the window); segment (g, j) = group g's non-zeros in slice j, slots
  *           [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
  *           each lane's row: values[16s..16s+16], index[16s..16s+16] (uint8 column within the slice).
+ *     Either layout's values are float32 or, with bf16 = 1, bfloat16 (the upper 16 bits of the float32,
+ *           uint16): the kernels widen them in registers and read half the value bytes.
  *
  * The Python side (sparsernn.kernels) validates index ranges once, when a matrix is built; here only
  * buffer sizes are checked, on every call, so a wrong call raises instead of reading out of bounds.
@@ -49,9 +51,10 @@ struct Matrix {
     const float *values;
     kernel_fn by_width[3]; /* for 16, 4 and 1 columns, chosen once per call (NULL: generic_kernel) */
     int lanes, sigma;      /* the one-column copy's layout (8, 16; 0: none) and window */
+    int sell_bf16;         /* its values are bfloat16 (uint16), else float32 */
     const int32_t *sell_ptr, *sell_order;
     const void *sell_index;
-    const float *sell_values;
+    const void *sell_values;
 };
 
 /* ---- block rows [br0, br1) of Y = W X + bias, for N columns (X row stride ldx, Y row stride ldy) ---- */
@@ -220,16 +223,25 @@ static inline __m256 gather_x8(const float *X, const uint16_t *i) {
                          X[(a >> 32) & 0xffff], X[(a >> 16) & 0xffff], X[a & 0xffff]);
 }
 
+/* Eight values of the one-column copy from slot position at: float32, or bfloat16 widened by a shift. */
+static inline __m256 values8(const void *v, size_t at, const int bf16) {
+    if (bf16)
+        return _mm256_castsi256_ps(
+            _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i *)((const uint16_t *)v + at))), 16));
+    return _mm256_loadu_ps((const float *)v + at);
+}
+
 /* Unstructured, one contiguous column, from the interleaved copy: one FMA computes a non-zero of each of
  * 8 rows, so there is no per-row tail or horizontal sum (about 1.3x csr_gather_u16 at n = 1760, 90%:
  * benchmarks/csr_gather_variants.c). Rows [br0, br1) must be whole windows, else CSR. */
-static void interleaved_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                            const float *bias) {
+static inline __attribute__((always_inline)) void interleaved(const Matrix *m, int br0, int br1, const float *X,
+                                                              long ldx, float *Y, long ldy, const float *bias,
+                                                              const int bf16) {
     if (ldx != 1 || br0 % m->sigma || br1 % m->sigma) {
         csr_gather_u16(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
-    const float *v = m->sell_values;
+    const void *v = m->sell_values;
     const uint16_t *ix = m->sell_index;
     for (int g = br0 / 8; g < br1 / 8; ++g) {
         int32_t s = m->sell_ptr[g];
@@ -237,13 +249,14 @@ static void interleaved_u16(const Matrix *m, int br0, int br1, const float *X, l
         __m256 p0 = _mm256_setzero_ps(), p1 = _mm256_setzero_ps(), p2 = _mm256_setzero_ps(),
                p3 = _mm256_setzero_ps();
         for (; s + 4 <= end; s += 4) {
-            p0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s), gather_x8(X, ix + 8 * (size_t)s), p0);
-            p1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s + 8), gather_x8(X, ix + 8 * (size_t)s + 8), p1);
-            p2 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s + 16), gather_x8(X, ix + 8 * (size_t)s + 16), p2);
-            p3 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s + 24), gather_x8(X, ix + 8 * (size_t)s + 24), p3);
+            const size_t at = 8 * (size_t)s;
+            p0 = _mm256_fmadd_ps(values8(v, at, bf16), gather_x8(X, ix + at), p0);
+            p1 = _mm256_fmadd_ps(values8(v, at + 8, bf16), gather_x8(X, ix + at + 8), p1);
+            p2 = _mm256_fmadd_ps(values8(v, at + 16, bf16), gather_x8(X, ix + at + 16), p2);
+            p3 = _mm256_fmadd_ps(values8(v, at + 24, bf16), gather_x8(X, ix + at + 24), p3);
         }
         for (; s < end; ++s)
-            p0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)s), gather_x8(X, ix + 8 * (size_t)s), p0);
+            p0 = _mm256_fmadd_ps(values8(v, 8 * (size_t)s, bf16), gather_x8(X, ix + 8 * (size_t)s), p0);
         float sums[8];
         _mm256_storeu_ps(sums, _mm256_add_ps(_mm256_add_ps(p0, p1), _mm256_add_ps(p2, p3)));
         for (int lane = 0; lane < 8; ++lane) {
@@ -251,6 +264,14 @@ static void interleaved_u16(const Matrix *m, int br0, int br1, const float *X, l
             Y[(size_t)row * ldy] = sums[lane] + (bias ? bias[row] : 0.0f);
         }
     }
+}
+static void interleaved_f32(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                            const float *bias) {
+    interleaved(m, br0, br1, X, ldx, Y, ldy, bias, 0);
+}
+static void interleaved_bf16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                             const float *bias) {
+    interleaved(m, br0, br1, X, ldx, Y, ldy, bias, 1);
 }
 
 /* Unstructured, one contiguous column, from the sliced copy (AVX-512, chosen at run time): the 32 values
@@ -261,13 +282,20 @@ static void interleaved_u16(const Matrix *m, int br0, int br1, const float *X, l
 AVX512 static inline __m512 lookup16(const uint8_t *index, __m512 lo, __m512 hi) {
     return _mm512_permutex2var_ps(lo, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)index)), hi);
 }
-AVX512 static void sliced_avx512(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                                 const float *bias) {
+AVX512 static inline __m512 values16(const void *v, size_t at, const int bf16) {
+    if (bf16)
+        return _mm512_castsi512_ps(
+            _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_loadu_si256((const __m256i *)((const uint16_t *)v + at))), 16));
+    return _mm512_loadu_ps((const float *)v + at);
+}
+AVX512 static inline __attribute__((always_inline)) void sliced(const Matrix *m, int br0, int br1, const float *X,
+                                                                long ldx, float *Y, long ldy, const float *bias,
+                                                                const int bf16) {
     if (ldx != 1 || br0 % m->sigma || br1 % m->sigma) {
         csr_gather_u16(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
-    const float *v = m->sell_values;
+    const void *v = m->sell_values;
     const uint8_t *ix = m->sell_index;
     const int per_window = (m->sigma + 15) / 16, slices = (m->cols + 31) / 32, last = m->cols - 32 * (slices - 1);
     const __mmask16 last_lo = last >= 16 ? 0xffff : (__mmask16)((1u << last) - 1);
@@ -284,13 +312,14 @@ AVX512 static void sliced_avx512(const Matrix *m, int br0, int br1, const float 
             const __m512 lo = j + 1 < slices ? _mm512_loadu_ps(x) : _mm512_maskz_loadu_ps(last_lo, x);
             const __m512 hi = j + 1 < slices ? _mm512_loadu_ps(x + 16) : _mm512_maskz_loadu_ps(last_hi, x + 16);
             for (; s + 4 <= end; s += 4) {
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s), lookup16(ix + 16 * (size_t)s, lo, hi), a0);
-                a1 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s + 16), lookup16(ix + 16 * (size_t)s + 16, lo, hi), a1);
-                a2 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s + 32), lookup16(ix + 16 * (size_t)s + 32, lo, hi), a2);
-                a3 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s + 48), lookup16(ix + 16 * (size_t)s + 48, lo, hi), a3);
+                const size_t at = 16 * (size_t)s;
+                a0 = _mm512_fmadd_ps(values16(v, at, bf16), lookup16(ix + at, lo, hi), a0);
+                a1 = _mm512_fmadd_ps(values16(v, at + 16, bf16), lookup16(ix + at + 16, lo, hi), a1);
+                a2 = _mm512_fmadd_ps(values16(v, at + 32, bf16), lookup16(ix + at + 32, lo, hi), a2);
+                a3 = _mm512_fmadd_ps(values16(v, at + 48, bf16), lookup16(ix + at + 48, lo, hi), a3);
             }
             for (; s < end; ++s)
-                a0 = _mm512_fmadd_ps(_mm512_loadu_ps(v + 16 * (size_t)s), lookup16(ix + 16 * (size_t)s, lo, hi), a0);
+                a0 = _mm512_fmadd_ps(values16(v, 16 * (size_t)s, bf16), lookup16(ix + 16 * (size_t)s, lo, hi), a0);
         }
         float sums[16];
         _mm512_storeu_ps(sums, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
@@ -299,6 +328,14 @@ AVX512 static void sliced_avx512(const Matrix *m, int br0, int br1, const float 
             if (row >= 0) Y[(size_t)row * ldy] = sums[lane] + (bias ? bias[row] : 0.0f);
         }
     }
+}
+AVX512 static void sliced_f32(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                              const float *bias) {
+    sliced(m, br0, br1, X, ldx, Y, ldy, bias, 0);
+}
+AVX512 static void sliced_bf16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                               const float *bias) {
+    sliced(m, br0, br1, X, ldx, Y, ldy, bias, 1);
 }
 #endif
 
@@ -571,7 +608,9 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
         if (shape_table[s][0] == m->r && shape_table[s][1] == m->c) {
 #ifdef __AVX2__
             if (nn_slot == 2 && !m->wide) {
-                if (s == 0) return m->lanes == 16 ? sliced_avx512 : m->lanes == 8 ? interleaved_u16 : csr_gather_u16;
+                if (s == 0 && m->lanes == 16) return m->sell_bf16 ? sliced_bf16 : sliced_f32;
+                if (s == 0 && m->lanes == 8) return m->sell_bf16 ? interleaved_bf16 : interleaved_f32;
+                if (s == 0) return csr_gather_u16;
                 return one_column[s];
             }
             if (nn_slot == 0 && !m->wide && s == 0) return use_avx512 ? csr_tile16_avx512 : csr_tile16_u16;
@@ -804,7 +843,7 @@ static int check_len(const Py_buffer *b, Py_ssize_t need, const char *what) {
 
 /* Fills m from the buffers after checking their sizes against the shape and block shape. */
 static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py_buffer *rowptr, Py_buffer *index,
-                       Py_buffer *values, int lanes, int sigma, Py_buffer *sell_ptr, Py_buffer *sell_order,
+                       Py_buffer *values, int lanes, int sigma, int bf16, Py_buffer *sell_ptr, Py_buffer *sell_order,
                        Py_buffer *sell_index, Py_buffer *sell_values) {
     if (r < 1 || c < 1 || r > 64 || c > 64 || rows % r || cols % c) {
         PyErr_Format(PyExc_ValueError, "block %dx%d does not tile a %dx%d matrix", r, c, rows, cols);
@@ -821,7 +860,7 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
     if (check_len(index, nblocks * (wide ? 4 : 2), "index") ||
         check_len(values, nblocks * r * c * 4, "values"))
         return -1;
-    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, 0, NULL, NULL, NULL, NULL};
+    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, 0, 0, NULL, NULL, NULL, NULL};
 #ifdef __AVX2__
     const int usable = lanes == 8 || (lanes == 16 && use_avx512);
 #else
@@ -847,9 +886,9 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
         const Py_ssize_t slots = sp[segments];
         if (sp[0] != 0 || slots < 0 ||
             check_len(sell_index, slots * lanes * (lanes == 8 ? 2 : 1), "one-column index") ||
-            check_len(sell_values, slots * lanes * 4, "one-column values"))
+            check_len(sell_values, slots * lanes * (bf16 ? 2 : 4), "one-column values"))
             return -1;
-        m->lanes = lanes, m->sigma = sigma, m->sell_ptr = sp, m->sell_order = sell_order->buf;
+        m->lanes = lanes, m->sigma = sigma, m->sell_bf16 = !!bf16, m->sell_ptr = sp, m->sell_order = sell_order->buf;
         m->sell_index = sell_index->buf, m->sell_values = sell_values->buf;
     }
     for (int slot = 0; slot < 3; ++slot) m->by_width[slot] = pick_kernel(m, slot);
@@ -858,15 +897,16 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
 
 static PyObject *py_spmm(PyObject *self, PyObject *args) {
     (void)self;
-    int rows, cols, r, c, wide, lanes, sigma, threads;
+    int rows, cols, r, c, wide, lanes, sigma, bf16, threads;
     long N;
     Py_buffer rowptr, index, values, sptr, sorder, sindex, svalues, x, y, bias;
-    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*iiy*y*y*y*y*w*y*li", &rows, &cols, &r, &c, &wide, &rowptr, &index,
-                          &values, &lanes, &sigma, &sptr, &sorder, &sindex, &svalues, &x, &y, &bias, &N, &threads))
+    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*iiiy*y*y*y*y*w*y*li", &rows, &cols, &r, &c, &wide, &rowptr, &index,
+                          &values, &lanes, &sigma, &bf16, &sptr, &sorder, &sindex, &svalues, &x, &y, &bias, &N,
+                          &threads))
         return NULL;
     PyObject *result = NULL;
     Matrix m;
-    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, lanes, sigma, &sptr, &sorder, &sindex,
+    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, lanes, sigma, bf16, &sptr, &sorder, &sindex,
                     &svalues) ||
         check_len(&x, (Py_ssize_t)cols * N * 4, "x") || check_len(&y, (Py_ssize_t)rows * N * 4, "y") ||
         (bias.len && check_len(&bias, (Py_ssize_t)rows * 4, "bias")))
@@ -893,16 +933,16 @@ done:
 
 static PyObject *py_recurrent(PyObject *self, PyObject *args) {
     (void)self;
-    int cell, rows, cols, r, c, wide, lanes, sigma, reverse, threads;
+    int cell, rows, cols, r, c, wide, lanes, sigma, bf16, reverse, threads;
     long T, B;
     Py_buffer rowptr, index, values, sptr, sorder, sindex, svalues, bias, xproj, out, h, cst;
-    if (!PyArg_ParseTuple(args, "iiiiiiy*y*y*iiy*y*y*y*y*y*w*w*w*llii", &cell, &rows, &cols, &r, &c, &wide, &rowptr,
-                          &index, &values, &lanes, &sigma, &sptr, &sorder, &sindex, &svalues, &bias, &xproj, &out, &h, &cst,
+    if (!PyArg_ParseTuple(args, "iiiiiiy*y*y*iiiy*y*y*y*y*y*w*w*w*llii", &cell, &rows, &cols, &r, &c, &wide, &rowptr,
+                          &index, &values, &lanes, &sigma, &bf16, &sptr, &sorder, &sindex, &svalues, &bias, &xproj, &out, &h, &cst,
                           &T, &B, &reverse, &threads))
         return NULL;
     PyObject *result = NULL;
     Matrix m;
-    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, lanes, sigma, &sptr, &sorder, &sindex,
+    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, lanes, sigma, bf16, &sptr, &sorder, &sindex,
                     &svalues))
         goto done;
     const int G = cell < 0 || cell > 4 ? 0 : cell_gates(cell);
@@ -949,10 +989,10 @@ static PyObject *py_set_avx512(PyObject *self, PyObject *args) {
 static PyMethodDef methods[] = {
     {"set_avx512", py_set_avx512, METH_VARARGS, "set_avx512(flag): allow the AVX-512 kernels or not"},
     {"spmm", py_spmm, METH_VARARGS,
-     "spmm(rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, sell_ptr, sell_order, sell_index, sell_values, "
-     "x, y, bias, n, threads): y = W x + bias"},
+     "spmm(rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, bf16, sell_ptr, sell_order, sell_index, "
+     "sell_values, x, y, bias, n, threads): y = W x + bias"},
     {"recurrent", py_recurrent, METH_VARARGS,
-     "recurrent(cell, rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, sell_ptr, sell_order, sell_index, "
+     "recurrent(cell, rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, bf16, sell_ptr, sell_order, sell_index, "
      "sell_values, bias_hh, xproj, out, h, c, T, B, reverse, threads)"},
     {NULL, NULL, 0, NULL},
 };

@@ -24,14 +24,16 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
     assert all(set(row) == keys for row in result["rows"])
     methods = {(row["structure"], row["method"]) for row in result["rows"]}
     assert {("dense", "numpy"), ("dense", "torch"), ("unstructured", "sparsernn"), ("blocks", "sparsernn"),
-            ("unstructured", "torch_csr"), ("unstructured", "scipy")} <= methods
+            ("unstructured", "sparsernn_bf16"), ("unstructured", "torch_csr"),
+            ("unstructured", "scipy")} <= methods
     best_dense = min(r["us_per_call"] for r in result["rows"] if r["structure"] == "dense")
     for row in result["rows"]:
         assert row["speedup_vs_dense"] == pytest.approx(best_dense / row["us_per_call"], rel=1e-2)
     rows = result["end_to_end"]
     assert [(row["mode"], row["method"]) for row in rows] == [
         (mode, method) for mode in ("streaming", "sequence")
-        for method in ("pytorch", *PEERS, "sparsernn_unstructured", "sparsernn_blocks")]
+        for method in ("pytorch", *PEERS, "sparsernn_unstructured", "sparsernn_unstructured_bf16",
+                       "sparsernn_blocks")]
     for mode in ("streaming", "sequence"):
         timed = [row for row in rows if row["mode"] == mode and "skipped" not in row]
         best = max(row["tokens_per_s"] for row in timed if not row["method"].startswith("sparsernn"))

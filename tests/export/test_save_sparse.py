@@ -94,6 +94,7 @@ def test_reduced_precision_values(tmp_path, values, tolerance):
     stored = load_file(str(tmp_path / "b.safetensors"))
     assert all(array.itemsize == 2 for name, array in stored.items() if name.endswith(".values"))
     fast = load_sparse(Tagger(), tmp_path / "b.safetensors")
+    assert fast.lstm.stack.layers[0][0].weight_hh.bf16 == (values == "bf16")  # the kernels read 16 bits
     tokens = torch.randint(0, 64, (3, 9))
     with torch.no_grad():
         np.testing.assert_allclose(fast(tokens).numpy(), model(tokens).numpy(), atol=tolerance)

@@ -120,6 +120,43 @@ def test_one_column_products_match_dense(shape, isa):
                                    + bias[:, None], atol=1e-4)
 
 
+@pytest.mark.parametrize("shape", [(600, 200), (1760, 1760), (24, 40)])
+def test_bf16_one_column_products_read_16_bit_values(shape, isa):
+    """A bf16 matrix: its one-column copies hold the values' 16 bits, the product equals the float32
+    product of the rounded matrix (up to the order of the sums) and is within 1e-2 of the unrounded."""
+    rng = np.random.default_rng(13)
+    dense, matrix = random_sparse(rng, shape, (1, 1), 0.1)
+    rounded = matrix.to_bf16()
+    assert rounded.bf16 and not matrix.bf16
+    assert np.array_equal(rounded.to_dense(), round_to_bfloat16(dense))
+    for layout in ("interleaved", "sliced"):
+        copy = getattr(rounded, layout)
+        assert copy.values.dtype == np.uint16
+        assert copy.values.nbytes * 2 == getattr(matrix, layout).values.nbytes
+    x = rng.standard_normal((shape[1], 1)).astype(np.float32)
+    exact = rounded.to_dense().astype(np.float64) @ x
+    for threads in (1, 3):
+        y = spmm(rounded, x, threads=threads)
+        np.testing.assert_allclose(y, exact, atol=1e-4)
+        assert np.abs(y - dense.astype(np.float64) @ x).max() <= 1e-2 * np.abs(exact).max()
+
+
+def round_to_bfloat16(dense):
+    """Round to the nearest bfloat16, ties to even, the slow way: by the spacing of each number's binade."""
+    out = np.zeros_like(dense)
+    nonzero = dense != 0
+    spacing = 2.0 ** (np.floor(np.log2(np.abs(dense[nonzero]))) - 7)
+    out[nonzero] = (np.round(dense[nonzero] / spacing) * spacing).astype(np.float32)  # numpy: ties to even
+    return out
+
+
+def test_bf16_needs_bfloat16_values():
+    dense = np.array([[1.0, 0.0], [0.0, 1.0 + 2.0 ** -10]], np.float32)
+    matrix = SparseMatrix.from_dense(dense)
+    with pytest.raises(FormatError, match="not all bfloat16"):
+        SparseMatrix((2, 2), (1, 1), matrix.rowptr, matrix.index, matrix.values, bf16=True)
+    assert matrix.to_bf16().values.tolist() == [[[1.0]], [[1.0]]]  # 1 + 2^-10 rounds to 1
+
 def test_no_interleaved_copy_for_blocks_or_wide_indices():
     dense = np.ones((16, 16), np.float32)
     assert SparseMatrix.from_dense(dense, (8, 1)).interleaved is None
@@ -133,11 +170,14 @@ def test_short_one_column_arrays_are_rejected_by_the_compiled_call(level, layout
     x, y = np.ones((16, 1), np.float32), np.empty((16, 1), np.float32)
     csr = (16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values)
     with pytest.raises(ValueError, match="one-column index"):
-        kernels._compiled().spmm(*csr, lanes, sigma, ptr, order, index[:-1], values, x, y, b"", 1, 1)
+        kernels._compiled().spmm(*csr, lanes, sigma, 0, ptr, order, index[:-1], values, x, y, b"", 1, 1)
     with pytest.raises(ValueError, match="one-column order"):
-        kernels._compiled().spmm(*csr, lanes, sigma, ptr, order[:-1], index, values, x, y, b"", 1, 1)
+        kernels._compiled().spmm(*csr, lanes, sigma, 0, ptr, order[:-1], index, values, x, y, b"", 1, 1)
     with pytest.raises(ValueError, match="window 12"):
-        kernels._compiled().spmm(*csr, lanes, 12, ptr, order, index, values, x, y, b"", 1, 1)
+        kernels._compiled().spmm(*csr, lanes, 12, 0, ptr, order, index, values, x, y, b"", 1, 1)
+    with pytest.raises(ValueError, match="one-column values"):  # float32 values read as bfloat16 are
+        half = kernels.bf16_bits(values)                         # long enough; bfloat16 as float32 not
+        kernels._compiled().spmm(*csr, lanes, sigma, 0, ptr, order, index, half, x, y, b"", 1, 1)
 
 
 @_on("avx2")
@@ -149,7 +189,7 @@ def test_the_sliced_layout_is_refused_without_avx512():
     try:
         with pytest.raises(ValueError, match="16 lanes"):
             kernels._compiled().spmm(16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values,
-                                     *matrix.sliced, x, y, b"", 1, 1)
+                                     *matrix.sliced[:2], 0, *matrix.sliced[2:], x, y, b"", 1, 1)
     finally:
         kernels.set_isa(None)
     if "avx512" not in kernels.isa_levels():
@@ -202,12 +242,13 @@ def test_sliced_copy_holds_each_row_within_its_window(shape, window, groups):
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
-@pytest.mark.parametrize("block", [(1, 1), (8, 1), (4, 4)])
-def test_recurrent_matches_reference(cell, block, isa):
+@pytest.mark.parametrize("block, bf16", [((1, 1), False), ((1, 1), True), ((8, 1), False), ((4, 4), False)])
+def test_recurrent_matches_reference(cell, block, bf16, isa):
     rng = np.random.default_rng(7)
     gates, hidden, steps = CELLS[cell], 32, 9
     dense, weight = random_sparse(rng, (gates * hidden, hidden), block, 0.3)
     weight = SparseMatrix.from_dense(dense * 0.5, block)
+    weight = weight.to_bf16() if bf16 else weight
     bias = rng.standard_normal(gates * hidden).astype(np.float32)
     for batch, threads, reverse in itertools.product([1, 3, 8], [1, 2, 3], [False, True]):
         xproj = rng.standard_normal((steps, gates * hidden, batch)).astype(np.float32)
