@@ -3,8 +3,10 @@
 Both run the dense model as exported to ONNX by ``torch.onnx.export`` (the TorchScript exporter, which
 turns ``nn.GRU`` / ``nn.LSTM`` into ONNX's own recurrent operators, the form both runtimes optimize),
 on the CPU, with the thread count asked for and their latency settings; OpenVINO at fp32 precision
-(``INFERENCE_PRECISION_HINT``), as our engine computes. They are an optional extra (``pip install
-'sparsernn[peers]'``): where one is missing, :func:`missing` says why and the benchmarks say skipped.
+(``INFERENCE_PRECISION_HINT``), as our engine computes, and as ``openvino_bf16`` at bf16, OpenVINO's own
+default on a CPU with bf16 instructions (the comparison for the engine's bf16 values). They are an
+optional extra (``pip install 'sparsernn[peers]'``): where one is missing, :func:`missing` says why and
+the benchmarks say skipped.
 """
 
 from __future__ import annotations
@@ -17,17 +19,24 @@ from pathlib import Path
 import numpy as np
 import torch
 
-#: The peer runtimes, in the order the tables list them.
+#: The peer runtimes at fp32, in the order the tables list them.
 PEERS = ("onnxruntime", "openvino")
+#: Peers computing with bf16 weights and activations, where the CPU has bf16 instructions.
+BF16_PEERS = ("openvino_bf16",)
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def missing(name: str) -> str | None:
     """Why peer ``name`` cannot run here (None: it can)."""
-    for module in ("onnx", name):
+    for module in ("onnx", name.removesuffix("_bf16")):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (pip install 'sparsernn[peers]')"
+    if name == "openvino_bf16":
+        import openvino
+
+        if "BF16" not in openvino.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+            return "this CPU has no bf16 instructions (OpenVINO's OPTIMIZATION_CAPABILITIES)"
     return None
 
 
@@ -59,18 +68,18 @@ def runner(name: str, path: str | Path, threads: int = 1) -> Runner:
         options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
         session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return lambda feeds: session.run(None, feeds)
-    if name == "openvino":
+    if name in ("openvino", "openvino_bf16"):
         import openvino
 
         compiled = openvino.Core().compile_model(str(path), "CPU", {
             "INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
-            "INFERENCE_PRECISION_HINT": "f32"})
+            "INFERENCE_PRECISION_HINT": "bf16" if name == "openvino_bf16" else "f32"})
         request = compiled.create_infer_request()
         # shared buffers save a copy each way (about 60 us a call on a small model); outputs are copied
         # out, as the next call overwrites the request's
         return lambda feeds: [np.array(output) for output in
                               request.infer(feeds, share_inputs=True, share_outputs=True).values()]
-    raise ValueError(f"unknown peer {name!r}; valid: {', '.join(PEERS)}")
+    raise ValueError(f"unknown peer {name!r}; valid: {', '.join((*PEERS, *BF16_PEERS))}")
 
 
 # -- the model families as ONNX graphs ------------------------------------------------------------------

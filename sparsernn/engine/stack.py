@@ -7,6 +7,7 @@ sparse-times-dense product, then the recurrence with gates fused in one compiled
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -25,17 +26,20 @@ def as_kernel_matrix(weight: SparseMatrix | np.ndarray, rows_unit: int | None = 
     """The layout the kernels run fastest: a pruned matrix as stored, or for a dense array the smallest
     of CSR and the kernels' blocks (:func:`~sparsernn.kernels.smallest_layout`); a dense or nearly dense
     one as 16x1 (or 8x1) blocks when that many rows divide ``rows_unit`` (the hidden size for recurrent
-    weights, whose gates the blocks must not straddle), else as CSR."""
+    weights, whose gates the blocks must not straddle), else as CSR. The matrix keeps ``rows_unit``
+    (default: all its rows), which its one-column copies' windows divide."""
+    rows, cols = weight.shape
+    unit = rows if rows_unit is None else rows_unit
     if isinstance(weight, SparseMatrix):
-        rows, cols = weight.shape
         if weight.block != (1, 1) or weight.nnz < DENSE_ENOUGH * rows * cols:
-            return weight
+            return dataclasses.replace(weight, rows_unit=unit)  # as exported
         weight = weight.to_dense()
-    elif np.count_nonzero(weight) < DENSE_ENOUGH * weight.size:
-        return smallest_layout(weight, rows_unit) or SparseMatrix.from_dense(weight)
-    unit = weight.shape[0] if rows_unit is None else rows_unit
-    block = next(((r, 1) for r in (16, 8) if unit % r == 0 and weight.shape[0] % r == 0), (1, 1))
-    return SparseMatrix.from_dense(weight, block)
+    if np.count_nonzero(weight) < DENSE_ENOUGH * weight.size:
+        matrix = smallest_layout(weight, rows_unit) or SparseMatrix.from_dense(weight)
+    else:
+        block = next(((r, 1) for r in (16, 8) if unit % r == 0 and rows % r == 0), (1, 1))
+        matrix = SparseMatrix.from_dense(weight, block)
+    return dataclasses.replace(matrix, rows_unit=unit)
 
 
 @dataclass

@@ -70,7 +70,10 @@ class SparseMatrix:
     ``rowptr`` (int32, ``shape[0] / r + 1``), ``index`` (uint16 or int32 block-column numbers) and
     ``values`` (float32, ``(nblocks, r, c)``) are checked by :meth:`validate`; use :meth:`from_dense`
     to build one from a (masked) dense array. ``bf16``: the values are bfloat16 numbers (see
-    :meth:`to_bf16`), and the one-column copies keep them in 16 bits.
+    :meth:`to_bf16`), and the one-column copies keep them in 16 bits. ``rows_unit``: rows that are
+    computed as one piece (a recurrent matrix's gates: the hidden size; a linear layer's: all its
+    rows), which the one-column copies' windows divide; default the gcd of rows and columns, which
+    suits a gate-stacked recurrent matrix.
     """
 
     shape: tuple[int, int]
@@ -79,6 +82,7 @@ class SparseMatrix:
     index: np.ndarray
     values: np.ndarray
     bf16: bool = False
+    rows_unit: int | None = None
 
     @classmethod
     def from_dense(cls, dense: np.ndarray, block: tuple[int, int] = (1, 1),
@@ -126,6 +130,8 @@ class SparseMatrix:
         for array in (self.rowptr, self.index, self.values):
             if not array.flags.c_contiguous:
                 raise FormatError("arrays must be C-contiguous")
+        if self.rows_unit is not None and (self.rows_unit < 1 or rows % self.rows_unit):
+            raise FormatError(f"rows_unit {self.rows_unit} does not divide the {rows} rows")
         if self.bf16 and np.any(self.values.view(np.uint32) & 0xFFFF):
             raise FormatError("bf16 is set but the values are not all bfloat16 numbers (see to_bf16)")
 
@@ -145,10 +151,10 @@ class SparseMatrix:
         return self.rowptr.nbytes + self.index.nbytes + self.values.nbytes // (2 if self.bf16 else 1)
 
     def _window(self, lanes: int) -> int | None:
-        """The rows a thread's share and a gate of a recurrent matrix (``gates * H`` rows, H columns)
-        fall on whole multiples of: a multiple of 8 up to 64 dividing both dimensions; for ``lanes``-row
-        groups, the one that wastes the fewest lanes, then the largest."""
-        windows = [w for w in range(64, 7, -8) if math.gcd(*self.shape) % w == 0]
+        """The rows a thread's share and a gate of a recurrent matrix fall on whole multiples of: a
+        multiple of 8 up to 64 dividing ``rows_unit``; for ``lanes``-row groups, the one that wastes the
+        fewest lanes, then the largest."""
+        windows = [w for w in range(64, 7, -8) if (self.rows_unit or math.gcd(*self.shape)) % w == 0]
         if self.block != (1, 1) or self.index.dtype != np.uint16 or not windows:
             return None
         return min(windows, key=lambda w: (-(-w // lanes) * lanes / w, -w))
@@ -217,6 +223,11 @@ class SparseMatrix:
     def _stored(self, values: np.ndarray) -> np.ndarray:
         """One-column copy values as the kernels read them: bfloat16 bits for a bf16 matrix."""
         return bf16_bits(values) if self.bf16 else values
+
+    @cached_property
+    def compiled_args(self) -> dict[str, tuple]:
+        """The arguments of compiled calls by instruction set, filled by the calls (:func:`_args`)."""
+        return {}
 
     def to_dense(self) -> np.ndarray:
         rows, cols = self.shape
@@ -320,13 +331,16 @@ def set_isa(level: str | None) -> None:
 
 def _args(matrix: SparseMatrix, columns: int) -> tuple:
     """The matrix's arguments to a compiled call with ``columns`` columns (with one column, its copy in
-    the layout of the instruction set in use: sliced for AVX-512, interleaved for AVX2)."""
+    the layout of the instruction set in use: sliced for AVX-512, interleaved for AVX2), kept on the
+    matrix per instruction set: a streaming model makes several calls per token."""
     level = isa() if columns == 1 else "portable"
-    copy = matrix.sliced if level == "avx512" else matrix.interleaved if level == "avx2" else None
-    lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
-    return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32),
-            matrix.rowptr, matrix.index, matrix.values, lanes, sigma, int(matrix.bf16 and copy is not None),
-            ptr, order, index, values)
+    if level not in matrix.compiled_args:
+        copy = matrix.sliced if level == "avx512" else matrix.interleaved if level == "avx2" else None
+        lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
+        matrix.compiled_args[level] = (
+            *matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32), matrix.rowptr, matrix.index,
+            matrix.values, lanes, sigma, int(matrix.bf16 and copy is not None), ptr, order, index, values)
+    return matrix.compiled_args[level]
 
 
 def _float32(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:

@@ -802,7 +802,7 @@ static int run_recurrent(int cell, const Matrix *m, const float *bias, const flo
     partition(m, G, threads, bounds);
     const int units = (int)(H / m->r);
     float *final_h = h;
-#pragma omp parallel num_threads(threads)
+#pragma omp parallel num_threads(threads) if (threads > 1)
     {
         int tid = 0;
 #ifdef _OPENMP
@@ -916,7 +916,7 @@ static PyObject *py_spmm(PyObject *self, PyObject *args) {
     float *Y = y.buf;
     const int block_rows = rows / r, parts = threads < 1 ? 1 : threads;
     Py_BEGIN_ALLOW_THREADS;
-#pragma omp parallel for schedule(static) num_threads(parts)
+#pragma omp parallel for schedule(static) num_threads(parts) if (parts > 1)
     for (int part = 0; part < parts; ++part)
         rows_product(&m, whole_windows(&m, (int)((long)block_rows * part / parts)),
                      part + 1 == parts ? block_rows : whole_windows(&m, (int)((long)block_rows * (part + 1) / parts)),

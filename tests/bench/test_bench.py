@@ -6,7 +6,7 @@ import pytest
 
 from sparsernn import kernels
 from sparsernn.bench import device_rows, machine, measure_in_turns
-from sparsernn.bench.peers import PEERS, missing
+from sparsernn.bench.peers import BF16_PEERS, PEERS, missing
 from sparsernn.bench.report import markdown_table
 from sparsernn.cli import main
 
@@ -32,8 +32,8 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
     rows = result["end_to_end"]
     assert [(row["mode"], row["method"]) for row in rows] == [
         (mode, method) for mode in ("streaming", "sequence")
-        for method in ("pytorch", *PEERS, "sparsernn_unstructured", "sparsernn_unstructured_bf16",
-                       "sparsernn_blocks")]
+        for method in ("pytorch", *PEERS, *BF16_PEERS, "sparsernn_unstructured",
+                       "sparsernn_unstructured_bf16", "sparsernn_blocks")]
     for mode in ("streaming", "sequence"):
         timed = [row for row in rows if row["mode"] == mode and "skipped" not in row]
         best = max(row["tokens_per_s"] for row in timed if not row["method"].startswith("sparsernn"))
@@ -42,7 +42,7 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
             assert row["speedup_vs_best_dense"] == pytest.approx(row["tokens_per_s"] / best)
             assert row["speedup_vs_pytorch"] == pytest.approx(row["tokens_per_s"] / pytorch)
     for row in rows:  # a peer is timed exactly where it is installed, else says why not
-        if row["method"] in PEERS:
+        if row["method"] in (*PEERS, *BF16_PEERS):
             assert ("skipped" in row) == (missing(row["method"]) is not None)
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
     assert "| blocks | sparsernn |" in paths["markdown"].read_text()

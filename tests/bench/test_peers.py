@@ -5,14 +5,16 @@ import pytest
 import torch
 
 from sparsernn.bench.end_to_end import QUICK_SHAPE, _peer_calls, _pruned_model
-from sparsernn.bench.peers import PEERS, export_language_model, missing, runner
+from sparsernn.bench.peers import BF16_PEERS, PEERS, export_language_model, missing, runner
 
 
-@pytest.mark.parametrize("peer", [pytest.param(name, marks=pytest.mark.skipif(
-    missing(name) is not None, reason=f"{missing(name)}")) for name in PEERS])
+@pytest.mark.parametrize("peer, atol", [pytest.param(name, atol, marks=pytest.mark.skipif(
+    missing(name) is not None, reason=f"{missing(name)}"))
+    for names, atol in ((PEERS, 1e-4), (BF16_PEERS, 1e-2)) for name in names])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
-def test_peer_runs_the_exported_model_as_pytorch_does(peer, cell, tmp_path):
-    """One step with states carried and the whole sequence, against the PyTorch model at 1e-4."""
+def test_peer_runs_the_exported_model_as_pytorch_does(peer, atol, cell, tmp_path):
+    """One step with states carried and the whole sequence, against the PyTorch model at 1e-4 (bf16
+    peers: 1e-2)."""
     model, _ = _pruned_model(QUICK_SHAPE | {"cell": cell, "layers": 2}, (1, 1))
     paths = export_language_model(model, tmp_path, 5)
     tokens = np.array([[3], [1], [4], [1], [5]], np.int64)
@@ -23,12 +25,12 @@ def test_peer_runs_the_exported_model_as_pytorch_does(peer, cell, tmp_path):
         logits, after = model(torch.from_numpy(tokens), hidden if cell == "lstm" else hidden[0])
         step_logits, after_step = model(torch.from_numpy(tokens[:1]), hidden if cell == "lstm" else hidden[0])
     outputs = runner(peer, paths["sequence"])({"tokens": tokens, **dict.fromkeys(names, state)})
-    np.testing.assert_allclose(outputs[0], logits.numpy(), atol=1e-4)
-    np.testing.assert_allclose(outputs[1], (after[0] if cell == "lstm" else after).numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs[0], logits.numpy(), atol=atol)
+    np.testing.assert_allclose(outputs[1], (after[0] if cell == "lstm" else after).numpy(), atol=atol)
     outputs = runner(peer, paths["streaming"])({"tokens": tokens[:1], **dict.fromkeys(names, state)})
-    np.testing.assert_allclose(outputs[0], step_logits.numpy(), atol=1e-4)
+    np.testing.assert_allclose(outputs[0], step_logits.numpy(), atol=atol)
     if cell == "lstm":
-        np.testing.assert_allclose(outputs[2], after_step[1].numpy(), atol=1e-4)
+        np.testing.assert_allclose(outputs[2], after_step[1].numpy(), atol=atol)
 
 
 @pytest.mark.skipif(missing("onnxruntime") is not None, reason=str(missing("onnxruntime")))
@@ -50,6 +52,7 @@ def test_a_missing_peer_is_named_with_the_install_command(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "openvino"
                         else importlib.machinery.ModuleSpec(name, None))
     assert missing("openvino") == "openvino is not installed (pip install 'sparsernn[peers]')"
+    assert missing("openvino_bf16") == missing("openvino")
     with pytest.raises(RuntimeError, match="openvino is not installed"):
         runner("openvino", "model.onnx")
 

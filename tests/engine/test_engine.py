@@ -72,7 +72,10 @@ def test_dense_matrices_run_as_blocks_that_keep_gates_apart():
     assert as_kernel_matrix(np.zeros((64, 8), np.float32) + dense[:64, :8]).block == (16, 1)
     sparse = dense * (rng.random(dense.shape) < 0.1)
     stored = kernels.SparseMatrix.from_dense(sparse)
-    assert as_kernel_matrix(stored) is stored  # pruned: as exported
+    kept = as_kernel_matrix(stored)  # pruned: as exported, its windows within all 72 rows
+    assert kept.rowptr is stored.rowptr and (kept.rows_unit, stored.rows_unit) == (72, None)
+    assert (kept._window(16), stored._window(16)) == (24, 8)  # gcd(72, 40) = 8
+    assert as_kernel_matrix(stored, rows_unit=24)._window(16) == 24
     for matrix in (dense, sparse):
         np.testing.assert_array_equal(as_kernel_matrix(kernels.SparseMatrix.from_dense(matrix)).to_dense(),
                                       matrix)

@@ -157,6 +157,15 @@ def test_bf16_needs_bfloat16_values():
         SparseMatrix((2, 2), (1, 1), matrix.rowptr, matrix.index, matrix.values, bf16=True)
     assert matrix.to_bf16().values.tolist() == [[[1.0]], [[1.0]]]  # 1 + 2^-10 rounds to 1
 
+
+def test_windows_divide_the_rows_unit():
+    matrix = SparseMatrix.from_dense(np.ones((10000, 200), np.float32))
+    assert matrix._window(16) == 40  # gcd(10000, 200) = 200: a window of 40 leaves 8 of 48 lanes idle
+    whole = SparseMatrix(matrix.shape, (1, 1), matrix.rowptr, matrix.index, matrix.values, rows_unit=10000)
+    assert (whole._window(16), whole._window(8)) == (16, 40)  # no idle lane; the longest without
+    with pytest.raises(FormatError, match="rows_unit 300 does not divide the 10000 rows"):
+        SparseMatrix(matrix.shape, (1, 1), matrix.rowptr, matrix.index, matrix.values, rows_unit=300)
+
 def test_no_interleaved_copy_for_blocks_or_wide_indices():
     dense = np.ones((16, 16), np.float32)
     assert SparseMatrix.from_dense(dense, (8, 1)).interleaved is None
