@@ -120,9 +120,9 @@ def _sparse_methods(weights: np.ndarray, block: tuple[int, int], x: np.ndarray, 
     csr = _torch_csr(weights, "cpu")
     methods = {"sparsernn": (lambda: spmm(matrix, x, threads=threads, out=out), matrix.nbytes),
                "torch_csr": (lambda: csr @ x_torch, _csr_bytes(csr))}
-    if block == (1, 1):  # bfloat16 values, and the narrower instruction sets (AVX2 on an AVX-512 machine)
-        half = matrix.to_bf16()
-        methods["sparsernn_bf16"] = (lambda: spmm(half, x, threads=threads, out=out), half.nbytes)
+    half = matrix.to_bf16()  # bfloat16 values
+    methods["sparsernn_bf16"] = (lambda: spmm(half, x, threads=threads, out=out), half.nbytes)
+    if block == (1, 1):  # the narrower instruction sets too (AVX2 on an AVX-512 machine)
         for level in kernels.isa_levels()[:-1]:
             methods[f"sparsernn_{level}"] = (_with_isa(level, methods["sparsernn"][0]), matrix.nbytes)
     if threads == 1:  # scipy.sparse runs on one thread

@@ -157,8 +157,8 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
                     threads: tuple[int, ...] = (1,), steps: tuple[int, int] | None = None,
                     progress=print) -> list[dict]:
     """Rows for an exported model file (``model_path``), or else for each of :data:`SHAPES` (the quick
-    shape with ``quick``) pruned 90% at random, unstructured (float32 and bfloat16 values) and in ``block``
-    blocks. ``steps``: tokens
+    shape with ``quick``) pruned 90% at random, unstructured and in ``block`` blocks, each with float32
+    and with bfloat16 values. ``steps``: tokens
     streamed and tokens in the whole sequence (default 200 and 2,000; 20 and 50 with ``quick``)."""
     steps = steps or ((20, 50) if quick else (200, 2000))
     rows = []
@@ -174,7 +174,8 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
             variants = {}
             for structure, shape_of_block, values in (("unstructured", (1, 1), "fp32"),
                                                       ("unstructured_bf16", (1, 1), "bf16"),
-                                                      ("blocks", block, "fp32")):
+                                                      ("blocks", block, "fp32"),
+                                                      ("blocks_bf16", block, "bf16")):
                 model, architecture = _pruned_model(shape, shape_of_block)
                 path = str(Path(tmp) / f"{structure}.safetensors")
                 save_sparse(model, path, values=values, extra={

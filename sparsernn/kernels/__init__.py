@@ -52,7 +52,8 @@ class OneColumn(NamedTuple):
     a slice of x in two registers and looks 16 values up in them at once: no x is loaded per non-zero.
 
     ``values`` are float32, or for a :attr:`SparseMatrix.bf16` matrix the bfloat16 bits (uint16), which
-    the kernels widen in registers: half the value bytes read per product.
+    the kernels widen in registers: half the value bytes read per product. (A bf16 matrix of 8x1 or 16x1
+    blocks has no such copy; its one-column kernels read its block values in bfloat16.)
     """
 
     lanes: int
@@ -337,9 +338,11 @@ def _args(matrix: SparseMatrix, columns: int) -> tuple:
     if level not in matrix.compiled_args:
         copy = matrix.sliced if level == "avx512" else matrix.interleaved if level == "avx2" else None
         lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
+        if matrix.bf16 and copy is None and level != "portable" and matrix.block in ((8, 1), (16, 1)):
+            values = bf16_bits(matrix.values)  # read by the one-column kernels of these blocks
         matrix.compiled_args[level] = (
             *matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32), matrix.rowptr, matrix.index,
-            matrix.values, lanes, sigma, int(matrix.bf16 and copy is not None), ptr, order, index, values)
+            matrix.values, lanes, sigma, int(matrix.bf16 and len(values) > 0), ptr, order, index, values)
     return matrix.compiled_args[level]
 
 

@@ -19,7 +19,9 @@
  *           [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
  *           each lane's row: values[16s..16s+16], index[16s..16s+16] (uint8 column within the slice).
  *     Either layout's values are float32 or, with bf16 = 1, bfloat16 (the upper 16 bits of the float32,
- *           uint16): the kernels widen them in registers and read half the value bytes.
+ *           uint16): the kernels widen them in registers and read half the value bytes. With bf16 = 1
+ *           and no copy (lanes = 0), sell_values holds the matrix's block values in bfloat16, which
+ *           the one-column kernels of 8x1 and 16x1 blocks read instead of values.
  *
  * The Python side (sparsernn.kernels) validates index ranges once, when a matrix is built; here only
  * buffer sizes are checked, on every call, so a wrong call raises instead of reading out of bounds.
@@ -52,6 +54,7 @@ struct Matrix {
     kernel_fn by_width[3]; /* for 16, 4 and 1 columns, chosen once per call (NULL: generic_kernel) */
     int lanes, sigma;      /* the one-column copy's layout (8, 16; 0: none) and window */
     int sell_bf16;         /* its values are bfloat16 (uint16), else float32 */
+    const uint16_t *values16; /* without a one-column copy: the block values in bfloat16, or NULL */
     const int32_t *sell_ptr, *sell_order;
     const void *sell_index;
     const void *sell_values;
@@ -340,8 +343,9 @@ AVX512 static void sliced_bf16(const Matrix *m, int br0, int br1, const float *X
 #endif
 
 /* R x 1 blocks (R = 8 or 16 consecutive rows of one column), one contiguous column: per block one
- * broadcast of x and R/8 FMAs; four blocks in flight. */
-#define COLUMN_BLOCKS(NAME, R)                                                                   \
+ * broadcast of x and R/8 FMAs; four blocks in flight. VALUES8(k, h) loads the 8 values h of block k:
+ * float32, or bfloat16 (m->values16) widened by a shift. */
+#define COLUMN_BLOCKS(NAME, R, VALUES8)                                                          \
     static void NAME(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, \
                      const float *bias) {                                                        \
         if (ldx != 1 || ldy != 1) {                                                              \
@@ -359,13 +363,11 @@ AVX512 static void sliced_bf16(const Matrix *m, int br0, int br1, const float *X
                 for (int u = 0; u < 4; ++u) {                                                    \
                     const __m256 x = _mm256_broadcast_ss(X + index[k + u]);                      \
                     for (int h = 0; h < (R) / 8; ++h)                                            \
-                        acc[u][h] = _mm256_fmadd_ps(_mm256_loadu_ps(m->values + (size_t)(k + u) * (R) + 8 * h), x, \
-                                                    acc[u][h]);                                  \
+                        acc[u][h] = _mm256_fmadd_ps(VALUES8(k + u, h), x, acc[u][h]);            \
                 }                                                                                \
             for (; k < end; ++k) {                                                               \
                 const __m256 x = _mm256_broadcast_ss(X + index[k]);                              \
-                for (int h = 0; h < (R) / 8; ++h)                                                \
-                    acc[0][h] = _mm256_fmadd_ps(_mm256_loadu_ps(m->values + (size_t)k * (R) + 8 * h), x, acc[0][h]); \
+                for (int h = 0; h < (R) / 8; ++h) acc[0][h] = _mm256_fmadd_ps(VALUES8(k, h), x, acc[0][h]); \
             }                                                                                    \
             for (int h = 0; h < (R) / 8; ++h) {                                                  \
                 __m256 sum = _mm256_add_ps(_mm256_add_ps(acc[0][h], acc[1][h]), _mm256_add_ps(acc[2][h], acc[3][h])); \
@@ -375,8 +377,14 @@ AVX512 static void sliced_bf16(const Matrix *m, int br0, int br1, const float *X
         }                                                                                        \
     }
 #ifdef __AVX2__
-COLUMN_BLOCKS(column_blocks_8, 8)
-COLUMN_BLOCKS(column_blocks_16, 16)
+#define F32_8(k, h) _mm256_loadu_ps(m->values + (size_t)(k) * 8 + 8 * (h))
+#define F32_16(k, h) _mm256_loadu_ps(m->values + (size_t)(k) * 16 + 8 * (h))
+#define BF16_8(k, h) values8(m->values16, (size_t)(k) * 8 + 8 * (h), 1)
+#define BF16_16(k, h) values8(m->values16, (size_t)(k) * 16 + 8 * (h), 1)
+COLUMN_BLOCKS(column_blocks_8, 8, F32_8)
+COLUMN_BLOCKS(column_blocks_16, 16, F32_16)
+COLUMN_BLOCKS(column_blocks_8_bf16, 8, BF16_8)
+COLUMN_BLOCKS(column_blocks_16_bf16, 16, BF16_16)
 
 static inline float hsum128(__m128 s) {
     s = _mm_add_ps(s, _mm_movehl_ps(s, s));
@@ -607,6 +615,8 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
     for (int s = 0; s < NSHAPES; ++s)
         if (shape_table[s][0] == m->r && shape_table[s][1] == m->c) {
 #ifdef __AVX2__
+            if (nn_slot == 2 && !m->wide && m->values16 && (s == 2 || s == 3))
+                return s == 2 ? column_blocks_8_bf16 : column_blocks_16_bf16;
             if (nn_slot == 2 && !m->wide) {
                 if (s == 0 && m->lanes == 16) return m->sell_bf16 ? sliced_bf16 : sliced_f32;
                 if (s == 0 && m->lanes == 8) return m->sell_bf16 ? interleaved_bf16 : interleaved_f32;
@@ -860,7 +870,7 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
     if (check_len(index, nblocks * (wide ? 4 : 2), "index") ||
         check_len(values, nblocks * r * c * 4, "values"))
         return -1;
-    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, 0, 0, NULL, NULL, NULL, NULL};
+    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, 0, 0, NULL, NULL, NULL, NULL, NULL};
 #ifdef __AVX2__
     const int usable = lanes == 8 || (lanes == 16 && use_avx512);
 #else
@@ -890,6 +900,10 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
             return -1;
         m->lanes = lanes, m->sigma = sigma, m->sell_bf16 = !!bf16, m->sell_ptr = sp, m->sell_order = sell_order->buf;
         m->sell_index = sell_index->buf, m->sell_values = sell_values->buf;
+    }
+    if (bf16 && !lanes && sell_values->len) { /* no copy: the block values in bfloat16 (R x 1 kernels) */
+        if (check_len(sell_values, nblocks * r * c * 2, "bfloat16 values")) return -1;
+        m->values16 = sell_values->buf;
     }
     for (int slot = 0; slot < 3; ++slot) m->by_width[slot] = pick_kernel(m, slot);
     return 0;

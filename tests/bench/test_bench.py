@@ -33,7 +33,7 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
     assert [(row["mode"], row["method"]) for row in rows] == [
         (mode, method) for mode in ("streaming", "sequence")
         for method in ("pytorch", *PEERS, *BF16_PEERS, "sparsernn_unstructured",
-                       "sparsernn_unstructured_bf16", "sparsernn_blocks")]
+                       "sparsernn_unstructured_bf16", "sparsernn_blocks", "sparsernn_blocks_bf16")]
     for mode in ("streaming", "sequence"):
         timed = [row for row in rows if row["mode"] == mode and "skipped" not in row]
         best = max(row["tokens_per_s"] for row in timed if not row["method"].startswith("sparsernn"))

@@ -150,6 +150,31 @@ def round_to_bfloat16(dense):
     return out
 
 
+@pytest.mark.parametrize("block", [(8, 1), (16, 1)])
+@pytest.mark.parametrize("level", [pytest.param(level, marks=_on(level)) for level in ("avx2", "avx512")])
+def test_column_blocks_read_their_bf16_values(block, level):
+    """8x1 and 16x1 blocks times one column read the bfloat16 block values: given zeros as float32
+    values, the product is still the matrix's."""
+    rng = np.random.default_rng(14)
+    dense, matrix = random_sparse(rng, (64, 48), block, 0.2)
+    matrix = matrix.to_bf16()
+    x = rng.standard_normal((48, 1)).astype(np.float32)
+    kernels.set_isa(level)
+    try:
+        args = list(kernels._args(matrix, 1))
+        assert args[10] == 1 and args[14].dtype == np.uint16  # bf16, the values in 16 bits
+        np.testing.assert_allclose(spmm(matrix, x), matrix.to_dense() @ x, atol=1e-4)
+        args[7] = np.zeros_like(matrix.values)
+        y = np.empty((64, 1), np.float32)
+        kernels._compiled().spmm(*args, x, y, b"", 1, 1)
+        np.testing.assert_allclose(y, matrix.to_dense() @ x, atol=1e-4)
+        args[14] = args[14][:-1]
+        with pytest.raises(ValueError, match="bfloat16 values"):
+            kernels._compiled().spmm(*args, x, y, b"", 1, 1)
+    finally:
+        kernels.set_isa(None)
+
+
 def test_bf16_needs_bfloat16_values():
     dense = np.array([[1.0, 0.0], [0.0, 1.0 + 2.0 ** -10]], np.float32)
     matrix = SparseMatrix.from_dense(dense)
