@@ -263,13 +263,14 @@ def test_the_study_overrides_every_run_before_its_own(tmp_path, tiny_config):
     assert (dense.train.epochs, dense.train.seed, b.train.epochs, b.train.seed) == (5, 7, 3, 7)
 
 
-def test_the_frontier_study_trains_every_run_on_one_schedule_and_seeds_its_claims_three_times(
-        tmp_path, monkeypatch):
+@pytest.mark.parametrize("name, schedule", [("ptb", (8, 6)), ("an4", (20, 14))])
+def test_the_frontier_studies_train_every_run_on_one_schedule_and_seed_their_claims_three_times(
+        name, schedule, tmp_path, monkeypatch):
     root = Path(__file__).parents[2]
-    study = load_study(root / "configs/studies/ptb-frontier.yaml")
+    study = load_study(root / f"configs/studies/{name}-frontier.yaml")
     monkeypatch.chdir(root)
     configs = {run.name: run_config(study, run, tmp_path) for run in study.runs}
-    assert {(c.train.epochs, c.train.anneal_from) for c in configs.values()} == {(8, 6)}
+    assert {(c.train.epochs, c.train.anneal_from) for c in configs.values()} == {schedule}
     for claim in study.claims:
         for names in (claim.runs, claim.against):
             assert sorted(configs[name].train.seed for name in names) == [0, 1, 2]
