@@ -261,8 +261,10 @@ def write_report(out: Path) -> Path:
              f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}. Metrics on the test "
              f"split. Speeds at batch 1 on one thread over {timed} (best of 3, timed in turns in one "
              "process): the engine on each run's exported model against the dense baseline in PyTorch"
-             + (" and, where installed, in ONNX Runtime and OpenVINO (the best dense runtime: the fastest "
-                "of the three; `-`: run timed before the peers were)" if _has_peers(results) else "")
+             + (" and, where installed, in ONNX Runtime and OpenVINO at fp32 (the best dense runtime: the "
+                "fastest of the three; `-`: run timed before the peers were; OpenVINO's bf16 mode, faster "
+                "on CPUs with bf16, is timed by `sparsernn bench`: BENCHMARKS.md)" if _has_peers(results)
+                else "")
              + ".", "",
              *_markdown(rows, task), ""]
     if elsewhere:
