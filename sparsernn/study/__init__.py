@@ -105,6 +105,11 @@ def references(run: StudyRun) -> list[str]:
     return re.findall(r"\{run:([^}]*)\}", " ".join(run.set))
 
 
+def setup(run: StudyRun) -> tuple:
+    """What a run trains apart from its seed: runs with equal setups are seeds of one another."""
+    return str(run.config), tuple(item for item in run.set if not item.startswith("train.seed="))
+
+
 def overrides(study: StudyConfig, run: StudyRun, out: Path) -> list[str]:
     """The study's and then the run's ``--set`` items with ``{out}`` and ``{run:NAME}`` filled in."""
     def best(match: re.Match) -> str:

@@ -143,6 +143,18 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoi
         torch.set_num_threads(threads)
 
 
+def _baseline_source(study, out: Path) -> str:
+    """The run whose dense model is timed as the baseline: the baseline, or where its checkpoint is
+    gone (a study continued on another machine) a seed of it that has one. Dense speed depends on the
+    shapes, not on the weights, so any seed times the same."""
+    from sparsernn.study import run_dir, setup
+
+    runs = {run.name: run for run in study.runs}
+    seeds = [run.name for run in study.runs if setup(run) == setup(runs[study.baseline])]
+    present = [name for name in seeds if (run_dir(out, name) / "checkpoints" / "best.pt").exists()]
+    return study.baseline if study.baseline in present or not present else present[0]
+
+
 def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
     """Evaluate, export and time a finished run; writes and returns its ``result.json``."""
     from sparsernn.bench import machine
@@ -152,8 +164,9 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
     directory = run_dir(out, name)
     best = directory / "checkpoints" / "best.pt"
     model, config, _, checkpoint = load_trained(best)
-    baseline = (model if name == study.baseline  # the baseline times itself: load it once
-                else load_trained(run_dir(out, study.baseline) / "checkpoints" / "best.pt")[0])
+    timed_as_baseline = _baseline_source(study, out)
+    baseline = (model if name == timed_as_baseline  # the baseline times itself: load it once
+                else load_trained(run_dir(out, timed_as_baseline) / "checkpoints" / "best.pt")[0])
     extra = {}
     if config.speech:
         from sparsernn.train.recognize import evaluate_speech
@@ -189,6 +202,7 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
         "train_seconds": [r for r in records if r["kind"] == "eval"][-1]["train_seconds"],
         "file_bytes": exported["bytes"], "dense_fp32_bytes": exported["dense_fp32_bytes"],
         **_speed(config, model, baseline, directory / "model.safetensors", study, checkpoint), **extra,
+        "baseline_timed_run": timed_as_baseline,
         "machine": machine(),  # where it was timed, so a report rebuilt elsewhere still says so
     }
     (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")

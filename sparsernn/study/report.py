@@ -86,12 +86,13 @@ def _markdown(rows: list[dict], task: str) -> list[str]:
 
 def _setups(study, results: list[dict]) -> list[list[dict]]:
     """The results grouped by setup: runs that differ only in ``train.seed`` share a group."""
+    from sparsernn.study import setup
+
     by_name = {r["name"]: r for r in results}
     groups: dict[tuple, list[dict]] = {}
     for run in study.runs:
         if run.name in by_name:
-            key = (str(run.config), tuple(item for item in run.set if not item.startswith("train.seed=")))
-            groups.setdefault(key, []).append(by_name[run.name])
+            groups.setdefault(setup(run), []).append(by_name[run.name])
     return list(groups.values())
 
 

@@ -197,6 +197,31 @@ def test_report_compares_the_engine_with_the_best_dense_runtime(tmp_path):
     assert float(rows["sparse"]["engine_speedup_vs_best_dense"]) == pytest.approx(1.5)
 
 
+def test_a_seed_of_the_baseline_is_timed_where_the_baselines_checkpoint_is_gone(tmp_path):
+    from sparsernn.study.measure import _baseline_source
+
+    study = load_study(write_study(tmp_path, [
+        {"name": "dense", "config": "d.yaml"},
+        {"name": "sparse", "config": "s.yaml", "set": ["train.seed=1"]},
+        {"name": "dense-seed1", "config": "d.yaml", "set": ["train.seed=1"]}]))
+    out = tmp_path / "out"
+
+    def checkpoints(*names):
+        for name in ("dense", "sparse", "dense-seed1"):
+            path = out / "runs" / name / "checkpoints" / "best.pt"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.unlink(missing_ok=True)
+            if name in names:
+                path.write_bytes(b"")
+
+    checkpoints("dense", "dense-seed1")
+    assert _baseline_source(study, out) == "dense"
+    checkpoints("sparse", "dense-seed1")
+    assert _baseline_source(study, out) == "dense-seed1"
+    checkpoints("sparse")  # no seed of the baseline left: the baseline, which then fails to load
+    assert _baseline_source(study, out) == "dense"
+
+
 def test_report_shows_seed_spread_and_notes(tmp_path):
     study = write_study(tmp_path, [
         {"name": "dense", "config": "d.yaml"},
