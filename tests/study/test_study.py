@@ -288,7 +288,7 @@ def test_the_study_overrides_every_run_before_its_own(tmp_path, tiny_config):
     assert (dense.train.epochs, dense.train.seed, b.train.epochs, b.train.seed) == (5, 7, 3, 7)
 
 
-@pytest.mark.parametrize("name, schedule", [("ptb", (8, 6)), ("an4", (20, 14))])
+@pytest.mark.parametrize("name, schedule", [("ptb", (8, 6)), ("an4", (16, 11))])
 def test_the_frontier_studies_train_every_run_on_one_schedule_and_seed_their_claims_three_times(
         name, schedule, tmp_path, monkeypatch):
     root = Path(__file__).parents[2]
