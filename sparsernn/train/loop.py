@@ -177,8 +177,8 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
             state.best_valid_loss, state.evaluations_without_improvement = valid_loss, 0
         else:
             state.evaluations_without_improvement += 1
-        if annealing and end_of_epoch or (not annealing and
-                                          state.evaluations_without_improvement > config.train.patience):
+        plateau = state.evaluations_without_improvement > config.train.patience
+        if end_of_epoch if annealing else plateau:
             for group in optimizer.param_groups:
                 group["lr"] *= config.train.lr_decay
             state.evaluations_without_improvement = 0
