@@ -158,8 +158,8 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
                     progress=print) -> list[dict]:
     """Rows for an exported model file (``model_path``), or else for each of :data:`SHAPES` (the quick
     shape with ``quick``) pruned 90% at random, unstructured and in ``block`` blocks, each with float32
-    and with bfloat16 values. ``steps``: tokens
-    streamed and tokens in the whole sequence (default 200 and 2,000; 20 and 50 with ``quick``)."""
+    and with bfloat16 values. ``steps``: tokens streamed and tokens in the whole sequence (default 200
+    and 2,000; 20 and 50 with ``quick``)."""
     steps = steps or ((20, 50) if quick else (200, 2000))
     rows = []
     if model_path:

@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from sparsernn.errors import UserError
-from sparsernn.kernels import CELLS, FormatError, SparseMatrix, bf16_bits, smallest_layout
+from sparsernn.kernels import CELLS, FormatError, SparseMatrix, bf16_bits, bf16_values, smallest_layout
 
 FORMAT = 2
 VALUE_TYPES = ("fp32", "fp16", "bf16")
@@ -65,7 +65,7 @@ def encode_values(values: np.ndarray, kind: str) -> np.ndarray:
 
 def decode_values(stored: np.ndarray, kind: str) -> np.ndarray:
     if kind == "bf16":
-        return (stored.astype(np.uint32) << 16).view(np.float32)
+        return bf16_values(stored)
     return stored.astype(np.float32)
 
 

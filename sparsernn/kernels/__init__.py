@@ -138,8 +138,7 @@ class SparseMatrix:
 
     def to_bf16(self) -> SparseMatrix:
         """The matrix with its values rounded to bfloat16 (to nearest, ties to even) and ``bf16`` set."""
-        values = (bf16_bits(self.values).astype(np.uint32) << 16).view(np.float32)
-        return dataclasses.replace(self, values=values, bf16=True)
+        return dataclasses.replace(self, values=bf16_values(bf16_bits(self.values)), bf16=True)
 
     @property
     def nnz(self) -> int:
@@ -244,6 +243,11 @@ def bf16_bits(values: np.ndarray) -> np.ndarray:
     has no bfloat16 type."""
     bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
     return ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)
+
+
+def bf16_values(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 numbers given as their 16 bits (uint16), as float32 (exactly)."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 #: Block shapes with a vectorized kernel (``_kernels.c``: ``shape_table``); (1, 1) is plain CSR.

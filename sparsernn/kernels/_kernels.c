@@ -53,8 +53,8 @@ struct Matrix {
     const float *values;
     kernel_fn by_width[3]; /* for 16, 4 and 1 columns, chosen once per call (NULL: generic_kernel) */
     int lanes, sigma;      /* the one-column copy's layout (8, 16; 0: none) and window */
-    int sell_bf16;         /* its values are bfloat16 (uint16), else float32 */
-    const uint16_t *values16; /* without a one-column copy: the block values in bfloat16, or NULL */
+    int sell_bf16;         /* sell_values are bfloat16 (uint16), else float32; without a copy (lanes 0)
+                              they are the block values in bfloat16, for the R x 1 one-column kernels */
     const int32_t *sell_ptr, *sell_order;
     const void *sell_index;
     const void *sell_values;
@@ -344,7 +344,7 @@ AVX512 static void sliced_bf16(const Matrix *m, int br0, int br1, const float *X
 
 /* R x 1 blocks (R = 8 or 16 consecutive rows of one column), one contiguous column: per block one
  * broadcast of x and R/8 FMAs; four blocks in flight. VALUES8(k, h) loads the 8 values h of block k:
- * float32, or bfloat16 (m->values16) widened by a shift. */
+ * float32, or bfloat16 (m->sell_values) widened by a shift. */
 #define COLUMN_BLOCKS(NAME, R, VALUES8)                                                          \
     static void NAME(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, \
                      const float *bias) {                                                        \
@@ -379,8 +379,8 @@ AVX512 static void sliced_bf16(const Matrix *m, int br0, int br1, const float *X
 #ifdef __AVX2__
 #define F32_8(k, h) _mm256_loadu_ps(m->values + (size_t)(k) * 8 + 8 * (h))
 #define F32_16(k, h) _mm256_loadu_ps(m->values + (size_t)(k) * 16 + 8 * (h))
-#define BF16_8(k, h) values8(m->values16, (size_t)(k) * 8 + 8 * (h), 1)
-#define BF16_16(k, h) values8(m->values16, (size_t)(k) * 16 + 8 * (h), 1)
+#define BF16_8(k, h) values8(m->sell_values, (size_t)(k) * 8 + 8 * (h), 1)
+#define BF16_16(k, h) values8(m->sell_values, (size_t)(k) * 16 + 8 * (h), 1)
 COLUMN_BLOCKS(column_blocks_8, 8, F32_8)
 COLUMN_BLOCKS(column_blocks_16, 16, F32_16)
 COLUMN_BLOCKS(column_blocks_8_bf16, 8, BF16_8)
@@ -615,7 +615,7 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
     for (int s = 0; s < NSHAPES; ++s)
         if (shape_table[s][0] == m->r && shape_table[s][1] == m->c) {
 #ifdef __AVX2__
-            if (nn_slot == 2 && !m->wide && m->values16 && (s == 2 || s == 3))
+            if (nn_slot == 2 && !m->wide && m->sell_bf16 && !m->lanes && (s == 2 || s == 3))
                 return s == 2 ? column_blocks_8_bf16 : column_blocks_16_bf16;
             if (nn_slot == 2 && !m->wide) {
                 if (s == 0 && m->lanes == 16) return m->sell_bf16 ? sliced_bf16 : sliced_f32;
@@ -870,7 +870,7 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
     if (check_len(index, nblocks * (wide ? 4 : 2), "index") ||
         check_len(values, nblocks * r * c * 4, "values"))
         return -1;
-    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, 0, 0, NULL, NULL, NULL, NULL, NULL};
+    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, 0, 0, NULL, NULL, NULL, NULL};
 #ifdef __AVX2__
     const int usable = lanes == 8 || (lanes == 16 && use_avx512);
 #else
@@ -903,7 +903,7 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
     }
     if (bf16 && !lanes && sell_values->len) { /* no copy: the block values in bfloat16 (R x 1 kernels) */
         if (check_len(sell_values, nblocks * r * c * 2, "bfloat16 values")) return -1;
-        m->values16 = sell_values->buf;
+        m->sell_bf16 = 1, m->sell_values = sell_values->buf;
     }
     for (int slot = 0; slot < 3; ++slot) m->by_width[slot] = pick_kernel(m, slot);
     return 0;
