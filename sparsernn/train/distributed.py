@@ -21,6 +21,7 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    joined: bool = False  # setup() created the process group, so leave() destroys it
 
     @property
     def is_main(self) -> bool:
@@ -36,13 +37,23 @@ def setup() -> Distributed:
     cuda = torch.cuda.is_available()
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
         return Distributed(device=torch.device("cuda" if cuda else "cpu"))
-    if not dist.is_initialized():
+    joined = not dist.is_initialized()
+    if joined:
         dist.init_process_group("nccl" if cuda else "gloo")
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = torch.device(f"cuda:{local_rank}") if cuda else torch.device("cpu")
     if cuda:
         torch.cuda.set_device(device)
-    return Distributed(dist.get_rank(), dist.get_world_size(), device)
+    return Distributed(dist.get_rank(), dist.get_world_size(), device, joined)
+
+
+def leave(info: Distributed) -> None:
+    """Destroy the process group setup() created, once every rank got here. A gloo group left for
+    the interpreter's exit to tear down can abort the process ("terminate called without an active
+    exception") after a run that succeeded."""
+    if info.joined:
+        dist.barrier()
+        dist.destroy_process_group()
 
 
 def shard(tokens: torch.Tensor, info: Distributed) -> torch.Tensor:

@@ -234,4 +234,5 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
         if ranks.is_main:
             _append_metrics(metrics_path, {"kind": "ranks", "step": state.step,
                                            "ranks_identical": record["ranks_identical"]})
+    distributed.leave(ranks)
     return record

@@ -76,3 +76,21 @@ def test_two_process_translation_training_keeps_ranks_identical(tmp_path):
     result = torchrun(config_path, tmp_path / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     assert records(tmp_path / "run")[-1] == {"kind": "ranks", "step": 6, "ranks_identical": True}
+
+
+def test_a_process_group_the_caller_made_outlives_training(monkeypatch):
+    """setup() joins a group the caller already made and leave() does not destroy it; only the group
+    setup() itself created is destroyed at the end of training."""
+    import torch.distributed as dist
+
+    from sparsernn.train.distributed import leave, setup
+
+    dist.init_process_group("gloo", init_method="tcp://127.0.0.1:0", rank=0, world_size=1)
+    try:
+        monkeypatch.setenv("WORLD_SIZE", "2")
+        info = setup()
+        assert not info.joined
+        leave(info)
+        assert dist.is_initialized()
+    finally:
+        dist.destroy_process_group()
