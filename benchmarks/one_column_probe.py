@@ -53,9 +53,9 @@ kernels.set_isa(None)
 
 small = pruned(rng, 800, 200)
 x, out, bias = np.ones((200, 1), np.float32), np.empty((800, 1), np.float32), np.zeros(800, np.float32)
-args = kernels._args(small, 1)
+compiled = kernels._compiled_matrix(small, 1)
 wrapped = min(timeit.repeat(lambda: spmm(small, x, bias, out=out), number=20000, repeat=5)) / 20000 * 1e6
-bare = min(timeit.repeat(lambda: kernels._compiled().spmm(*args, x, out, bias, 1, 1), number=20000,
+bare = min(timeit.repeat(lambda: kernels._compiled().spmm(compiled, x, out, bias, 1, 1), number=20000,
                          repeat=5)) / 20000 * 1e6
 print(f"800 x 200: kernels.spmm {wrapped:.2f} us, bare compiled call {bare:.2f} us: "
       f"{wrapped - bare:.2f} us of Python around it")

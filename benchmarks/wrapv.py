@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from sparsernn.bench import measure_in_turns, random_pruned
-from sparsernn.kernels import SparseMatrix, _args
+from sparsernn.kernels import SparseMatrix, _matrix_args
 
 SOURCE = Path(__file__).resolve().parents[1] / "sparsernn" / "kernels" / "_kernels.c"
 
@@ -48,7 +48,7 @@ def main() -> None:
             for columns in (1, 16):
                 x = rng.standard_normal((1760, columns)).astype(np.float32)
                 out = np.empty((1760, columns), np.float32)
-                args = (*_args(matrix, columns), x, out, b"", columns, 1)
+                args = (module.matrix(*_matrix_args(matrix, columns == 1)), x, out, b"", columns, 1)
                 calls[name, columns] = (lambda f=module.spmm, a=args: f(*a))
         timed = measure_in_turns(calls, 0.5)
         for name in builds:

@@ -44,11 +44,25 @@ class LanguageModelEngine:
                                                arch.get("bidirectional", False), threads=threads,
                                                backend=backend)
         self.threads, self.backend = threads, self.rnn.backend
-        self.state = None
+        self.state, self._step = None, None
 
     def reset(self) -> None:
         """Forget the carried state (the next call starts from zeros)."""
         self.state = None
+
+    def _start(self, batch: int) -> None:
+        """Zero state for ``batch`` columns, and the program that runs a one-token call on it: the
+        embedded token in, every layer and the decoder in one compiled call, the logits out."""
+        self.state = self.rnn.initial_state(batch)
+        x = np.empty((self.embedding.shape[1], batch), np.float32)
+        step = self.rnn.step_operations(x, self.state)
+        self._step = None
+        if step is not None:
+            operations, hidden = step
+            logits = np.empty((self.decoder.shape[0], batch), np.float32)
+            operations.append(("product", self.decoder, hidden, logits, self.decoder_bias))
+            program = kernels.Program(operations, threads=self.threads, backend_name=self.backend)
+            self._step = program, x, logits
 
     def __call__(self, tokens: np.ndarray) -> np.ndarray:
         """``tokens`` (T, B) integer ids -> logits (T, B, V); continues from the previous call's state."""
@@ -59,7 +73,12 @@ class LanguageModelEngine:
             raise ValueError(f"token ids must be in [0, {len(self.vocabulary)})")
         steps, batch = tokens.shape
         if self.state is None or self.state[0][0][0].shape[1] != batch:
-            self.state = self.rnn.initial_state(batch)
+            self._start(batch)
+        if steps == 1 and self._step is not None:  # streaming: one compiled call per token
+            program, x, logits = self._step
+            x[...] = self.embedding[tokens[0]].T
+            program()
+            return logits.T[None].copy()  # (1, B, V)
         x = np.ascontiguousarray(self.embedding[tokens].transpose(2, 0, 1))  # (E, T, B)
         hidden = self.rnn(x, self.state)  # (H, T, B)
         logits = kernels.spmm(self.decoder, hidden.reshape(hidden.shape[0], -1), self.decoder_bias,

@@ -102,17 +102,34 @@ class RecurrentStack:
             for reverse, (direction, (h, c)) in enumerate(zip(layer, layer_state, strict=True)):
                 projected = kernels.spmm(direction.weight_ih, flat, direction.bias_ih, threads=self.threads,
                                          backend_name=self.backend)  # (G*H, T*B)
-                xproj = np.ascontiguousarray(projected.reshape(-1, steps, batch).transpose(1, 0, 2))
+                xproj = (projected.reshape(1, -1, batch) if steps == 1  # the same memory: no copy
+                         else np.ascontiguousarray(projected.reshape(-1, steps, batch).transpose(1, 0, 2)))
                 if direction.weight_hr is None:
                     out = kernels.recurrent(self.cell, direction.weight_hh, direction.bias_hh, xproj, h, c,
                                             reverse=bool(reverse), threads=self.threads,
                                             backend_name=self.backend)  # (T, H, B)
                 else:
                     out = self._projected_lstm(direction, xproj, h, c, bool(reverse))  # (T, P, B)
-                outputs.append(out.transpose(1, 0, 2))
+                outputs.append(out.reshape(-1, 1, batch) if steps == 1 else out.transpose(1, 0, 2))
             x = np.ascontiguousarray(np.concatenate(outputs) if len(outputs) > 1 else outputs[0])
             features = x.shape[0]
         return x
+
+    def step_operations(self, x: np.ndarray, state) -> tuple[list[tuple], np.ndarray] | None:
+        """One step of every layer as :class:`~sparsernn.kernels.Program` operations, from the buffer
+        ``x`` (features, B) into the returned one (H, B), updating ``state`` in place; the same products
+        and cell equations as a call with one step. None where a layer is bidirectional or projected
+        (those run by calls)."""
+        if any(len(layer) > 1 or layer[0].weight_hr is not None for layer in self.layers):
+            return None
+        operations = []
+        for (direction,), ((h, c),) in zip(self.layers, state, strict=True):
+            xproj = np.empty((direction.weight_ih.shape[0], x.shape[1]), np.float32)
+            out = np.empty_like(h)
+            operations += [("product", direction.weight_ih, x, xproj, direction.bias_ih),
+                           ("step", self.cell, direction.weight_hh, direction.bias_hh, xproj, out, h, c)]
+            x = out
+        return operations, x
 
     def _projected_lstm(self, direction: Direction, xproj: np.ndarray, h: np.ndarray, c: np.ndarray,
                         reverse: bool) -> np.ndarray:

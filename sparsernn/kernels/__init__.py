@@ -225,8 +225,9 @@ class SparseMatrix:
         return bf16_bits(values) if self.bf16 else values
 
     @cached_property
-    def compiled_args(self) -> dict[str, tuple]:
-        """The arguments of compiled calls by instruction set, filled by the calls (:func:`_args`)."""
+    def compiled(self) -> dict[tuple[str, bool], object]:
+        """The compiled matrix by instruction set and one column or not, filled by the calls
+        (:func:`_compiled_matrix`)."""
         return {}
 
     def to_dense(self) -> np.ndarray:
@@ -334,24 +335,33 @@ def set_isa(level: str | None) -> None:
         _compiled().set_avx512(isa() == "avx512")
 
 
-def _args(matrix: SparseMatrix, columns: int) -> tuple:
-    """The matrix's arguments to a compiled call with ``columns`` columns (with one column, its copy in
-    the layout of the instruction set in use: sliced for AVX-512, interleaved for AVX2), kept on the
-    matrix per instruction set: a streaming model makes several calls per token."""
-    level = isa() if columns == 1 else "portable"
-    if level not in matrix.compiled_args:
-        copy = matrix.sliced if level == "avx512" else matrix.interleaved if level == "avx2" else None
-        lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
-        if matrix.bf16 and copy is None and level != "portable" and matrix.block in ((8, 1), (16, 1)):
-            values = bf16_bits(matrix.values)  # read by the one-column kernels of these blocks
-        matrix.compiled_args[level] = (
-            *matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32), matrix.rowptr, matrix.index,
+def _matrix_args(matrix: SparseMatrix, one_column: bool) -> tuple:
+    """The arguments of the compiled ``matrix`` call: the arrays and, for one column, the copy in the
+    layout of the instruction set in use (sliced for AVX-512, interleaved for AVX2)."""
+    level = isa() if one_column else "portable"
+    copy = matrix.sliced if level == "avx512" else matrix.interleaved if level == "avx2" else None
+    lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
+    if matrix.bf16 and copy is None and level != "portable" and matrix.block in ((8, 1), (16, 1)):
+        values = bf16_bits(matrix.values)  # read by the one-column kernels of these blocks
+    return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32), matrix.rowptr, matrix.index,
             matrix.values, lanes, sigma, int(matrix.bf16 and len(values) > 0), ptr, order, index, values)
-    return matrix.compiled_args[level]
+
+
+def _compiled_matrix(matrix: SparseMatrix, columns: int):
+    """The matrix compiled for products with ``columns`` columns (layout and kernels chosen for the
+    instruction set in use), kept on the matrix: a streaming model makes several calls per token."""
+    key = (isa(), columns == 1)
+    if key not in matrix.compiled:
+        matrix.compiled[key] = _compiled().matrix(*_matrix_args(matrix, columns == 1))
+    return matrix.compiled[key]
+
+
+_FLOAT32 = np.dtype(np.float32)
 
 
 def _float32(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if array.dtype != np.float32 or array.shape != shape or not array.flags.c_contiguous:
+    if ((array.dtype is not _FLOAT32 and array.dtype != _FLOAT32) or array.shape != shape
+            or not array.flags.c_contiguous):
         raise ValueError(f"{name} must be C-contiguous float32 of shape {shape}, "
                          f"got {array.dtype} {array.shape}")
     return array
@@ -368,7 +378,7 @@ def spmm(matrix: SparseMatrix, x: np.ndarray, bias: np.ndarray | None = None, *,
     if backend(backend_name) == "reference":
         return reference.spmm(matrix, x, bias)
     out = np.empty((rows, n), dtype=np.float32) if out is None else _float32("out", out, (rows, n))
-    _compiled().spmm(*_args(matrix, n), x, out, b"" if bias is None else bias, n, threads)
+    _compiled().spmm(_compiled_matrix(matrix, n), x, out, b"" if bias is None else bias, n, threads)
     return out
 
 
@@ -398,7 +408,69 @@ def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np
     if backend(backend_name) == "reference":
         return reference.recurrent(cell, weight_hh, bias_hh, xproj, h, c, reverse=reverse)
     out = np.empty((steps, hidden, batch), dtype=np.float32)
-    _compiled().recurrent(_CELL_CODES[cell], *_args(weight_hh, batch), bias_hh, xproj, out, h,
+    _compiled().recurrent(_CELL_CODES[cell], _compiled_matrix(weight_hh, batch), bias_hh, xproj, out, h,
                           c if c is not None else np.empty(0, np.float32), steps, batch, int(reverse),
                           max(1, threads))
     return out
+
+
+class Program:
+    """Products and one-step recurrent layers over fixed buffers, run in order by one compiled call: a
+    streaming model's whole token (every layer, then the output layer) with no Python in between.
+
+    ``operations`` (float32 C-contiguous buffers, ``n`` columns each):
+
+    - ``("product", matrix, x, y, bias)``: ``y = matrix @ x + bias`` (bias may be None), x ``(cols, n)``;
+    - ``("step", cell, weight_hh, bias_hh, xproj, out, h, c)``: one step of :func:`recurrent` with the
+      input projection ``xproj`` ``(gates * H, n)``; the new state in ``h`` (and ``c``) and in ``out``.
+
+    Later operations may read what earlier ones wrote. The buffers are held, not copied: write the
+    inputs into them, call the program, read the outputs. With the reference backend the same
+    operations run one by one in numpy.
+    """
+
+    def __init__(self, operations: list[tuple], *, threads: int = 1, backend_name: str = "auto"):
+        self.operations, self.backend = operations, backend(backend_name)
+        compiled = [self._checked(operation) for operation in operations]
+        self._program = _compiled().program(compiled, max(1, threads)) if self.backend == "c" else None
+
+    def _checked(self, operation: tuple) -> tuple | None:
+        """The operation's arguments to the compiled program (None with the reference backend), after
+        checking its buffers."""
+        if operation[0] == "product":
+            _, matrix, x, y, bias = operation
+            n = x.shape[1] if x.ndim == 2 else -1
+            _float32("x", x, (matrix.shape[1], n))
+            _float32("y", y, (matrix.shape[0], n))
+            if bias is not None:
+                _float32("bias", bias, (matrix.shape[0],))
+            if self.backend == "c":
+                return 0, _compiled_matrix(matrix, n), x, y, b"" if bias is None else bias, n
+            return None
+        if operation[0] != "step":
+            raise ValueError(f"unknown operation {operation[0]!r}; valid: product, step")
+        _, cell, weight_hh, bias_hh, xproj, out, h, c = operation
+        hidden, n = h.shape if h.ndim == 2 else (0, -1)
+        if cell not in CELLS or weight_hh.shape != (CELLS[cell] * hidden, hidden):
+            raise ValueError(f"step: a {cell!r} layer with h of shape {h.shape} does not fit weight_hh "
+                             f"{weight_hh.shape}")
+        _float32("bias_hh", bias_hh, (weight_hh.shape[0],))
+        _float32("xproj", xproj, (weight_hh.shape[0], n))
+        for name, array in (("out", out), ("h", h)) + ((("c", c),) if cell == "lstm" else ()):
+            _float32(name, array, (hidden, n))
+        if self.backend == "c":
+            return (1, _compiled_matrix(weight_hh, n), _CELL_CODES[cell], bias_hh, xproj, out, h,
+                    np.empty(0, np.float32) if c is None else c, n)
+        return None
+
+    def __call__(self) -> None:
+        if self._program is not None:
+            _compiled().run(self._program)
+            return
+        for operation in self.operations:
+            if operation[0] == "product":
+                _, matrix, x, y, bias = operation
+                y[...] = reference.spmm(matrix, x, bias)
+            else:
+                _, cell, weight_hh, bias_hh, xproj, out, h, c = operation
+                out[...] = reference.recurrent(cell, weight_hh, bias_hh, xproj[None], h, c)[0]

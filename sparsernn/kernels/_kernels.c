@@ -24,7 +24,8 @@
  *           the one-column kernels of 8x1 and 16x1 blocks read instead of values.
  *
  * The Python side (sparsernn.kernels) validates index ranges once, when a matrix is built; here only
- * buffer sizes are checked, on every call, so a wrong call raises instead of reading out of bounds.
+ * buffer sizes are checked (when a matrix or a program is compiled, and on every call), so a wrong call
+ * raises instead of reading out of bounds.
  * The GIL is released while computing.
  */
 #define PY_SSIZE_T_CLEAN
@@ -51,7 +52,7 @@ struct Matrix {
     const int32_t *rowptr;
     const void *index;
     const float *values;
-    kernel_fn by_width[3]; /* for 16, 4 and 1 columns, chosen once per call (NULL: generic_kernel) */
+    kernel_fn by_width[3]; /* for 16, 4 and 1 columns, chosen when compiled (NULL: generic_kernel) */
     int lanes, sigma;      /* the one-column copy's layout (8, 16; 0: none) and window */
     int sell_bf16;         /* sell_values are bfloat16 (uint16), else float32; without a copy (lanes 0)
                               they are the block values in bfloat16, for the R x 1 one-column kernels */
@@ -840,6 +841,16 @@ static int run_recurrent(int cell, const Matrix *m, const float *bias, const flo
     return 0;
 }
 
+/* Y = W X + bias over N columns, the block rows split among threads on whole windows. */
+static void product(const Matrix *m, const float *X, float *Y, long N, const float *bias, int threads) {
+    const int block_rows = m->rows / m->r, parts = threads < 1 ? 1 : threads;
+#pragma omp parallel for schedule(static) num_threads(parts) if (parts > 1)
+    for (int part = 0; part < parts; ++part)
+        rows_product(m, whole_windows(m, (int)((long)block_rows * part / parts)),
+                     part + 1 == parts ? block_rows : whole_windows(m, (int)((long)block_rows * (part + 1) / parts)),
+                     X, N, Y, N, N, bias);
+}
+
 /* ---- Python bindings ---------------------------------------------------------------------------- */
 
 static int check_len(const Py_buffer *b, Py_ssize_t need, const char *what) {
@@ -909,70 +920,96 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
     return 0;
 }
 
+/* A compiled matrix: the Matrix with its kernels chosen, holding the buffers it points into; made once per
+ * matrix and instruction set (sparsernn.kernels keeps it on the SparseMatrix), so that a call per token
+ * parses no layout arguments. */
+typedef struct {
+    Matrix m;
+    Py_buffer buffers[7];
+} Held;
+static const char *const HELD = "sparsernn.kernels.Matrix";
+
+static void held_free(PyObject *capsule) {
+    Held *held = PyCapsule_GetPointer(capsule, HELD);
+    for (int i = 0; i < 7; ++i) PyBuffer_Release(&held->buffers[i]);
+    free(held);
+}
+
+static PyObject *py_matrix(PyObject *self, PyObject *args) {
+    (void)self;
+    int rows, cols, r, c, wide, lanes, sigma, bf16;
+    Held *held = calloc(1, sizeof(Held));
+    if (!held) return PyErr_NoMemory();
+    Py_buffer *b = held->buffers;
+    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*iiiy*y*y*y*", &rows, &cols, &r, &c, &wide, &b[0], &b[1], &b[2], &lanes,
+                          &sigma, &bf16, &b[3], &b[4], &b[5], &b[6])) {
+        free(held); /* the parser released what it had taken */
+        return NULL;
+    }
+    PyObject *capsule = NULL;
+    if (!make_matrix(&held->m, rows, cols, r, c, wide, &b[0], &b[1], &b[2], lanes, sigma, bf16, &b[3], &b[4], &b[5],
+                     &b[6]))
+        capsule = PyCapsule_New(held, HELD, held_free);
+    if (!capsule) {
+        for (int i = 0; i < 7; ++i) PyBuffer_Release(&b[i]);
+        free(held);
+    }
+    return capsule;
+}
+
+static const Matrix *held_matrix(PyObject *capsule) {
+    Held *held = PyCapsule_GetPointer(capsule, HELD); /* sets TypeError/ValueError for anything else */
+    return held ? &held->m : NULL;
+}
+
 static PyObject *py_spmm(PyObject *self, PyObject *args) {
     (void)self;
-    int rows, cols, r, c, wide, lanes, sigma, bf16, threads;
+    int threads;
     long N;
-    Py_buffer rowptr, index, values, sptr, sorder, sindex, svalues, x, y, bias;
-    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*iiiy*y*y*y*y*w*y*li", &rows, &cols, &r, &c, &wide, &rowptr, &index,
-                          &values, &lanes, &sigma, &bf16, &sptr, &sorder, &sindex, &svalues, &x, &y, &bias, &N,
-                          &threads))
-        return NULL;
+    PyObject *capsule;
+    Py_buffer x, y, bias;
+    if (!PyArg_ParseTuple(args, "Oy*w*y*li", &capsule, &x, &y, &bias, &N, &threads)) return NULL;
     PyObject *result = NULL;
-    Matrix m;
-    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, lanes, sigma, bf16, &sptr, &sorder, &sindex,
-                    &svalues) ||
-        check_len(&x, (Py_ssize_t)cols * N * 4, "x") || check_len(&y, (Py_ssize_t)rows * N * 4, "y") ||
-        (bias.len && check_len(&bias, (Py_ssize_t)rows * 4, "bias")))
+    const Matrix *m = held_matrix(capsule);
+    if (!m || check_len(&x, (Py_ssize_t)m->cols * N * 4, "x") || check_len(&y, (Py_ssize_t)m->rows * N * 4, "y") ||
+        (bias.len && check_len(&bias, (Py_ssize_t)m->rows * 4, "bias")))
         goto done;
-    const float *b = bias.len ? bias.buf : NULL;
-    const float *X = x.buf;
-    float *Y = y.buf;
-    const int block_rows = rows / r, parts = threads < 1 ? 1 : threads;
     Py_BEGIN_ALLOW_THREADS;
-#pragma omp parallel for schedule(static) num_threads(parts) if (parts > 1)
-    for (int part = 0; part < parts; ++part)
-        rows_product(&m, whole_windows(&m, (int)((long)block_rows * part / parts)),
-                     part + 1 == parts ? block_rows : whole_windows(&m, (int)((long)block_rows * (part + 1) / parts)),
-                     X, N, Y, N, N, b);
+    product(m, x.buf, y.buf, N, bias.len ? bias.buf : NULL, threads);
     Py_END_ALLOW_THREADS;
     result = Py_None;
     Py_INCREF(result);
 done:
-    PyBuffer_Release(&rowptr), PyBuffer_Release(&index), PyBuffer_Release(&values);
-    PyBuffer_Release(&sptr), PyBuffer_Release(&sorder), PyBuffer_Release(&sindex), PyBuffer_Release(&svalues);
     PyBuffer_Release(&x), PyBuffer_Release(&y), PyBuffer_Release(&bias);
     return result;
 }
 
 static PyObject *py_recurrent(PyObject *self, PyObject *args) {
     (void)self;
-    int cell, rows, cols, r, c, wide, lanes, sigma, bf16, reverse, threads;
+    int cell, reverse, threads;
     long T, B;
-    Py_buffer rowptr, index, values, sptr, sorder, sindex, svalues, bias, xproj, out, h, cst;
-    if (!PyArg_ParseTuple(args, "iiiiiiy*y*y*iiiy*y*y*y*y*y*w*w*w*llii", &cell, &rows, &cols, &r, &c, &wide, &rowptr,
-                          &index, &values, &lanes, &sigma, &bf16, &sptr, &sorder, &sindex, &svalues, &bias, &xproj, &out, &h, &cst,
-                          &T, &B, &reverse, &threads))
+    PyObject *capsule;
+    Py_buffer bias, xproj, out, h, cst;
+    if (!PyArg_ParseTuple(args, "iOy*y*w*w*w*llii", &cell, &capsule, &bias, &xproj, &out, &h, &cst, &T, &B, &reverse,
+                          &threads))
         return NULL;
     PyObject *result = NULL;
-    Matrix m;
-    if (make_matrix(&m, rows, cols, r, c, wide, &rowptr, &index, &values, lanes, sigma, bf16, &sptr, &sorder, &sindex,
-                    &svalues))
-        goto done;
+    const Matrix *m = held_matrix(capsule);
+    if (!m) goto done;
     const int G = cell < 0 || cell > 4 ? 0 : cell_gates(cell);
-    if (!G || rows != G * cols || (cols / r) * r != cols || threads < 1 || T < 0 || B < 1) {
+    if (!G || m->rows != G * m->cols || (m->cols / m->r) * m->r != m->cols || threads < 1 || T < 0 || B < 1) {
         PyErr_Format(PyExc_ValueError, "recurrent: cell %d, W_hh %dx%d, block %dx%d, %d threads do not fit", cell,
-                     rows, cols, r, c, threads);
+                     m->rows, m->cols, m->r, m->c, threads);
         goto done;
     }
-    const Py_ssize_t HB = (Py_ssize_t)cols * B;
-    if (check_len(&bias, (Py_ssize_t)rows * 4, "bias") || check_len(&xproj, T * G * HB * 4, "xproj") ||
+    const Py_ssize_t HB = (Py_ssize_t)m->cols * B;
+    if (check_len(&bias, (Py_ssize_t)m->rows * 4, "bias") || check_len(&xproj, T * G * HB * 4, "xproj") ||
         check_len(&out, T * HB * 4, "out") || check_len(&h, HB * 4, "h") ||
         (cell == CELL_LSTM && check_len(&cst, HB * 4, "c")))
         goto done;
     int status;
     Py_BEGIN_ALLOW_THREADS;
-    status = run_recurrent(cell, &m, bias.buf, xproj.buf, out.buf, h.buf, cell == CELL_LSTM ? cst.buf : NULL, T, B,
+    status = run_recurrent(cell, m, bias.buf, xproj.buf, out.buf, h.buf, cell == CELL_LSTM ? cst.buf : NULL, T, B,
                            reverse, threads);
     Py_END_ALLOW_THREADS;
     if (status) {
@@ -982,10 +1019,132 @@ static PyObject *py_recurrent(PyObject *self, PyObject *args) {
     result = Py_None;
     Py_INCREF(result);
 done:
-    PyBuffer_Release(&rowptr), PyBuffer_Release(&index), PyBuffer_Release(&values), PyBuffer_Release(&bias);
-    PyBuffer_Release(&sptr), PyBuffer_Release(&sorder), PyBuffer_Release(&sindex), PyBuffer_Release(&svalues);
-    PyBuffer_Release(&xproj), PyBuffer_Release(&out), PyBuffer_Release(&h), PyBuffer_Release(&cst);
+    PyBuffer_Release(&bias), PyBuffer_Release(&xproj), PyBuffer_Release(&out), PyBuffer_Release(&h);
+    PyBuffer_Release(&cst);
     return result;
+}
+
+/* A program: products and one-step recurrent layers in a fixed order over fixed buffers, run by one call
+ * (a streaming model's whole token: every layer and the output layer). Built once from a list of
+ * operations, each a tuple:
+ *   (0, matrix, x, y, bias, n)                          y = W x + bias, x (cols, n), y (rows, n)
+ *   (1, matrix, cell, bias_hh, xproj, out, h, c, n)     one step of a recurrent layer, xproj (G*H, n)
+ * The program holds the operations' objects and buffers until it is freed. */
+enum { OP_PRODUCT = 0, OP_STEP = 1 };
+typedef struct {
+    int kind, cell;
+    const Matrix *m;
+    const float *bias, *x; /* bias may be NULL for a product; x is xproj for a step */
+    float *y, *h, *c;      /* y is out for a step; c NULL but for LSTM */
+    long n;
+} Op;
+typedef struct {
+    int count, threads, held;
+    Op *ops;
+    Py_buffer *buffers; /* 5 per operation, `held` of them taken */
+    PyObject *source;   /* the operations' tuples: they keep the compiled matrices alive */
+} Program;
+static const char *const PROGRAM = "sparsernn.kernels.Program";
+
+static void program_free(PyObject *capsule) {
+    Program *p = PyCapsule_GetPointer(capsule, PROGRAM);
+    for (int i = 0; i < p->held; ++i) PyBuffer_Release(&p->buffers[i]);
+    Py_XDECREF(p->source);
+    free(p->ops), free(p->buffers), free(p);
+}
+
+/* Fills op from one operation tuple, taking its buffers into b (5 slots; *taken says how many, also when
+ * a later check fails); -1 with an exception set. */
+static int make_op(Op *op, PyObject *item, Py_buffer *b, int *taken) {
+    PyObject *capsule;
+    long n;
+    int kind = PyTuple_Check(item) && PyTuple_GET_SIZE(item) ? (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 0)) : -1;
+    if (kind == OP_PRODUCT) {
+        if (!PyArg_ParseTuple(item, "iOy*w*y*l", &kind, &capsule, &b[0], &b[1], &b[2], &n)) return -1;
+    } else if (kind == OP_STEP) {
+        if (!PyArg_ParseTuple(item, "iOiy*y*w*w*w*l", &kind, &capsule, &op->cell, &b[0], &b[1], &b[2], &b[3], &b[4], &n))
+            return -1;
+    } else {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "program: an operation is (0, ...) or (1, ...)");
+        return -1;
+    }
+    *taken = kind == OP_PRODUCT ? 3 : 5;
+    const Matrix *m = held_matrix(capsule);
+    if (!m) return -1;
+    *op = (Op){kind, op->cell, m, NULL, NULL, NULL, NULL, NULL, n};
+    if (n < 1) {
+        PyErr_SetString(PyExc_ValueError, "program: n must be at least 1");
+        return -1;
+    }
+    if (kind == OP_PRODUCT) {
+        if (check_len(&b[0], (Py_ssize_t)m->cols * n * 4, "x") || check_len(&b[1], (Py_ssize_t)m->rows * n * 4, "y") ||
+            (b[2].len && check_len(&b[2], (Py_ssize_t)m->rows * 4, "bias")))
+            return -1;
+        op->x = b[0].buf, op->y = b[1].buf, op->bias = b[2].len ? b[2].buf : NULL;
+        return 0;
+    }
+    const int G = op->cell < 0 || op->cell > 4 ? 0 : cell_gates(op->cell);
+    const Py_ssize_t Hn = (Py_ssize_t)m->cols * n;
+    if (!G || m->rows != G * m->cols || m->cols % m->r) {
+        PyErr_Format(PyExc_ValueError, "program: cell %d, W_hh %dx%d, block %dx%d do not fit", op->cell, m->rows,
+                     m->cols, m->r, m->c);
+        return -1;
+    }
+    if (check_len(&b[0], (Py_ssize_t)m->rows * 4, "bias") || check_len(&b[1], G * Hn * 4, "xproj") ||
+        check_len(&b[2], Hn * 4, "out") || check_len(&b[3], Hn * 4, "h") ||
+        (op->cell == CELL_LSTM && check_len(&b[4], Hn * 4, "c")))
+        return -1;
+    op->bias = b[0].buf, op->x = b[1].buf, op->y = b[2].buf, op->h = b[3].buf;
+    op->c = op->cell == CELL_LSTM ? b[4].buf : NULL;
+    return 0;
+}
+
+static PyObject *py_program(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *list;
+    int threads;
+    if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads)) return NULL;
+    const int count = (int)PyList_GET_SIZE(list);
+    Program *p = calloc(1, sizeof(Program));
+    if (p) p->ops = calloc((size_t)count + 1, sizeof(Op)), p->buffers = calloc((size_t)count * 5 + 1, sizeof(Py_buffer));
+    if (!p || !p->ops || !p->buffers) {
+        if (p) free(p->ops), free(p->buffers), free(p);
+        return PyErr_NoMemory();
+    }
+    p->count = count, p->threads = threads < 1 ? 1 : threads;
+    p->source = PyList_AsTuple(list);
+    PyObject *capsule = NULL;
+    for (int i = 0; p->source && i < count; ++i) {
+        int taken = 0;
+        const int status = make_op(&p->ops[i], PyTuple_GET_ITEM(p->source, i), p->buffers + p->held, &taken);
+        p->held += taken; /* what the parser took (nothing when it failed) */
+        if (status) goto fail;
+    }
+    if (p->source) capsule = PyCapsule_New(p, PROGRAM, program_free);
+    if (capsule) return capsule;
+fail:
+    for (int i = 0; i < p->held; ++i) PyBuffer_Release(&p->buffers[i]);
+    Py_XDECREF(p->source);
+    free(p->ops), free(p->buffers), free(p);
+    return NULL;
+}
+
+static PyObject *py_run(PyObject *self, PyObject *capsule) {
+    (void)self;
+    Program *p = PyCapsule_GetPointer(capsule, PROGRAM);
+    if (!p) return NULL;
+    int status = 0;
+    Py_BEGIN_ALLOW_THREADS;
+    for (int i = 0; i < p->count && !status; ++i) {
+        const Op *op = &p->ops[i];
+        if (op->kind == OP_PRODUCT)
+            product(op->m, op->x, op->y, op->n, op->bias, p->threads);
+        else
+            status = run_recurrent(op->cell, op->m, op->bias, op->x, op->y, op->h, op->c, 1, op->n, 0, p->threads);
+    }
+    Py_END_ALLOW_THREADS;
+    if (status) return PyErr_NoMemory();
+    Py_RETURN_NONE;
 }
 
 static PyObject *py_set_avx512(PyObject *self, PyObject *args) {
@@ -1002,12 +1161,16 @@ static PyObject *py_set_avx512(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"set_avx512", py_set_avx512, METH_VARARGS, "set_avx512(flag): allow the AVX-512 kernels or not"},
-    {"spmm", py_spmm, METH_VARARGS,
-     "spmm(rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, bf16, sell_ptr, sell_order, sell_index, "
-     "sell_values, x, y, bias, n, threads): y = W x + bias"},
-    {"recurrent", py_recurrent, METH_VARARGS,
-     "recurrent(cell, rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, bf16, sell_ptr, sell_order, sell_index, "
-     "sell_values, bias_hh, xproj, out, h, c, T, B, reverse, threads)"},
+    {"matrix", py_matrix, METH_VARARGS,
+     "matrix(rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, bf16, sell_ptr, sell_order, sell_index, "
+     "sell_values): the compiled matrix (a capsule holding the buffers), kernels chosen for the instruction set "
+     "allowed now"},
+    {"spmm", py_spmm, METH_VARARGS, "spmm(matrix, x, y, bias, n, threads): y = W x + bias"},
+    {"recurrent", py_recurrent, METH_VARARGS, "recurrent(cell, matrix, bias_hh, xproj, out, h, c, T, B, reverse, threads)"},
+    {"program", py_program, METH_VARARGS,
+     "program(operations, threads): products (0, matrix, x, y, bias, n) and one-step layers "
+     "(1, matrix, cell, bias_hh, xproj, out, h, c, n), compiled to run in order by run(program)"},
+    {"run", py_run, METH_O, "run(program): every operation of the program, in order"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -29,6 +29,10 @@ def test_language_model_matches_pytorch(tmp_path, cell, block, backend):
         engine.reset()
         streamed = np.concatenate([engine(tokens[t:t + 1].numpy()) for t in range(11)])
         np.testing.assert_allclose(streamed, expected, atol=1e-4)  # state carried between calls
+        engine.reset()
+        mixed = [engine(tokens[t:t + 1].numpy()) for t in range(4)] + [engine(tokens[4:].numpy())]
+        np.testing.assert_allclose(np.concatenate(mixed), expected, atol=1e-4)  # one state for both
+        np.testing.assert_allclose(engine(tokens[:1, :2].numpy())[0], expected[0, :2], atol=1e-4)  # new batch
 
 
 def test_real_text_through_a_trained_checkpoint(trained_checkpoint, tmp_path):

@@ -161,16 +161,16 @@ def test_column_blocks_read_their_bf16_values(block, level):
     x = rng.standard_normal((48, 1)).astype(np.float32)
     kernels.set_isa(level)
     try:
-        args = list(kernels._args(matrix, 1))
+        args = list(kernels._matrix_args(matrix, True))
         assert args[10] == 1 and args[14].dtype == np.uint16  # bf16, the values in 16 bits
         np.testing.assert_allclose(spmm(matrix, x), matrix.to_dense() @ x, atol=1e-4)
         args[7] = np.zeros_like(matrix.values)
         y = np.empty((64, 1), np.float32)
-        kernels._compiled().spmm(*args, x, y, b"", 1, 1)
+        kernels._compiled().spmm(kernels._compiled().matrix(*args), x, y, b"", 1, 1)
         np.testing.assert_allclose(y, matrix.to_dense() @ x, atol=1e-4)
         args[14] = args[14][:-1]
         with pytest.raises(ValueError, match="bfloat16 values"):
-            kernels._compiled().spmm(*args, x, y, b"", 1, 1)
+            kernels._compiled().matrix(*args)
     finally:
         kernels.set_isa(None)
 
@@ -198,32 +198,51 @@ def test_no_interleaved_copy_for_blocks_or_wide_indices():
 
 
 @pytest.mark.parametrize("level, layout", COPIES)
-def test_short_one_column_arrays_are_rejected_by_the_compiled_call(level, layout):
+def test_short_one_column_arrays_are_rejected_by_the_compiled_matrix(level, layout):
     matrix = SparseMatrix.from_dense(np.eye(16, dtype=np.float32))
     lanes, sigma, ptr, order, index, values = getattr(matrix, layout)
-    x, y = np.ones((16, 1), np.float32), np.empty((16, 1), np.float32)
     csr = (16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values)
     with pytest.raises(ValueError, match="one-column index"):
-        kernels._compiled().spmm(*csr, lanes, sigma, 0, ptr, order, index[:-1], values, x, y, b"", 1, 1)
+        kernels._compiled().matrix(*csr, lanes, sigma, 0, ptr, order, index[:-1], values)
     with pytest.raises(ValueError, match="one-column order"):
-        kernels._compiled().spmm(*csr, lanes, sigma, 0, ptr, order[:-1], index, values, x, y, b"", 1, 1)
+        kernels._compiled().matrix(*csr, lanes, sigma, 0, ptr, order[:-1], index, values)
     with pytest.raises(ValueError, match="window 12"):
-        kernels._compiled().spmm(*csr, lanes, 12, 0, ptr, order, index, values, x, y, b"", 1, 1)
+        kernels._compiled().matrix(*csr, lanes, 12, 0, ptr, order, index, values)
     with pytest.raises(ValueError, match="one-column values"):  # float32 values read as bfloat16 are
         half = kernels.bf16_bits(values)                         # long enough; bfloat16 as float32 not
-        kernels._compiled().spmm(*csr, lanes, sigma, 0, ptr, order, index, half, x, y, b"", 1, 1)
+        kernels._compiled().matrix(*csr, lanes, sigma, 0, ptr, order, index, half)
+
+
+def test_the_compiled_matrix_keeps_its_arrays_and_calls_check_their_buffers():
+    """The compiled matrix holds the arrays it reads (they outlive the SparseMatrix that made it); the
+    calls refuse short activations and anything that is not a compiled matrix."""
+    import gc
+
+    rng = np.random.default_rng(3)
+    dense, matrix = random_sparse(rng, (32, 24), (1, 1), 0.3)
+    compiled = kernels._compiled_matrix(matrix, 1)
+    del matrix
+    gc.collect()
+    x, y = rng.standard_normal((24, 1)).astype(np.float32), np.empty((32, 1), np.float32)
+    kernels._compiled().spmm(compiled, x, y, b"", 1, 1)
+    np.testing.assert_allclose(y, dense @ x, atol=1e-5)
+    with pytest.raises(ValueError, match="x holds 92 bytes, needs 96"):
+        kernels._compiled().spmm(compiled, x[:-1], y, b"", 1, 1)
+    with pytest.raises(ValueError, match="y holds"):
+        kernels._compiled().spmm(compiled, x, y[:-1], b"", 1, 1)
+    with pytest.raises((TypeError, ValueError)):
+        kernels._compiled().spmm(object(), x, y, b"", 1, 1)
 
 
 @_on("avx2")
 def test_the_sliced_layout_is_refused_without_avx512():
     """Refused where the CPU lacks AVX-512F, and where it is turned off (then also asking for it)."""
     matrix = SparseMatrix.from_dense(np.eye(16, dtype=np.float32))
-    x, y = np.ones((16, 1), np.float32), np.empty((16, 1), np.float32)
     kernels.set_isa("avx2")
     try:
         with pytest.raises(ValueError, match="16 lanes"):
-            kernels._compiled().spmm(16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values,
-                                     *matrix.sliced[:2], 0, *matrix.sliced[2:], x, y, b"", 1, 1)
+            kernels._compiled().matrix(16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values,
+                                       *matrix.sliced[:2], 0, *matrix.sliced[2:])
     finally:
         kernels.set_isa(None)
     if "avx512" not in kernels.isa_levels():
@@ -300,6 +319,73 @@ def test_recurrent_matches_reference(cell, block, bf16, isa):
         assert np.array_equal(h, out[0] if reverse else out[-1])
         if cell == "lstm":
             np.testing.assert_allclose(c, c_ref, atol=1e-4)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_a_program_runs_two_layers_and_an_output_layer_as_separate_calls_do(cell, isa):
+    """Product, step, product, step, product over shared buffers, in one compiled call, twice (the
+    state carried), equals the same calls one by one and the reference program; on 1 and 2 threads."""
+    rng = np.random.default_rng(9)
+    gates, hidden = CELLS[cell], 24
+    weights = [random_sparse(rng, shape, (1, 1), 0.3)[1] for shape in
+               [(gates * hidden, 16), (gates * hidden, hidden), (gates * hidden, hidden),
+                (gates * hidden, hidden), (40, hidden)]]
+    biases = [rng.standard_normal(w.shape[0]).astype(np.float32) for w in weights]
+    inputs = [rng.standard_normal((16, 3)).astype(np.float32) for _ in range(2)]
+
+    def buffers():
+        x = np.empty((16, 3), np.float32)
+        xproj, out, states = [], [], []
+        for _ in range(2):
+            xproj.append(np.empty((gates * hidden, 3), np.float32))
+            out.append(np.empty((hidden, 3), np.float32))
+            states.append([np.zeros((hidden, 3), np.float32) for _ in range(2)])
+        return x, xproj, out, states, np.empty((40, 3), np.float32)
+
+    expected = []
+    x, xproj, out, states, logits = buffers()
+    for x in inputs:  # separate calls
+        for layer in range(2):
+            (h, c), w_ih, w_hh = states[layer], weights[2 * layer], weights[2 * layer + 1]
+            projected = spmm(w_ih, x, biases[2 * layer])
+            x = recurrent(cell, w_hh, biases[2 * layer + 1], projected[None], h,
+                          c if cell == "lstm" else None)[0]
+        expected.append(spmm(weights[4], x, biases[4]))
+    for backend_name, threads in (("c", 1), ("c", 2), ("reference", 1)):
+        x, xproj, out, states, logits = buffers()
+        operations, previous = [], x
+        for layer in range(2):
+            h, c = states[layer]
+            operations += [("product", weights[2 * layer], previous, xproj[layer], biases[2 * layer]),
+                           ("step", cell, weights[2 * layer + 1], biases[2 * layer + 1], xproj[layer],
+                            out[layer], h, c if cell == "lstm" else None)]
+            previous = out[layer]
+        operations.append(("product", weights[4], previous, logits, biases[4]))
+        program = kernels.Program(operations, threads=threads, backend_name=backend_name)
+        for step, values in enumerate(inputs):
+            x[...] = values
+            program()
+            np.testing.assert_allclose(logits, expected[step], atol=1e-4, err_msg=backend_name)
+
+
+def test_a_program_checks_its_buffers_and_holds_them():
+    import gc
+
+    weight = SparseMatrix.from_dense(np.eye(12, 4, dtype=np.float32))
+    x, y = np.ones((4, 1), np.float32), np.empty((12, 1), np.float32)
+    with pytest.raises(ValueError, match="y must be"):
+        kernels.Program([("product", weight, x, y[:8], None)])
+    with pytest.raises(ValueError, match="does not fit weight_hh"):
+        kernels.Program([("step", "lstm", weight, np.zeros(12, np.float32), y, x, x, x)])
+    with pytest.raises(ValueError, match="unknown operation 'gather'"):
+        kernels.Program([("gather", weight, x, y, None)])
+    with pytest.raises(ValueError, match="program: an operation is"):
+        kernels._compiled().program([(7, None)], 1)
+    program = kernels._compiled().program([(0, kernels._compiled_matrix(weight, 1), x, y, b"", 1)], 1)
+    del weight
+    gc.collect()
+    kernels._compiled().run(program)
+    assert y[:4, 0].tolist() == [1.0, 1.0, 1.0, 1.0] and not y[4:].any()
 
 
 @pytest.mark.parametrize("cell", list(CELLS))
