@@ -5,8 +5,9 @@
 kernels), with the model's own greedy and beam-search decoding.
 
 :class:`LanguageModelEngine` adds the embedding and the decoder to a :class:`RecurrentStack` and carries
-the state between calls, so tokens can be fed one by one (streaming) or as whole sequences; both give
-the masked PyTorch model's outputs. :class:`SpeechEngine` runs an exported DS2 CTC model on one
+the state between calls, so tokens can be fed one by one (streaming: each token's layers and decoder in
+one compiled :class:`~sparsernn.kernels.Program` call) or as whole sequences; both give the masked
+PyTorch model's outputs. :class:`SpeechEngine` runs an exported DS2 CTC model on one
 utterance: convolutions (dense, torch), batch norms folded to scales and shifts, the recurrent layers
 on the sparse kernels, the output layer, log-softmax, and greedy or beam decoding.
 """

@@ -2,7 +2,9 @@
 
 :class:`RecurrentStack` runs RNN/GRU/LSTM layers (uni- or bidirectional, LSTM with or without
 projections) over a sequence: per layer and direction, the input projections of all time steps as one
-sparse-times-dense product, then the recurrence with gates fused in one compiled call.
+sparse-times-dense product, then the recurrence with gates fused in one compiled call. For streaming,
+:meth:`RecurrentStack.step_operations` gives one step of every layer as operations of a
+:class:`~sparsernn.kernels.Program`, which a caller extends (an output layer) and runs as one call.
 """
 
 from __future__ import annotations
@@ -102,15 +104,14 @@ class RecurrentStack:
             for reverse, (direction, (h, c)) in enumerate(zip(layer, layer_state, strict=True)):
                 projected = kernels.spmm(direction.weight_ih, flat, direction.bias_ih, threads=self.threads,
                                          backend_name=self.backend)  # (G*H, T*B)
-                xproj = (projected.reshape(1, -1, batch) if steps == 1  # the same memory: no copy
-                         else np.ascontiguousarray(projected.reshape(-1, steps, batch).transpose(1, 0, 2)))
+                xproj = np.ascontiguousarray(projected.reshape(-1, steps, batch).transpose(1, 0, 2))
                 if direction.weight_hr is None:
                     out = kernels.recurrent(self.cell, direction.weight_hh, direction.bias_hh, xproj, h, c,
                                             reverse=bool(reverse), threads=self.threads,
                                             backend_name=self.backend)  # (T, H, B)
                 else:
                     out = self._projected_lstm(direction, xproj, h, c, bool(reverse))  # (T, P, B)
-                outputs.append(out.reshape(-1, 1, batch) if steps == 1 else out.transpose(1, 0, 2))
+                outputs.append(out.transpose(1, 0, 2))
             x = np.ascontiguousarray(np.concatenate(outputs) if len(outputs) > 1 else outputs[0])
             features = x.shape[0]
         return x

@@ -5,7 +5,8 @@ compute the same things with the same contract:
 
 - ``"reference"``: scipy.sparse products and numpy cell equations, step by step (slow, obviously right);
 - ``"c"``: the C extension ``sparsernn.kernels._kernels`` (built by ``pip install``): vectorized
-  block kernels, fused gates, OpenMP threads, the whole sequence in one call.
+  block kernels, fused gates, OpenMP threads, the whole sequence in one call; a :class:`Program` runs a
+  streaming model's token (products and one-step layers over fixed buffers) in one call.
 
 :func:`backend` picks ``"c"`` when the extension imports, else warns once and falls back.
 Activations are feature-major: ``x`` is ``(features, N)``; ``xproj`` is ``(T, gates * H, B)``.

@@ -7,6 +7,7 @@
  *   spmm    X is (cols, N), Y is (rows, N): Y = W X (+ bias per row). Feature-major, so the N columns
  *           of one input feature sit together and the products vectorize over N.
  *   recurrent  xproj (T, G*H, B): input projections incl. b_ih; out (T, H, B); h, c (H, B) in/out.
+ *   program  products and one-step recurrent layers over fixed buffers, run in order by one call.
  *   one-column copy  optional second copy of an unstructured uint16 matrix for products with one
  *           column, in one of two layouts (lanes = 0: none):
  *     lanes 8, interleaved (SELL-8-sigma, AVX2): rows sorted by length within windows of sigma rows,
