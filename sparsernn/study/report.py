@@ -115,14 +115,15 @@ def _seed_spread(study, results: list[dict], task: str) -> list[str]:
             *lines, ""]
 
 
-def _label_apart(axis, points: list[tuple[float, float, str]], size: float = 7.0) -> None:
-    """Name each point, moving a label up or down (in steps of one line) until its box, estimated
-    from the font size, overlaps no label placed before it."""
+def _label_apart(axis, points: list[tuple[float, float, str, str]], size: float = 7.0) -> None:
+    """Name each point (x, y, text, color) in its color, moving a label up or down (in steps of one
+    line) until its box, estimated from the font size, overlaps no label placed before it; a moved
+    label gets a thin line to its point."""
     figure = axis.figure
     figure.canvas.draw()  # fixes the axis limits, so data map to display points
     to_points = 72.0 / figure.dpi
     placed: list[tuple[float, float, float, float]] = []
-    for x, y, text in sorted(points):
+    for x, y, text, color in sorted(points):
         px, py = (value * to_points for value in axis.transData.transform((x, y)))
         width, height = 0.55 * size * len(text), 1.2 * size
         for step in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5):
@@ -130,7 +131,9 @@ def _label_apart(axis, points: list[tuple[float, float, str]], size: float = 7.0
             if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
                 break
         placed.append(box)
-        axis.annotate(text, (x, y), xytext=(4, 2 + step * height), textcoords="offset points", fontsize=size)
+        leader = dict(arrowstyle="-", color=color, linewidth=0.5, shrinkA=0, shrinkB=3) if step else None
+        axis.annotate(text, (x, y), xytext=(4, 2 + step * height), textcoords="offset points", fontsize=size,
+                      color=color, arrowprops=leader)
 
 
 def _plots(out: Path, study, results: list[dict], metric_name: str,
@@ -172,7 +175,8 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
             best[near] = value if near not in best else (max if higher_is_better else min)(best[near], value)
         if len(best) > 1:
             axis.plot(list(best), list(best.values()), color=colors[method], linewidth=1)
-    _label_apart(axis, [(x, y, label) for points in by_method.values() for x, y, _, _, label in points])
+    _label_apart(axis, [(x, y, label, colors[method]) for method, points in by_method.items()
+                        for x, y, _, _, label in points])
     axis.legend(fontsize=7)
     axis.set_xlabel("non-zero parameters")
     axis.set_ylabel(f"test {metric_name}")
