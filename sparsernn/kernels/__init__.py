@@ -357,12 +357,8 @@ def _compiled_matrix(matrix: SparseMatrix, columns: int):
     return matrix.compiled[key]
 
 
-_FLOAT32 = np.dtype(np.float32)
-
-
 def _float32(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
-    if ((array.dtype is not _FLOAT32 and array.dtype != _FLOAT32) or array.shape != shape
-            or not array.flags.c_contiguous):
+    if array.dtype != np.float32 or array.shape != shape or not array.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous float32 of shape {shape}, "
                          f"got {array.dtype} {array.shape}")
     return array
