@@ -364,14 +364,39 @@ def _float32(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray
     return array
 
 
+def _check_product(matrix: SparseMatrix, x: np.ndarray, bias: np.ndarray | None) -> int:
+    """The columns of ``x`` after checking it and ``bias`` against ``matrix``."""
+    n = x.shape[1] if x.ndim == 2 else -1
+    _float32("x", x, (matrix.shape[1], n))
+    if bias is not None:
+        _float32("bias", bias, (matrix.shape[0],))
+    return n
+
+
+def _check_recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np.ndarray,
+                     h: np.ndarray, c: np.ndarray | None) -> None:
+    """A recurrent layer's arrays: ``xproj`` (T, gates*H, B), ``h`` and for LSTM ``c`` (H, B)."""
+    if cell not in CELLS:
+        raise ValueError(f"unknown cell {cell!r}; valid: {', '.join(CELLS)}")
+    gates = CELLS[cell]
+    hidden = weight_hh.shape[1]
+    if weight_hh.shape[0] != gates * hidden:
+        raise ValueError(f"{cell} weight_hh must be ({gates * hidden}, {hidden}), got {weight_hh.shape}")
+    if hidden % weight_hh.block[0]:
+        raise ValueError(f"block {weight_hh.block} rows must divide the hidden size {hidden}")
+    steps, batch = xproj.shape[0], xproj.shape[-1]
+    _float32("xproj", xproj, (steps, gates * hidden, batch))
+    _float32("bias_hh", bias_hh, (gates * hidden,))
+    _float32("h", h, (hidden, batch))
+    if cell == "lstm":
+        _float32("c", c, (hidden, batch))
+
+
 def spmm(matrix: SparseMatrix, x: np.ndarray, bias: np.ndarray | None = None, *, threads: int = 1,
          backend_name: str = "auto", out: np.ndarray | None = None) -> np.ndarray:
     """``matrix @ x + bias[:, None]`` for ``x`` of shape ``(cols, N)``; returns ``(rows, N)``."""
-    rows, cols = matrix.shape
-    n = x.shape[1] if x.ndim == 2 else -1
-    _float32("x", x, (cols, n))
-    if bias is not None:
-        _float32("bias", bias, (rows,))
+    rows = matrix.shape[0]
+    n = _check_product(matrix, x, bias)
     if backend(backend_name) == "reference":
         return reference.spmm(matrix, x, bias)
     out = np.empty((rows, n), dtype=np.float32) if out is None else _float32("out", out, (rows, n))
@@ -388,20 +413,8 @@ def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np
     states, updated to the final step's. Returns the outputs ``(T, H, B)`` in time order (also
     with ``reverse``, which walks the steps from last to first as a backward direction does).
     """
-    if cell not in CELLS:
-        raise ValueError(f"unknown cell {cell!r}; valid: {', '.join(CELLS)}")
-    gates = CELLS[cell]
-    hidden = weight_hh.shape[1]
-    if weight_hh.shape[0] != gates * hidden:
-        raise ValueError(f"{cell} weight_hh must be ({gates * hidden}, {hidden}), got {weight_hh.shape}")
-    if hidden % weight_hh.block[0]:
-        raise ValueError(f"block {weight_hh.block} rows must divide the hidden size {hidden}")
-    steps, batch = xproj.shape[0], xproj.shape[-1]
-    _float32("xproj", xproj, (steps, gates * hidden, batch))
-    _float32("bias_hh", bias_hh, (gates * hidden,))
-    _float32("h", h, (hidden, batch))
-    if cell == "lstm":
-        _float32("c", c, (hidden, batch))
+    _check_recurrent(cell, weight_hh, bias_hh, xproj, h, c)
+    steps, hidden, batch = xproj.shape[0], weight_hh.shape[1], xproj.shape[-1]
     if backend(backend_name) == "reference":
         return reference.recurrent(cell, weight_hh, bias_hh, xproj, h, c, reverse=reverse)
     out = np.empty((steps, hidden, batch), dtype=np.float32)
@@ -433,32 +446,21 @@ class Program:
 
     def _checked(self, operation: tuple) -> tuple | None:
         """The operation's arguments to the compiled program (None with the reference backend), after
-        checking its buffers."""
+        checking its buffers as :func:`spmm` and :func:`recurrent` do."""
         if operation[0] == "product":
             _, matrix, x, y, bias = operation
-            n = x.shape[1] if x.ndim == 2 else -1
-            _float32("x", x, (matrix.shape[1], n))
+            n = _check_product(matrix, x, bias)
             _float32("y", y, (matrix.shape[0], n))
-            if bias is not None:
-                _float32("bias", bias, (matrix.shape[0],))
-            if self.backend == "c":
-                return 0, _compiled_matrix(matrix, n), x, y, b"" if bias is None else bias, n
-            return None
+            return (0, _compiled_matrix(matrix, n), x, y, b"" if bias is None else bias, n
+                    ) if self.backend == "c" else None
         if operation[0] != "step":
             raise ValueError(f"unknown operation {operation[0]!r}; valid: product, step")
         _, cell, weight_hh, bias_hh, xproj, out, h, c = operation
-        hidden, n = h.shape if h.ndim == 2 else (0, -1)
-        if cell not in CELLS or weight_hh.shape != (CELLS[cell] * hidden, hidden):
-            raise ValueError(f"step: a {cell!r} layer with h of shape {h.shape} does not fit weight_hh "
-                             f"{weight_hh.shape}")
-        _float32("bias_hh", bias_hh, (weight_hh.shape[0],))
-        _float32("xproj", xproj, (weight_hh.shape[0], n))
-        for name, array in (("out", out), ("h", h)) + ((("c", c),) if cell == "lstm" else ()):
-            _float32(name, array, (hidden, n))
-        if self.backend == "c":
-            return (1, _compiled_matrix(weight_hh, n), _CELL_CODES[cell], bias_hh, xproj, out, h,
-                    np.empty(0, np.float32) if c is None else c, n)
-        return None
+        _check_recurrent(cell, weight_hh, bias_hh, xproj[None], h, c)
+        _float32("out", out, h.shape)
+        n = h.shape[1]
+        return (1, _compiled_matrix(weight_hh, n), _CELL_CODES[cell], bias_hh, xproj, out, h,
+                np.empty(0, np.float32) if c is None else c, n) if self.backend == "c" else None
 
     def __call__(self) -> None:
         if self._program is not None:

@@ -963,6 +963,32 @@ static const Matrix *held_matrix(PyObject *capsule) {
     return held ? &held->m : NULL;
 }
 
+/* The buffers of Y = W X + bias over N columns, against m; -1 with an exception set. */
+static int check_product(const Matrix *m, const Py_buffer *x, const Py_buffer *y, const Py_buffer *bias, long N) {
+    if (check_len(x, (Py_ssize_t)m->cols * N * 4, "x") || check_len(y, (Py_ssize_t)m->rows * N * 4, "y") ||
+        (bias->len && check_len(bias, (Py_ssize_t)m->rows * 4, "bias")))
+        return -1;
+    return 0;
+}
+
+/* A recurrent layer of `cell` with W_hh m over T steps of B columns: the shapes, then the buffers (c only
+ * for LSTM); -1 with an exception set. */
+static int check_recurrent(int cell, const Matrix *m, long T, long B, const Py_buffer *bias, const Py_buffer *xproj,
+                           const Py_buffer *out, const Py_buffer *h, const Py_buffer *c) {
+    const int G = cell < 0 || cell > 4 ? 0 : cell_gates(cell);
+    if (!G || m->rows != G * m->cols || m->cols % m->r || T < 0 || B < 1) {
+        PyErr_Format(PyExc_ValueError, "recurrent: cell %d, W_hh %dx%d, block %dx%d, %ld steps of %ld columns do not "
+                     "fit", cell, m->rows, m->cols, m->r, m->c, T, B);
+        return -1;
+    }
+    const Py_ssize_t HB = (Py_ssize_t)m->cols * B;
+    if (check_len(bias, (Py_ssize_t)m->rows * 4, "bias") || check_len(xproj, T * G * HB * 4, "xproj") ||
+        check_len(out, T * HB * 4, "out") || check_len(h, HB * 4, "h") ||
+        (cell == CELL_LSTM && check_len(c, HB * 4, "c")))
+        return -1;
+    return 0;
+}
+
 static PyObject *py_spmm(PyObject *self, PyObject *args) {
     (void)self;
     int threads;
@@ -972,9 +998,7 @@ static PyObject *py_spmm(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "Oy*w*y*li", &capsule, &x, &y, &bias, &N, &threads)) return NULL;
     PyObject *result = NULL;
     const Matrix *m = held_matrix(capsule);
-    if (!m || check_len(&x, (Py_ssize_t)m->cols * N * 4, "x") || check_len(&y, (Py_ssize_t)m->rows * N * 4, "y") ||
-        (bias.len && check_len(&bias, (Py_ssize_t)m->rows * 4, "bias")))
-        goto done;
+    if (!m || check_product(m, &x, &y, &bias, N)) goto done;
     Py_BEGIN_ALLOW_THREADS;
     product(m, x.buf, y.buf, N, bias.len ? bias.buf : NULL, threads);
     Py_END_ALLOW_THREADS;
@@ -996,18 +1020,11 @@ static PyObject *py_recurrent(PyObject *self, PyObject *args) {
         return NULL;
     PyObject *result = NULL;
     const Matrix *m = held_matrix(capsule);
-    if (!m) goto done;
-    const int G = cell < 0 || cell > 4 ? 0 : cell_gates(cell);
-    if (!G || m->rows != G * m->cols || (m->cols / m->r) * m->r != m->cols || threads < 1 || T < 0 || B < 1) {
-        PyErr_Format(PyExc_ValueError, "recurrent: cell %d, W_hh %dx%d, block %dx%d, %d threads do not fit", cell,
-                     m->rows, m->cols, m->r, m->c, threads);
+    if (!m || check_recurrent(cell, m, T, B, &bias, &xproj, &out, &h, &cst)) goto done;
+    if (threads < 1) {
+        PyErr_SetString(PyExc_ValueError, "recurrent: threads must be at least 1");
         goto done;
     }
-    const Py_ssize_t HB = (Py_ssize_t)m->cols * B;
-    if (check_len(&bias, (Py_ssize_t)m->rows * 4, "bias") || check_len(&xproj, T * G * HB * 4, "xproj") ||
-        check_len(&out, T * HB * 4, "out") || check_len(&h, HB * 4, "h") ||
-        (cell == CELL_LSTM && check_len(&cst, HB * 4, "c")))
-        goto done;
     int status;
     Py_BEGIN_ALLOW_THREADS;
     status = run_recurrent(cell, m, bias.buf, xproj.buf, out.buf, h.buf, cell == CELL_LSTM ? cst.buf : NULL, T, B,
@@ -1073,28 +1090,12 @@ static int make_op(Op *op, PyObject *item, Py_buffer *b, int *taken) {
     const Matrix *m = held_matrix(capsule);
     if (!m) return -1;
     *op = (Op){kind, op->cell, m, NULL, NULL, NULL, NULL, NULL, n};
-    if (n < 1) {
-        PyErr_SetString(PyExc_ValueError, "program: n must be at least 1");
-        return -1;
-    }
     if (kind == OP_PRODUCT) {
-        if (check_len(&b[0], (Py_ssize_t)m->cols * n * 4, "x") || check_len(&b[1], (Py_ssize_t)m->rows * n * 4, "y") ||
-            (b[2].len && check_len(&b[2], (Py_ssize_t)m->rows * 4, "bias")))
-            return -1;
+        if (check_product(m, &b[0], &b[1], &b[2], n)) return -1;
         op->x = b[0].buf, op->y = b[1].buf, op->bias = b[2].len ? b[2].buf : NULL;
         return 0;
     }
-    const int G = op->cell < 0 || op->cell > 4 ? 0 : cell_gates(op->cell);
-    const Py_ssize_t Hn = (Py_ssize_t)m->cols * n;
-    if (!G || m->rows != G * m->cols || m->cols % m->r) {
-        PyErr_Format(PyExc_ValueError, "program: cell %d, W_hh %dx%d, block %dx%d do not fit", op->cell, m->rows,
-                     m->cols, m->r, m->c);
-        return -1;
-    }
-    if (check_len(&b[0], (Py_ssize_t)m->rows * 4, "bias") || check_len(&b[1], G * Hn * 4, "xproj") ||
-        check_len(&b[2], Hn * 4, "out") || check_len(&b[3], Hn * 4, "h") ||
-        (op->cell == CELL_LSTM && check_len(&b[4], Hn * 4, "c")))
-        return -1;
+    if (check_recurrent(op->cell, m, 1, n, &b[0], &b[1], &b[2], &b[3], &b[4])) return -1;
     op->bias = b[0].buf, op->x = b[1].buf, op->y = b[2].buf, op->h = b[3].buf;
     op->c = op->cell == CELL_LSTM ? b[4].buf : NULL;
     return 0;
