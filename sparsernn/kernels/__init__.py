@@ -108,6 +108,8 @@ class SparseMatrix:
 
     def __post_init__(self):
         self.validate()
+        if self.values.ctypes.data % 64:  # a block's vector loads then never span two cache lines
+            object.__setattr__(self, "values", _cache_aligned(self.values))
 
     def validate(self) -> None:
         """Raise :class:`FormatError` unless the arrays describe a ``shape`` matrix exactly."""
@@ -222,8 +224,9 @@ class SparseMatrix:
         return OneColumn(16, sigma, ptr, order, index, self._stored(values))
 
     def _stored(self, values: np.ndarray) -> np.ndarray:
-        """One-column copy values as the kernels read them: bfloat16 bits for a bf16 matrix."""
-        return bf16_bits(values) if self.bf16 else values
+        """One-column copy values as the kernels read them: bfloat16 bits for a bf16 matrix, starting on
+        a cache line."""
+        return _cache_aligned(bf16_bits(values) if self.bf16 else values)
 
     @cached_property
     def compiled(self) -> dict[tuple[str, bool], object]:
@@ -238,6 +241,18 @@ class SparseMatrix:
         block_rows = np.repeat(np.arange(rows // r), np.diff(self.rowptr))
         tiles[block_rows, self.index.astype(np.int64)] = self.values
         return tiles.transpose(0, 2, 1, 3).reshape(rows, cols)
+
+
+def _cache_aligned(array: np.ndarray) -> np.ndarray:
+    """A copy of ``array`` whose data starts on a 64-byte boundary, so that no vector load of a slot or a
+    block spans two cache lines. numpy aligns to 16 bytes; 16 bytes off, the 1760-square products at
+    90% took about 10% longer (unstructured, AVX-512: 41.3 against 37.3 us; 8x1 blocks: 18.1 against
+    16.3 us; bf16 values within 2%)."""
+    buffer = np.empty(array.nbytes + 64, dtype=np.uint8)
+    start = -buffer.ctypes.data % 64
+    aligned = buffer[start:start + array.nbytes].view(array.dtype).reshape(array.shape)
+    aligned[...] = array
+    return aligned
 
 
 def bf16_bits(values: np.ndarray) -> np.ndarray:

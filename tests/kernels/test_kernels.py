@@ -191,6 +191,22 @@ def test_windows_divide_the_rows_unit():
     with pytest.raises(FormatError, match="rows_unit 300 does not divide the 10000 rows"):
         SparseMatrix(matrix.shape, (1, 1), matrix.rowptr, matrix.index, matrix.values, rows_unit=300)
 
+@pytest.mark.parametrize("bf16", [False, True])
+def test_values_the_kernels_read_start_on_a_cache_line(bf16):
+    rng = np.random.default_rng(5)
+    _, made = random_sparse(rng, (64, 64), (1, 1), 0.3)
+    buffer = np.empty(made.values.nbytes + 64, np.uint8)
+    start = (16 - buffer.ctypes.data) % 64  # numpy's usual 16-byte alignment, off a cache line
+    given = buffer[start:start + made.values.nbytes].view(np.float32).reshape(made.values.shape)
+    given[...] = made.values
+    matrix = SparseMatrix(made.shape, made.block, made.rowptr, made.index, given)
+    matrix = matrix.to_bf16() if bf16 else matrix
+    assert given.ctypes.data % 64 == 16
+    arrays = [matrix.values, matrix.interleaved.values, matrix.sliced.values]
+    assert [array.ctypes.data % 64 for array in arrays] == [0, 0, 0]
+    np.testing.assert_array_equal(matrix.to_dense(), made.to_bf16().to_dense() if bf16 else made.to_dense())
+
+
 def test_no_interleaved_copy_for_blocks_or_wide_indices():
     dense = np.ones((16, 16), np.float32)
     assert SparseMatrix.from_dense(dense, (8, 1)).interleaved is None
