@@ -1,8 +1,9 @@
 """The engines of the built-in model families, on exported files.
 
-:class:`TranslationEngine` builds the translation model from the file's architecture and runs it through
+:class:`TranslationEngine` builds the translation model from the file's architecture with
 :func:`~sparsernn.engine.load_sparse`'s drop-ins (every recurrent, attention and output matrix on the
-kernels), with the model's own greedy and beam-search decoding.
+kernels) and runs the model's own greedy and beam-search decoding, each decoder step (layers, attention,
+attentional vector, output layer) as one compiled :class:`~sparsernn.kernels.Program` call.
 
 :class:`LanguageModelEngine` adds the embedding and the decoder to a :class:`RecurrentStack` and carries
 the state between calls, so tokens can be fed one by one (streaming: each token's layers and decoder in
@@ -186,6 +187,7 @@ class TranslationEngine:
             raise ValueError(f"not a translation model: kind {arch.get('kind')!r}")
         config = Seq2SeqConfig(**{key: arch[key] for key in Seq2SeqConfig.model_fields})
         self.model = load_sparse(Seq2Seq(arch["vocab_size"], config), model, threads=threads, backend=backend)
+        self.model.decode_step = _DecodeStep(self.model, threads, backend)  # for its greedy and beam search
         self.tokenizer = Tokenizer(base64.b64decode(model.metadata["tokenizer"]))
 
     def translate(self, lines: list[str], beam: int = 0) -> list[str]:
@@ -194,3 +196,62 @@ class TranslationEngine:
 
         with torch.inference_mode():
             return translate_lines(self.model, self.tokenizer, lines, beam, self.architecture["max_output"])
+
+
+class _DecodeStep:
+    """``Seq2Seq.decode_step`` of a model whose modules are drop-ins (:func:`load_sparse`): the decoder's
+    layers, the attention, the attentional vector and the output layer as one compiled
+    :class:`~sparsernn.kernels.Program` call per step, the same equations as the model's own. A program
+    serves one encoder output at one batch size; a new one is built when either changes (the next
+    batch of sentences; a beam whose number of hypotheses changed)."""
+
+    def __init__(self, model, threads: int, backend: str):
+        self.model, self.threads, self.backend = model, threads, backend
+        self.embedding = model.target_embedding.weight.detach().numpy()  # (V, E)
+        additive = model.config.attention == "bahdanau"
+        self.score = model.attention_score.weight_matrix.to_dense()[0] if additive else None
+        self.encoded = None
+
+    def _build(self, encoded, batch: int) -> None:
+        model, hidden = self.model, self.model.config.hidden_size
+        words = self.embedding.shape[1]
+        self.x = np.zeros((words + hidden, batch), np.float32)  # [embedded word; attentional vector]
+        joined = np.empty((2 * hidden, batch), np.float32)  # [decoder output; context]
+        self.state = model.decoder.stack.initial_state(batch)
+        operations, output = model.decoder.stack.step_operations(self.x, self.state, out=joined[:hidden])
+        query = output
+        if self.score is not None:
+            query = np.empty((hidden, batch), np.float32)
+            operations.append(("product", model.attention_query.weight_matrix, output, query,
+                               model.attention_query.bias_vector))
+        keys, memory = (np.ascontiguousarray(t.numpy(), np.float32) for t in (encoded.keys, encoded.memory))
+        lengths = encoded.mask.sum(dim=1).numpy().astype(np.int32)
+        combined = np.empty((hidden, batch), np.float32)
+        self.logits = np.empty((self.embedding.shape[0], batch), np.float32)
+        operations += [("attention", query, keys, memory, lengths, self.score, joined[hidden:]),
+                       ("product", model.combine.weight_matrix, joined, combined, model.combine.bias_vector),
+                       ("tanh", combined, self.x[words:]),
+                       ("product", model.output.weight_matrix, self.x[words:], self.logits,
+                        model.output.bias_vector)]
+        self.program = kernels.Program(operations, threads=self.threads, backend_name=self.backend)
+        self.encoded = encoded
+
+    def __call__(self, words: torch.Tensor, state, feed: torch.Tensor, encoded):
+        if encoded is not self.encoded or len(words) != self.x.shape[1]:
+            self._build(encoded, len(words))
+            self.returned = None  # the state and feed last returned, which the buffers hold already
+        size = self.embedding.shape[1]
+        self.x[:size] = self.embedding[words.numpy()].T
+        if self.returned is None or state is not self.returned[0] or feed is not self.returned[1]:
+            self.x[size:] = feed.numpy().T
+            parts = state if isinstance(state, tuple) else (state,)
+            for k, ((h, c),) in enumerate(self.state):
+                h[...] = parts[0][k].numpy().T
+                if c is not None:
+                    c[...] = parts[1][k].numpy().T
+        self.program()
+        new = [torch.from_numpy(np.stack([layer[0][part].T for layer in self.state]))
+               for part in range(2 if isinstance(state, tuple) else 1)]
+        self.returned = (tuple(new) if isinstance(state, tuple) else new[0],
+                         torch.from_numpy(self.x[size:].T.copy()))
+        return torch.from_numpy(self.logits.T.copy()), *self.returned

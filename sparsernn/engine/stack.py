@@ -116,20 +116,21 @@ class RecurrentStack:
             features = x.shape[0]
         return x
 
-    def step_operations(self, x: np.ndarray, state) -> tuple[list[tuple], np.ndarray] | None:
+    def step_operations(self, x: np.ndarray, state, out: np.ndarray | None = None
+                        ) -> tuple[list[tuple], np.ndarray] | None:
         """One step of every layer as :class:`~sparsernn.kernels.Program` operations, from the buffer
-        ``x`` (features, B) into the returned one (H, B), updating ``state`` in place; the same products
-        and cell equations as a call with one step. None where a layer is bidirectional or projected
-        (those run by calls)."""
+        ``x`` (features, B) into the returned one (H, B) (``out`` when given), updating ``state`` in
+        place; the same products and cell equations as a call with one step. None where a layer is
+        bidirectional or projected (those run by calls)."""
         if any(len(layer) > 1 or layer[0].weight_hr is not None for layer in self.layers):
             return None
         operations = []
-        for (direction,), ((h, c),) in zip(self.layers, state, strict=True):
+        for k, ((direction,), ((h, c),)) in enumerate(zip(self.layers, state, strict=True)):
             xproj = np.empty((direction.weight_ih.shape[0], x.shape[1]), np.float32)
-            out = np.empty_like(h)
+            y = out if out is not None and k == len(self.layers) - 1 else np.empty_like(h)
             operations += [("product", direction.weight_ih, x, xproj, direction.bias_ih),
-                           ("step", self.cell, direction.weight_hh, direction.bias_hh, xproj, out, h, c)]
-            x = out
+                           ("step", self.cell, direction.weight_hh, direction.bias_hh, xproj, y, h, c)]
+            x = y
         return operations, x
 
     def _projected_lstm(self, direction: Direction, xproj: np.ndarray, h: np.ndarray, c: np.ndarray,

@@ -440,14 +440,21 @@ def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np
 
 
 class Program:
-    """Products and one-step recurrent layers over fixed buffers, run in order by one compiled call: a
-    streaming model's whole token (every layer, then the output layer) with no Python in between.
+    """Products, one-step recurrent layers, attention and tanh over fixed buffers, run in order by one
+    compiled call: a streaming model's whole token (every layer, then the output layer) or a translation
+    decoder's step, with no Python in between.
 
     ``operations`` (float32 C-contiguous buffers, ``n`` columns each):
 
     - ``("product", matrix, x, y, bias)``: ``y = matrix @ x + bias`` (bias may be None), x ``(cols, n)``;
     - ``("step", cell, weight_hh, bias_hh, xproj, out, h, c)``: one step of :func:`recurrent` with the
-      input projection ``xproj`` ``(gates * H, n)``; the new state in ``h`` (and ``c``) and in ``out``.
+      input projection ``xproj`` ``(gates * H, n)``; the new state in ``h`` (and ``c``) and in ``out``;
+    - ``("attention", query, keys, memory, lengths, score, context)``: per column ``b`` the first
+      ``lengths[b]`` (int32) rows of ``keys[b]`` and ``memory[b]`` (``(n, S, H)`` each) scored against
+      ``query[:, b]`` (``(H, n)``), additively (``score . tanh(k + q)``, ``score`` ``(H,)``) or with
+      ``score`` None as ``k . q``; softmax; ``context`` ``(H, n)`` the weighted sum of memory rows
+      (:func:`reference.attention`);
+    - ``("tanh", x, y)``: ``y = tanh(x)``, both of one shape.
 
     Later operations may read what earlier ones wrote. The buffers are held, not copied: write the
     inputs into them, call the program, read the outputs. With the reference backend the same
@@ -461,30 +468,58 @@ class Program:
 
     def _checked(self, operation: tuple) -> tuple | None:
         """The operation's arguments to the compiled program (None with the reference backend), after
-        checking its buffers as :func:`spmm` and :func:`recurrent` do."""
-        if operation[0] == "product":
+        checking its buffers (products and steps as :func:`spmm` and :func:`recurrent` do)."""
+        kind, compiled = operation[0], self.backend == "c"
+        if kind == "product":
             _, matrix, x, y, bias = operation
             n = _check_product(matrix, x, bias)
             _float32("y", y, (matrix.shape[0], n))
             return (0, _compiled_matrix(matrix, n), x, y, b"" if bias is None else bias, n
-                    ) if self.backend == "c" else None
-        if operation[0] != "step":
-            raise ValueError(f"unknown operation {operation[0]!r}; valid: product, step")
-        _, cell, weight_hh, bias_hh, xproj, out, h, c = operation
-        _check_recurrent(cell, weight_hh, bias_hh, xproj[None], h, c)
-        _float32("out", out, h.shape)
-        n = h.shape[1]
-        return (1, _compiled_matrix(weight_hh, n), _CELL_CODES[cell], bias_hh, xproj, out, h,
-                np.empty(0, np.float32) if c is None else c, n) if self.backend == "c" else None
+                    ) if compiled else None
+        if kind == "step":
+            _, cell, weight_hh, bias_hh, xproj, out, h, c = operation
+            _check_recurrent(cell, weight_hh, bias_hh, xproj[None], h, c)
+            _float32("out", out, h.shape)
+            n = h.shape[1]
+            return (1, _compiled_matrix(weight_hh, n), _CELL_CODES[cell], bias_hh, xproj, out, h,
+                    np.empty(0, np.float32) if c is None else c, n) if compiled else None
+        if kind == "attention":
+            _, query, keys, memory, lengths, score, context = operation
+            if keys.ndim != 3:
+                raise ValueError(f"keys must be (n, S, H), got shape {keys.shape}")
+            n, steps, hidden = keys.shape
+            for name, array, shape in (("query", query, (hidden, n)), ("keys", keys, keys.shape),
+                                       ("memory", memory, keys.shape), ("context", context, (hidden, n))):
+                _float32(name, array, shape)
+            if score is not None:
+                _float32("score", score, (hidden,))
+            if lengths.dtype != np.int32 or lengths.shape != (n,) or not lengths.flags.c_contiguous:
+                raise ValueError(f"lengths must be C-contiguous int32 of shape {(n,)}, "
+                                 f"got {lengths.dtype} {lengths.shape}")
+            if np.any(lengths < 1) or np.any(lengths > steps):
+                raise ValueError(f"lengths must be in [1, {steps}]")
+            return (2, query, keys, memory, lengths, b"" if score is None else score, context, hidden, steps,
+                    n) if compiled else None
+        if kind == "tanh":
+            _, x, y = operation
+            _float32("y", y, _float32("x", x, x.shape).shape)
+            return (3, x, y, x.size) if compiled else None
+        raise ValueError(f"unknown operation {kind!r}; valid: product, step, attention, tanh")
 
     def __call__(self) -> None:
         if self._program is not None:
             _compiled().run(self._program)
             return
-        for operation in self.operations:
-            if operation[0] == "product":
-                _, matrix, x, y, bias = operation
+        for kind, *arguments in self.operations:
+            if kind == "product":
+                matrix, x, y, bias = arguments
                 y[...] = reference.spmm(matrix, x, bias)
-            else:
-                _, cell, weight_hh, bias_hh, xproj, out, h, c = operation
+            elif kind == "step":
+                cell, weight_hh, bias_hh, xproj, out, h, c = arguments
                 out[...] = reference.recurrent(cell, weight_hh, bias_hh, xproj[None], h, c)[0]
+            elif kind == "attention":
+                query, keys, memory, lengths, score, context = arguments
+                context[...] = reference.attention(query, keys, memory, lengths, score)
+            else:
+                x, y = arguments
+                y[...] = np.tanh(x)

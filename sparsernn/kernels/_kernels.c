@@ -777,6 +777,61 @@ static void pointwise(int cell, long H, long B, long q0, long q1, const float *x
     memcpy(out + q0, h_next + q0, (size_t)(q1 - q0) * sizeof(float));
 }
 
+/* ---- a translation decoder's attention, one step ---- */
+
+/* v . tanh(k + q) (additive score, Bahdanau) or, without v, k . q (Luong's general score, k = W m). */
+static float score(const float *k, const float *q, const float *v, long H) {
+    long j = 0;
+    float total = 0.0f;
+#ifdef __AVX2__
+    __m256 acc = _mm256_setzero_ps();
+    for (; j + 8 <= H; j += 8) {
+        const __m256 kj = _mm256_loadu_ps(k + j), qj = _mm256_loadu_ps(q + j);
+        acc = v ? _mm256_fmadd_ps(_mm256_loadu_ps(v + j), tanh8(_mm256_add_ps(kj, qj)), acc) : _mm256_fmadd_ps(kj, qj, acc);
+    }
+    total = hsum256(acc);
+#endif
+    for (; j < H; ++j) total += v ? v[j] * fast_tanh(k[j] + q[j]) : k[j] * q[j];
+    return total;
+}
+
+/* For each of B columns, the first lengths[b] (at most S) encoder positions of its keys and memory
+ * ((S, H) each, at b * S * H) scored against query column b (q: (H, B)), softmax over them, and context
+ * column b (context: (H, B)) their weighted sum of memory rows. -1 when out of memory. */
+static int attend(const float *q, const float *keys, const float *memory, const int32_t *lengths, const float *v,
+                  float *context, long H, long S, long B) {
+    float *query = malloc(sizeof(float) * (size_t)(2 * H + S));
+    if (!query) return -1;
+    float *sum = query + H, *w = query + 2 * H;
+    for (long b = 0; b < B; ++b) {
+        const long L = lengths[b] < 0 ? 0 : lengths[b] > S ? S : lengths[b];
+        const float *k = keys + b * S * H, *m = memory + b * S * H;
+        for (long j = 0; j < H; ++j) query[j] = q[j * B + b], sum[j] = 0.0f;
+        float top = -INFINITY, total = 0.0f;
+        for (long s = 0; s < L; ++s) {
+            w[s] = score(k + s * H, query, v, H);
+            top = w[s] > top ? w[s] : top;
+        }
+        for (long s = 0; s < L; ++s) total += w[s] = fast_exp(w[s] - top);
+        for (long s = 0; s < L; ++s) {
+            const float ws = w[s] / total;
+            for (long j = 0; j < H; ++j) sum[j] += ws * m[s * H + j];
+        }
+        for (long j = 0; j < H; ++j) context[j * B + b] = sum[j];
+    }
+    free(query);
+    return 0;
+}
+
+/* y = tanh(x) over n values. */
+static void tanh_all(const float *x, float *y, long n) {
+    long i = 0;
+#ifdef __AVX2__
+    for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, tanh8(_mm256_loadu_ps(x + i)));
+#endif
+    for (; i < n; ++i) y[i] = fast_tanh(x[i]);
+}
+
 /* A block-row bound moved down to a window of the interleaved copy, so that every thread can use it. */
 static int whole_windows(const Matrix *m, int bound) { return m->sigma ? bound - bound % m->sigma : bound; }
 
@@ -1042,24 +1097,30 @@ done:
     return result;
 }
 
-/* A program: products and one-step recurrent layers in a fixed order over fixed buffers, run by one call
- * (a streaming model's whole token: every layer and the output layer). Built once from a list of
- * operations, each a tuple:
+/* A program: products, one-step recurrent layers, attention and tanh in a fixed order over fixed buffers,
+ * run by one call (a streaming model's whole token: every layer and the output layer; a translation
+ * decoder's step). Built once from a list of operations, each a tuple:
  *   (0, matrix, x, y, bias, n)                          y = W x + bias, x (cols, n), y (rows, n)
  *   (1, matrix, cell, bias_hh, xproj, out, h, c, n)     one step of a recurrent layer, xproj (G*H, n)
+ *   (2, query, keys, memory, lengths, v, context, H, S, n)   attend(): query, context (H, n); keys, memory
+ *                                                        (n, S, H); lengths int32 (n); v (H) or empty
+ *   (3, x, y, count)                                    y = tanh(x), count values
  * The program holds the operations' objects and buffers until it is freed. */
-enum { OP_PRODUCT = 0, OP_STEP = 1 };
+enum { OP_PRODUCT = 0, OP_STEP = 1, OP_ATTEND = 2, OP_TANH = 3 };
+enum { OP_BUFFERS = 6 }; /* the most buffers one operation holds */
 typedef struct {
     int kind, cell;
     const Matrix *m;
-    const float *bias, *x; /* bias may be NULL for a product; x is xproj for a step */
-    float *y, *h, *c;      /* y is out for a step; c NULL but for LSTM */
-    long n;
+    const float *bias, *x; /* bias may be NULL for a product; x is xproj for a step, the query for attention */
+    float *y, *h, *c;      /* y is out for a step, the context for attention; c NULL but for LSTM */
+    const float *keys, *memory, *v; /* attention; v NULL for Luong's score */
+    const int32_t *lengths;
+    long n, H, S;
 } Op;
 typedef struct {
     int count, threads, held;
     Op *ops;
-    Py_buffer *buffers; /* 5 per operation, `held` of them taken */
+    Py_buffer *buffers; /* OP_BUFFERS per operation, `held` of them taken */
     PyObject *source;   /* the operations' tuples: they keep the compiled matrices alive */
 } Program;
 static const char *const PROGRAM = "sparsernn.kernels.Program";
@@ -1071,25 +1132,54 @@ static void program_free(PyObject *capsule) {
     free(p->ops), free(p->buffers), free(p);
 }
 
-/* Fills op from one operation tuple, taking its buffers into b (5 slots; *taken says how many, also when
- * a later check fails); -1 with an exception set. */
+/* The attention operation's buffers against H, S and n; -1 with an exception set. */
+static int check_attend(const Py_buffer *b, long H, long S, long n) {
+    if (H < 1 || S < 1 || n < 1) {
+        PyErr_SetString(PyExc_ValueError, "attention: H, S and n must be positive");
+        return -1;
+    }
+    if (check_len(&b[0], H * n * 4, "query") || check_len(&b[1], n * S * H * 4, "keys") ||
+        check_len(&b[2], n * S * H * 4, "memory") || check_len(&b[3], n * 4, "lengths") ||
+        check_len(&b[5], H * n * 4, "context"))
+        return -1;
+    return b[4].len ? check_len(&b[4], H * 4, "v") : 0;
+}
+
+/* Fills op from one operation tuple, taking its buffers into b (OP_BUFFERS slots; *taken says how many,
+ * also when a later check fails); -1 with an exception set. */
 static int make_op(Op *op, PyObject *item, Py_buffer *b, int *taken) {
     PyObject *capsule;
-    long n;
+    long n, H = 0, S = 0;
     int kind = PyTuple_Check(item) && PyTuple_GET_SIZE(item) ? (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 0)) : -1;
+    *op = (Op){0};
     if (kind == OP_PRODUCT) {
         if (!PyArg_ParseTuple(item, "iOy*w*y*l", &kind, &capsule, &b[0], &b[1], &b[2], &n)) return -1;
+        *taken = 3;
     } else if (kind == OP_STEP) {
         if (!PyArg_ParseTuple(item, "iOiy*y*w*w*w*l", &kind, &capsule, &op->cell, &b[0], &b[1], &b[2], &b[3], &b[4], &n))
             return -1;
+        *taken = 5;
+    } else if (kind == OP_ATTEND) {
+        if (!PyArg_ParseTuple(item, "iy*y*y*y*y*w*lll", &kind, &b[0], &b[1], &b[2], &b[3], &b[4], &b[5], &H, &S, &n))
+            return -1;
+        *taken = 6;
+        if (check_attend(b, H, S, n)) return -1;
+        *op = (Op){.kind = kind, .x = b[0].buf, .keys = b[1].buf, .memory = b[2].buf, .lengths = b[3].buf,
+                   .v = b[4].len ? b[4].buf : NULL, .y = b[5].buf, .n = n, .H = H, .S = S};
+        return 0;
+    } else if (kind == OP_TANH) {
+        if (!PyArg_ParseTuple(item, "iy*w*l", &kind, &b[0], &b[1], &n)) return -1;
+        *taken = 2;
+        if (n < 0 || check_len(&b[0], n * 4, "x") || check_len(&b[1], n * 4, "y")) return -1;
+        *op = (Op){.kind = kind, .x = b[0].buf, .y = b[1].buf, .n = n};
+        return 0;
     } else {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "program: an operation is (0, ...) or (1, ...)");
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "program: an operation is (0, ...) to (3, ...)");
         return -1;
     }
-    *taken = kind == OP_PRODUCT ? 3 : 5;
     const Matrix *m = held_matrix(capsule);
     if (!m) return -1;
-    *op = (Op){kind, op->cell, m, NULL, NULL, NULL, NULL, NULL, n};
+    *op = (Op){.kind = kind, .cell = op->cell, .m = m, .n = n};
     if (kind == OP_PRODUCT) {
         if (check_product(m, &b[0], &b[1], &b[2], n)) return -1;
         op->x = b[0].buf, op->y = b[1].buf, op->bias = b[2].len ? b[2].buf : NULL;
@@ -1108,7 +1198,7 @@ static PyObject *py_program(PyObject *self, PyObject *args) {
     if (!PyArg_ParseTuple(args, "O!i", &PyList_Type, &list, &threads)) return NULL;
     const int count = (int)PyList_GET_SIZE(list);
     Program *p = calloc(1, sizeof(Program));
-    if (p) p->ops = calloc((size_t)count + 1, sizeof(Op)), p->buffers = calloc((size_t)count * 5 + 1, sizeof(Py_buffer));
+    if (p) p->ops = calloc((size_t)count + 1, sizeof(Op)), p->buffers = calloc((size_t)count * OP_BUFFERS + 1, sizeof(Py_buffer));
     if (!p || !p->ops || !p->buffers) {
         if (p) free(p->ops), free(p->buffers), free(p);
         return PyErr_NoMemory();
@@ -1141,8 +1231,12 @@ static PyObject *py_run(PyObject *self, PyObject *capsule) {
         const Op *op = &p->ops[i];
         if (op->kind == OP_PRODUCT)
             product(op->m, op->x, op->y, op->n, op->bias, p->threads);
-        else
+        else if (op->kind == OP_STEP)
             status = run_recurrent(op->cell, op->m, op->bias, op->x, op->y, op->h, op->c, 1, op->n, 0, p->threads);
+        else if (op->kind == OP_ATTEND)
+            status = attend(op->x, op->keys, op->memory, op->lengths, op->v, op->y, op->H, op->S, op->n);
+        else
+            tanh_all(op->x, op->y, op->n);
     }
     Py_END_ALLOW_THREADS;
     if (status) return PyErr_NoMemory();
@@ -1170,8 +1264,9 @@ static PyMethodDef methods[] = {
     {"spmm", py_spmm, METH_VARARGS, "spmm(matrix, x, y, bias, n, threads): y = W x + bias"},
     {"recurrent", py_recurrent, METH_VARARGS, "recurrent(cell, matrix, bias_hh, xproj, out, h, c, T, B, reverse, threads)"},
     {"program", py_program, METH_VARARGS,
-     "program(operations, threads): products (0, matrix, x, y, bias, n) and one-step layers "
-     "(1, matrix, cell, bias_hh, xproj, out, h, c, n), compiled to run in order by run(program)"},
+     "program(operations, threads): products (0, matrix, x, y, bias, n), one-step layers "
+     "(1, matrix, cell, bias_hh, xproj, out, h, c, n), attention (2, query, keys, memory, lengths, v, context, H, S, "
+     "n) and tanh (3, x, y, count), compiled to run in order by run(program)"},
     {"run", py_run, METH_O, "run(program): every operation of the program, in order"},
     {NULL, NULL, 0, NULL},
 };

@@ -68,3 +68,18 @@ def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np
     if c is not None:
         c[...] = cell_state
     return out
+
+
+def attention(query: np.ndarray, keys: np.ndarray, memory: np.ndarray, lengths: np.ndarray,
+              score: np.ndarray | None) -> np.ndarray:
+    """A translation decoder's attention for each column ``b``: the first ``lengths[b]`` rows of
+    ``keys[b]`` and ``memory[b]`` (``(B, S, H)`` each) scored against ``query[:, b]`` (``query`` (H, B)):
+    ``score . tanh(k + q)`` (additive) or, with ``score`` None, ``k . q``; softmax; returns the context
+    (H, B), the weighted sum of memory rows."""
+    context = np.zeros(query.shape, np.float32)
+    for b, length in enumerate(lengths):
+        k, m, q = keys[b, :length], memory[b, :length], query[:, b]
+        scores = np.tanh(k + q) @ score if score is not None else k @ q
+        weights = np.exp(scores - scores.max())
+        context[:, b] = weights @ m / weights.sum()
+    return context

@@ -135,9 +135,11 @@ class Seq2Seq(nn.Module):
         scores = source.new_zeros(1, dtype=torch.float)
         finished: list[tuple[float, list[int]]] = []
         words = torch.tensor([BOS], device=source.device)
+        copies = {}  # the encoder states once per hypothesis, by the number of hypotheses
         for step in range(1, max_length + 1):
-            copies = encoded.select(torch.zeros(len(live), dtype=torch.long))  # one per hypothesis
-            logits, state, feed = self.decode_step(words, state, feed, copies)
+            if len(live) not in copies:
+                copies[len(live)] = encoded.select(torch.zeros(len(live), dtype=torch.long))
+            logits, state, feed = self.decode_step(words, state, feed, copies[len(live)])
             candidates = (scores[:, None] + torch.log_softmax(logits, dim=-1)).flatten()
             top = candidates.topk(min(beam, candidates.numel()))
             vocab = logits.shape[-1]

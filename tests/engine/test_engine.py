@@ -167,3 +167,41 @@ def test_trained_speech_checkpoint_transcribes_like_pytorch(tmp_path, speech_con
     files = sorted((an4_dir / "wav/an4test_clstk").rglob("*.wav"))[:3]
     for file, text in zip(files, transcribe(checkpoint, files, beam=4), strict=True):
         assert engine.transcribe(*read_audio(file), beam=4) == text
+
+
+@pytest.mark.parametrize("cell, attention, decoder_layers", [("gru", "bahdanau", 1), ("lstm", "luong", 2),
+                                                             ("gru", "luong", 2), ("lstm", "bahdanau", 1)])
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_translation_decoder_step_matches_pytorch(cell, attention, decoder_layers, backend):
+    """The engine's decoder step (one Program: layers, attention, attentional vector, output layer) on a
+    pruned Seq2Seq against the model's own decode_step, step by step on a padded batch, then greedy
+    decoding and beam search through it."""
+    from sparsernn.config import Seq2SeqConfig
+    from sparsernn.engine import sparsify
+    from sparsernn.engine.families import _DecodeStep
+    from sparsernn.models.seq2seq import Seq2Seq
+
+    torch.manual_seed(0)
+    config = Seq2SeqConfig(cell=cell, attention=attention, embedding_size=8, hidden_size=12, dropout=0.0,
+                           decoder_layers=decoder_layers)
+    net = Seq2Seq(13, config).eval()
+    with torch.no_grad():
+        for parameter in net.parameters():
+            if parameter.dim() == 2:
+                parameter.mul_(torch.rand(parameter.shape) > 0.7)
+    engine = sparsify(net, backend=backend)
+    engine.decode_step = _DecodeStep(engine, 1, backend)
+    source, lengths = torch.tensor([[4, 5, 6, 0, 0, 0], [7, 8, 9, 10, 11, 12]]), torch.tensor([3, 6])
+    with torch.no_grad():
+        encoded, state, feed = net.encode(source, lengths)
+        ours, engine_encoded = (state, feed), engine.encode(source, lengths)[0]
+        for words in ([1, 1], [5, 9], [12, 3]):
+            words = torch.tensor(words)
+            logits, state, feed = net.decode_step(words, state, feed, encoded)
+            got, *ours = engine.decode_step(words, *ours, engine_encoded)
+            torch.testing.assert_close(got, logits, atol=1e-4, rtol=0)
+            for mine, theirs in zip(torch.utils._pytree.tree_leaves(ours), torch.utils._pytree.tree_leaves(
+                    (state, feed)), strict=True):
+                torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+        assert engine.greedy(source, lengths, 7) == net.greedy(source, lengths, 7)
+        assert engine.beam_search(source[1], 6, 3, 7) == net.beam_search(source[1], 6, 3, 7)

@@ -384,6 +384,53 @@ def test_a_program_runs_two_layers_and_an_output_layer_as_separate_calls_do(cell
             np.testing.assert_allclose(logits, expected[step], atol=1e-4, err_msg=backend_name)
 
 
+@pytest.mark.parametrize("additive", [True, False])
+def test_program_attention_and_tanh_match_pytorch(additive):
+    """Three columns with 5, 1 and 3 of 5 encoder positions (the rest garbage that must not count),
+    H = 19 (two 8-wide vectors and a tail): torch's masked softmax attention, as in Seq2Seq.decode_step."""
+    import torch
+
+    rng = np.random.default_rng(12)
+    batch, steps, hidden = 3, 5, 19
+    keys, memory = (rng.standard_normal((batch, steps, hidden)).astype(np.float32) for _ in range(2))
+    query = rng.standard_normal((hidden, batch)).astype(np.float32)
+    score = rng.standard_normal(hidden).astype(np.float32) if additive else None
+    lengths = np.array([5, 1, 3], np.int32)
+    k, m, q = torch.from_numpy(keys), torch.from_numpy(memory), torch.from_numpy(query.T)
+    if additive:
+        scores = torch.tanh(k + q[:, None]) @ torch.from_numpy(score)
+    else:
+        scores = torch.bmm(k, q[:, :, None])[..., 0]
+    mask = torch.arange(steps)[None] < torch.from_numpy(lengths)[:, None]
+    weights = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1)
+    expected = torch.bmm(weights[:, None], m)[:, 0].T.numpy()
+    for backend_name in ("c", "reference"):
+        context = np.full((hidden, batch), np.nan, np.float32)
+        squashed = np.empty((hidden, batch), np.float32)
+        kernels.Program([("attention", query, keys, memory, lengths, score, context),
+                         ("tanh", context, squashed)], backend_name=backend_name)()
+        np.testing.assert_allclose(context, expected, atol=1e-5, err_msg=backend_name)
+        np.testing.assert_allclose(squashed, np.tanh(expected), atol=1e-6, err_msg=backend_name)
+
+
+def test_a_program_checks_attention_buffers():
+    keys = np.zeros((2, 4, 8), np.float32)
+    query, context = np.zeros((8, 2), np.float32), np.zeros((8, 2), np.float32)
+    lengths = np.array([4, 2], np.int32)
+    with pytest.raises(ValueError, match="memory must be"):
+        kernels.Program([("attention", query, keys, keys[:, :3], lengths, None, context)])
+    with pytest.raises(ValueError, match=r"lengths must be in \[1, 4\]"):
+        kernels.Program([("attention", query, keys, keys, np.array([4, 5], np.int32), None, context)])
+    with pytest.raises(ValueError, match="lengths must be C-contiguous int32"):
+        kernels.Program([("attention", query, keys, keys, lengths.astype(np.int64), None, context)])
+    with pytest.raises(ValueError, match="score must be"):
+        kernels.Program([("attention", query, keys, keys, lengths, np.zeros(7, np.float32), context)])
+    with pytest.raises(ValueError, match="y must be"):
+        kernels.Program([("tanh", query, context[:4])])
+    with pytest.raises(ValueError, match="keys holds 256 bytes, needs 512"):
+        kernels._compiled().program([(2, query, keys, keys, lengths, b"", context, 8, 8, 2)], 1)
+
+
 def test_a_program_checks_its_buffers_and_holds_them():
     import gc
 
