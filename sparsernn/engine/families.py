@@ -210,7 +210,7 @@ class _DecodeStep:
         self.embedding = model.target_embedding.weight.detach().numpy()  # (V, E)
         additive = model.config.attention == "bahdanau"
         self.score = model.attention_score.weight_matrix.to_dense()[0] if additive else None
-        self.encoded = None
+        self.encoded = self.returned = None
 
     def _build(self, encoded, batch: int) -> None:
         model, hidden = self.model, self.model.config.hidden_size
@@ -239,7 +239,7 @@ class _DecodeStep:
     def __call__(self, words: torch.Tensor, state, feed: torch.Tensor, encoded):
         if encoded is not self.encoded or len(words) != self.x.shape[1]:
             self._build(encoded, len(words))
-            self.returned = None  # the state and feed last returned, which the buffers hold already
+            self.returned = None  # the state and feed last returned, which the buffers then hold
         size = self.embedding.shape[1]
         self.x[:size] = self.embedding[words.numpy()].T
         if self.returned is None or state is not self.returned[0] or feed is not self.returned[1]:
