@@ -142,6 +142,7 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     made = []
 
@@ -156,6 +157,10 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
 
     figure, axis = plt.subplots(figsize=(7, 4.5))
     axis.set_xscale("log")
+    axis.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 3.0, 5.0)))  # 300k, 500k, 1M, 2M...
+    axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else
+                                                 f"{x / 1e3:g}k"))
+    axis.xaxis.set_minor_formatter(NullFormatter())  # matplotlib's own labels of the minor ticks overlap
     by_method: dict[str, list[tuple]] = {}
     for group in _setups(study, results):  # one point per setup: the mean over its seeds
         values = [_metric(r)[1] for r in group]
