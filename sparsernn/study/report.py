@@ -193,22 +193,25 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
     pruned = [r for r in results if r["method"] in PRUNED]
     if pruned:
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
-        styles = ("-", "--", ":", "-.")  # one color per run, one line style per layer group
+        styles = ("-", "--", ":", "-.")  # one color per run (the left legend), one line style per layer group
+        groups: dict[str, str] = {}
         for i, r in enumerate(pruned):
             curve = training_curves(out / "runs" / r["name"])
             steps = [c["step"] for c in curve]
             color = plt.get_cmap("tab20")(i % 20)
             left.plot(steps, [c["sparsity"] for c in curve], label=r["name"], color=color)
-            for j, group in enumerate(sorted(curve[-1]["threshold"]) if curve else []):
-                thresholds = [c["threshold"].get(group, 0.0) for c in curve]
-                right.plot(steps, thresholds, label=f"{r['name']} {group}", color=color,
-                           linestyle=styles[j % len(styles)])
+            for group in sorted(curve[-1]["threshold"]) if curve else []:
+                style = groups.setdefault(group, styles[len(groups) % len(styles)])
+                right.plot(steps, [c["threshold"].get(group, 0.0) for c in curve], color=color,
+                           linestyle=style)
+        for group, style in groups.items():
+            right.plot([], [], color="black", linestyle=style, label=group)
         left.set_xlabel("training step")
         left.set_ylabel("sparsity of the pruned tensors")
         right.set_xlabel("training step")
         right.set_ylabel("largest threshold applied")
-        left.legend(fontsize=7)
-        right.legend(fontsize=6)
+        left.legend(fontsize=7 if len(pruned) <= 12 else 5)
+        right.legend(fontsize=7)
         save(figure, "schedule.png", "Sparsity and threshold (per layer group) against training step")
 
         figure, axis = plt.subplots(figsize=(10, 3.8))
