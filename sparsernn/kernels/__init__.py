@@ -246,8 +246,8 @@ class SparseMatrix:
 def _cache_aligned(array: np.ndarray) -> np.ndarray:
     """A copy of ``array`` whose data starts on a 64-byte boundary, so that no vector load of a slot or a
     block spans two cache lines. numpy aligns to 16 bytes; 16 bytes off, the 1760-square products at
-    90% took about 10% longer (unstructured, AVX-512: 41.3 against 37.3 us; 8x1 blocks: 18.1 against
-    16.3 us; bf16 values within 2%)."""
+    90% took about 10% longer (`python benchmarks/aligned_values.py`: unstructured AVX-512 38.5 against
+    34.9 us, 8x1 blocks 17.5 against 15.8 us; bf16 values within 2%)."""
     buffer = np.empty(array.nbytes + 64, dtype=np.uint8)
     start = -buffer.ctypes.data % 64
     aligned = buffer[start:start + array.nbytes].view(array.dtype).reshape(array.shape)

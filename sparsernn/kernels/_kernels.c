@@ -797,12 +797,10 @@ static float score(const float *k, const float *q, const float *v, long H) {
 
 /* For each of B columns, the first lengths[b] (at most S) encoder positions of its keys and memory
  * ((S, H) each, at b * S * H) scored against query column b (q: (H, B)), softmax over them, and context
- * column b (context: (H, B)) their weighted sum of memory rows. -1 when out of memory. */
-static int attend(const float *q, const float *keys, const float *memory, const int32_t *lengths, const float *v,
-                  float *context, long H, long S, long B) {
-    float *query = malloc(sizeof(float) * (size_t)(2 * H + S));
-    if (!query) return -1;
-    float *sum = query + H, *w = query + 2 * H;
+ * column b (context: (H, B)) their weighted sum of memory rows. scratch: 2 * H + S floats. */
+static void attend(const float *q, const float *keys, const float *memory, const int32_t *lengths, const float *v,
+                   float *context, long H, long S, long B, float *scratch) {
+    float *query = scratch, *sum = scratch + H, *w = scratch + 2 * H;
     for (long b = 0; b < B; ++b) {
         const long L = lengths[b] < 0 ? 0 : lengths[b] > S ? S : lengths[b];
         const float *k = keys + b * S * H, *m = memory + b * S * H;
@@ -819,8 +817,6 @@ static int attend(const float *q, const float *keys, const float *memory, const 
         }
         for (long j = 0; j < H; ++j) context[j * B + b] = sum[j];
     }
-    free(query);
-    return 0;
 }
 
 /* y = tanh(x) over n values. */
@@ -1115,6 +1111,7 @@ typedef struct {
     float *y, *h, *c;      /* y is out for a step, the context for attention; c NULL but for LSTM */
     const float *keys, *memory, *v; /* attention; v NULL for Luong's score */
     const int32_t *lengths;
+    float *scratch; /* attention: 2 * H + S floats, the operation's own */
     long n, H, S;
 } Op;
 typedef struct {
@@ -1128,6 +1125,7 @@ static const char *const PROGRAM = "sparsernn.kernels.Program";
 static void program_free(PyObject *capsule) {
     Program *p = PyCapsule_GetPointer(capsule, PROGRAM);
     for (int i = 0; i < p->held; ++i) PyBuffer_Release(&p->buffers[i]);
+    for (int i = 0; i < p->count; ++i) free(p->ops[i].scratch);
     Py_XDECREF(p->source);
     free(p->ops), free(p->buffers), free(p);
 }
@@ -1165,7 +1163,12 @@ static int make_op(Op *op, PyObject *item, Py_buffer *b, int *taken) {
         *taken = 6;
         if (check_attend(b, H, S, n)) return -1;
         *op = (Op){.kind = kind, .x = b[0].buf, .keys = b[1].buf, .memory = b[2].buf, .lengths = b[3].buf,
-                   .v = b[4].len ? b[4].buf : NULL, .y = b[5].buf, .n = n, .H = H, .S = S};
+                   .v = b[4].len ? b[4].buf : NULL, .y = b[5].buf, .n = n, .H = H, .S = S,
+                   .scratch = malloc(sizeof(float) * (size_t)(2 * H + S))};
+        if (!op->scratch) {
+            PyErr_NoMemory();
+            return -1;
+        }
         return 0;
     } else if (kind == OP_TANH) {
         if (!PyArg_ParseTuple(item, "iy*w*l", &kind, &b[0], &b[1], &n)) return -1;
@@ -1216,6 +1219,7 @@ static PyObject *py_program(PyObject *self, PyObject *args) {
     if (capsule) return capsule;
 fail:
     for (int i = 0; i < p->held; ++i) PyBuffer_Release(&p->buffers[i]);
+    for (int i = 0; i < count; ++i) free(p->ops[i].scratch);
     Py_XDECREF(p->source);
     free(p->ops), free(p->buffers), free(p);
     return NULL;
@@ -1234,7 +1238,7 @@ static PyObject *py_run(PyObject *self, PyObject *capsule) {
         else if (op->kind == OP_STEP)
             status = run_recurrent(op->cell, op->m, op->bias, op->x, op->y, op->h, op->c, 1, op->n, 0, p->threads);
         else if (op->kind == OP_ATTEND)
-            status = attend(op->x, op->keys, op->memory, op->lengths, op->v, op->y, op->H, op->S, op->n);
+            attend(op->x, op->keys, op->memory, op->lengths, op->v, op->y, op->H, op->S, op->n, op->scratch);
         else
             tanh_all(op->x, op->y, op->n);
     }
