@@ -1,5 +1,5 @@
 /* Stand-alone probe behind BENCHMARKS.md's "Values on a cache line": the AVX-512 sliced one-column kernel
- * (padded slots, as in _kernels.c) against the same layout storing only the non-zeros, each slot expanded
+ * (padded slots in slices of 32 columns, as _kernels.c read them before slices of 64) against the same layout storing only the non-zeros, each slot expanded
  * by a 16-bit lane mask (vexpandps from memory, or a load and vexpandps from a register), and a 4-row
  * AVX-512 dense GEMV; n = 1760, 90%, random pattern, aligned buffers, no Python. The methods take turns
  * (15 rounds of 200 calls), each keeps its fastest round. The matrix comes from
@@ -112,7 +112,7 @@ int main(int argc, char **argv) {
     printf("expanded err %g\n", err);
     memset(y,0,4*rows); err = 0; expanded2(x, y); for (int i = 0; i < rows; ++i) err = fmax(err, fabs(y[i] - yref[i]));
     printf("expanded2 err %g\n", err);
-    const char *names[4] = {"padded (the kept layout)", "expanded from memory", "dense 4-row GEMV", "expanded from a register"};
+    const char *names[4] = {"padded (slices of 32)", "expanded from memory", "dense 4-row GEMV", "expanded from a register"};
     double best[4] = {1e9, 1e9, 1e9, 1e9};
     for (int round = 0; round < 15; ++round)
         for (int k = 0; k < 4; ++k) {

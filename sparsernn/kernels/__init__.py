@@ -29,6 +29,8 @@ from sparsernn.kernels import reference
 #: Cell names and their gate counts (PyTorch's gate order: LSTM i|f|g|o, GRU r|z|n).
 CELLS = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4, "rnn_clipped_relu": 1}
 _CELL_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "gru": 2, "lstm": 3, "rnn_clipped_relu": 4}
+#: Columns in a slice of the sliced one-column copy (the C extension's ``SLICE``).
+SLICE = 64
 
 
 class FormatError(ValueError):
@@ -45,12 +47,13 @@ class OneColumn(NamedTuple):
     the group's 8 rows in ``values[s]`` and ``index[s]`` (value 0, index 0 past a row's end); lane ``l``
     computes row ``order[8 * g + l]``. One vector multiply then serves 8 rows, with no per-row tail.
 
-    ``lanes == 16``, sliced (the AVX-512 kernel): columns in slices of 32, each window of ``sigma`` rows
-    sorted by length and taken in ``ceil(sigma / 16)`` groups of 16 (``order[16 * g + l]`` is lane
-    ``l``'s row, -1 past the window). Segment ``(g, j)``, slots ``ptr[g * slices + j]`` to
-    ``ptr[g * slices + j + 1]``, holds group ``g``'s non-zeros in slice ``j``: slot ``k`` of it the
-    ``k``-th of each lane's row, ``index`` being the column within the slice (uint8). The kernel keeps
-    a slice of x in two registers and looks 16 values up in them at once: no x is loaded per non-zero.
+    ``lanes == 16``, sliced (the AVX-512 kernel): columns in slices of :data:`SLICE` (64), each window
+    of ``sigma`` rows sorted by length and taken in ``ceil(sigma / 16)`` groups of 16
+    (``order[16 * g + l]`` is lane ``l``'s row, -1 past the window). Segment ``(g, j)``, slots
+    ``ptr[g * slices + j]`` to ``ptr[g * slices + j + 1]``, holds group ``g``'s non-zeros in slice
+    ``j``: slot ``k`` of it the ``k``-th of each lane's row, ``index`` being the column within the slice
+    (uint8). The kernel keeps a slice of x in four registers and looks 16 values up in them at once:
+    no x is loaded per non-zero.
 
     ``values`` are float32, or for a :attr:`SparseMatrix.bf16` matrix the bfloat16 bits (uint16), which
     the kernels widen in registers: half the value bytes read per product. (A bf16 matrix of 8x1 or 16x1
@@ -188,11 +191,16 @@ class SparseMatrix:
     def sliced(self) -> OneColumn | None:
         """The 16-lane one-column layout (see :class:`OneColumn`), built on first use; None where
         :attr:`interleaved` is."""
+        return self.sliced_copy(SLICE)
+
+    def sliced_copy(self, width: int) -> OneColumn | None:
+        """The 16-lane layout with slices of ``width`` columns (the kernels read :data:`SLICE`; other
+        widths are for benchmarks/slice_width_probe.py)."""
         sigma = self._window(16)
         if sigma is None:
             return None
         rows, cols = self.shape
-        per_window, slices = -(-sigma // 16), -(-cols // 32)
+        per_window, slices = -(-sigma // 16), -(-cols // width)
         groups = rows // sigma * per_window
         # rows sorted by length within their window, so that long rows share groups (less padding)
         lengths = np.diff(self.rowptr)
@@ -206,12 +214,12 @@ class SparseMatrix:
         row = np.repeat(np.arange(rows), np.diff(self.rowptr))
         column = self.index.astype(np.int64)
         # the k-th non-zero of its row in its slice: rank within the (row, slice) runs
-        key = row * slices + column // 32
+        key = row * slices + column // width
         by_key = np.argsort(key, kind="stable")
         starts = np.searchsorted(key[by_key], key[by_key], side="left")
         rank = np.empty(row.size, dtype=np.int64)
         rank[by_key] = np.arange(row.size) - starts
-        segment = group[row] * slices + column // 32
+        segment = group[row] * slices + column // width
         length = np.zeros(groups * slices, dtype=np.int64)
         np.maximum.at(length, segment, rank + 1)
         ptr = np.zeros(groups * slices + 1, dtype=np.int32)
@@ -219,7 +227,7 @@ class SparseMatrix:
         slot = ptr[segment] + rank
         index = np.zeros((int(ptr[-1]), 16), dtype=np.uint8)
         values = np.zeros((int(ptr[-1]), 16), dtype=np.float32)
-        index[slot, lane[row]] = column % 32
+        index[slot, lane[row]] = column % width
         values[slot, lane[row]] = self.values.reshape(-1)
         return OneColumn(16, sigma, ptr, order, index, self._stored(values))
 

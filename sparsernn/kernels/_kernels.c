@@ -14,7 +14,7 @@
  *           then taken 8 at a time; group g holds slots [ptr[g], ptr[g+1]), slot s the s-th non-zero of
  *           each of its 8 rows (lanes) in values[8s..8s+8] and index[8s..8s+8] (uint16; zero value,
  *           index 0 past a row's end), and lane l computes row order[8g + l].
- *     lanes 16, sliced (AVX-512): columns in slices of 32; each window of sigma rows, sorted by length, split into
+ *     lanes 16, sliced (AVX-512): columns in slices of SLICE (64); each window of sigma rows, sorted by length, split into
  *           ceil(sigma/16) groups of 16 rows (lane l of group g computes row order[16g + l], -1 for a
  *           lane past the window); segment (g, j) = group g's non-zeros in slice j, slots
  *           [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
@@ -41,6 +41,7 @@
 #ifdef __AVX2__
 #include <immintrin.h>
 #endif
+#define SLICE 64 /* columns in a slice of the sliced one-column copy; sparsernn.kernels.SLICE */
 
 typedef struct Matrix Matrix;
 static int cpu_avx512 = 0; /* the CPU (and OS) run AVX-512F: found at import */
@@ -279,13 +280,18 @@ static void interleaved_bf16(const Matrix *m, int br0, int br1, const float *X, 
     interleaved(m, br0, br1, X, ldx, Y, ldy, bias, 1);
 }
 
-/* Unstructured, one contiguous column, from the sliced copy (AVX-512, chosen at run time): the 32 values
- * of x in a slice sit in two registers and each slot looks its 16 lanes' values up in them with one
- * vpermi2ps by byte indices, so no x value is loaded per non-zero. Costs padding (a segment runs as
- * long as its longest row) but no gathers. Rows [br0, br1) must be whole windows, else CSR. */
+/* Unstructured, one contiguous column, from the sliced copy (AVX-512, chosen at run time): the 64 values
+ * of x in a slice sit in four registers and each slot looks its 16 lanes' values up in them (one
+ * vpermi2ps per pair of registers by the index's low 5 bits, a blend by bit 5), so no x value is loaded
+ * per non-zero. Costs padding (a segment runs as long as its longest row) but no gathers. Slices of 64
+ * rather than 32 columns: a third fewer padding slots (1.70 instead of 2.01 slots a non-zero at 90%),
+ * which is what the product is bound by once the matrix is not in L2 (benchmarks/slice_width_probe.py).
+ * Rows [br0, br1) must be whole windows, else CSR. */
 #define AVX512 __attribute__((target("avx512f")))
-AVX512 static inline __m512 lookup16(const uint8_t *index, __m512 lo, __m512 hi) {
-    return _mm512_permutex2var_ps(lo, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)index)), hi);
+AVX512 static inline __m512 lookup16(const uint8_t *index, const __m512 *x) {
+    const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)index));
+    return _mm512_mask_blend_ps(_mm512_test_epi32_mask(i, _mm512_set1_epi32(32)), _mm512_permutex2var_ps(x[0], i, x[1]),
+                                _mm512_permutex2var_ps(x[2], i, x[3]));
 }
 AVX512 static inline __m512 values16(const void *v, size_t at, const int bf16) {
     if (bf16)
@@ -302,32 +308,32 @@ AVX512 static inline __attribute__((always_inline)) void sliced(const Matrix *m,
     }
     const void *v = m->sell_values;
     const uint8_t *ix = m->sell_index;
-    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + 31) / 32, last = m->cols - 32 * (slices - 1);
-    const __mmask16 last_lo = last >= 16 ? 0xffff : (__mmask16)((1u << last) - 1);
-    const __mmask16 last_hi = last <= 16 ? 0 : last == 32 ? 0xffff : (__mmask16)((1u << (last - 16)) - 1);
+    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
     for (int g = br0 / m->sigma * per_window; g < br1 / m->sigma * per_window; ++g) {
-        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps(), a2 = _mm512_setzero_ps(),
-               a3 = _mm512_setzero_ps();
+        __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
         const int32_t *ptr = m->sell_ptr + (size_t)g * slices;
         for (int j = 0; j < slices; ++j) {
             int32_t s = ptr[j];
             const int32_t end = ptr[j + 1];
             if (s == end) continue;
-            const float *x = X + 32 * j;
-            const __m512 lo = j + 1 < slices ? _mm512_loadu_ps(x) : _mm512_maskz_loadu_ps(last_lo, x);
-            const __m512 hi = j + 1 < slices ? _mm512_loadu_ps(x + 16) : _mm512_maskz_loadu_ps(last_hi, x + 16);
-            for (; s + 4 <= end; s += 4) {
-                const size_t at = 16 * (size_t)s;
-                a0 = _mm512_fmadd_ps(values16(v, at, bf16), lookup16(ix + at, lo, hi), a0);
-                a1 = _mm512_fmadd_ps(values16(v, at + 16, bf16), lookup16(ix + at + 16, lo, hi), a1);
-                a2 = _mm512_fmadd_ps(values16(v, at + 32, bf16), lookup16(ix + at + 32, lo, hi), a2);
-                a3 = _mm512_fmadd_ps(values16(v, at + 48, bf16), lookup16(ix + at + 48, lo, hi), a3);
+            __m512 x[SLICE / 16];
+            for (int q = 0; q < SLICE / 16; ++q) { /* the last slice may end early: zeros past the columns */
+                const int first = SLICE * j + 16 * q, left = m->cols - first;
+                x[q] = left >= 16 ? _mm512_loadu_ps(X + first)
+                       : left > 0 ? _mm512_maskz_loadu_ps((__mmask16)((1u << left) - 1), X + first)
+                                  : _mm512_setzero_ps();
             }
-            for (; s < end; ++s)
-                a0 = _mm512_fmadd_ps(values16(v, 16 * (size_t)s, bf16), lookup16(ix + 16 * (size_t)s, lo, hi), a0);
+            /* two slots a step: segments are short (about 11 slots at 90%), so a longer unrolled step
+             * mostly adds tail iterations */
+            for (; s + 2 <= end; s += 2) {
+                const size_t at = 16 * (size_t)s;
+                a0 = _mm512_fmadd_ps(values16(v, at, bf16), lookup16(ix + at, x), a0);
+                a1 = _mm512_fmadd_ps(values16(v, at + 16, bf16), lookup16(ix + at + 16, x), a1);
+            }
+            if (s < end) a0 = _mm512_fmadd_ps(values16(v, 16 * (size_t)s, bf16), lookup16(ix + 16 * (size_t)s, x), a0);
         }
         float sums[16];
-        _mm512_storeu_ps(sums, _mm512_add_ps(_mm512_add_ps(a0, a1), _mm512_add_ps(a2, a3)));
+        _mm512_storeu_ps(sums, _mm512_add_ps(a0, a1));
         for (int lane = 0; lane < 16; ++lane) {
             const int32_t row = m->sell_order[16 * g + lane];
             if (row >= 0) Y[(size_t)row * ldy] = sums[lane] + (bias ? bias[row] : 0.0f);
@@ -951,7 +957,7 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
         }
         /* lanes 8: a group per 8 rows; lanes 16: ceil(sigma / 16) groups per window, a segment per slice */
         const Py_ssize_t groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / sigma) * ((sigma + 15) / 16);
-        const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + 31) / 32);
+        const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + SLICE - 1) / SLICE);
         if (check_len(sell_ptr, (segments + 1) * 4, "one-column ptr") ||
             check_len(sell_order, groups * lanes * 4, "one-column order"))
             return -1;
@@ -1289,6 +1295,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     PyModule_AddIntConstant(mod, "avx2", 0);
 #endif
     PyModule_AddIntConstant(mod, "avx512", cpu_avx512);
+    PyModule_AddIntConstant(mod, "SLICE", SLICE);
 #ifdef _OPENMP
     PyModule_AddIntConstant(mod, "openmp", 1);
 #else

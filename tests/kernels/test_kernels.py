@@ -62,7 +62,7 @@ def test_spmm_matches_dense_and_reference(block, density, isa):
 @pytest.mark.parametrize("rows, window", [(71, None), (72, 8)])
 def test_long_rows_use_every_unrolled_path(rows, window, isa):
     """Rows with 0..71 non-zeros exercise the 16-wide CSR loop, its remainder and the scalar tail (71
-    rows: no one-column copy), or the one-column copy's loop of 4 slots and its remainder (72 rows)."""
+    rows: no one-column copy), or the one-column copies' unrolled loops and their remainders (72 rows)."""
     rng = np.random.default_rng(3)
     dense = np.zeros((rows, 1760), np.float32)
     for row in range(rows):
@@ -106,10 +106,12 @@ def test_interleaved_copy_holds_each_row_within_its_window(shape, window):
     assert np.array_equal(interleaved_to_dense(matrix), dense)
 
 
-@pytest.mark.parametrize("shape", [(600, 200), (192, 64), (1760, 1760), (24, 40), (48, 96)])
+@pytest.mark.parametrize("shape", [(600, 200), (192, 64), (1760, 1760), (24, 40), (48, 96), (48, 120),
+                                   (24, 88)])
 def test_one_column_products_match_dense(shape, isa):
     """One column, with thread shares that start inside a window (moved to its start) or not, and a
-    last slice of 32 columns that is whole (64, 96, 1760) or not (200, 40)."""
+    last slice of 64 columns that is whole (64) or not: ending inside the first (200), second (88), third
+    (40) or fourth (120) of the kernel's registers of x, or at the end of the second (96, 1760)."""
     rng = np.random.default_rng(12)
     dense, matrix = random_sparse(rng, shape, (1, 1), 0.1)
     assert matrix.interleaved is not None and matrix.sliced is not None
@@ -268,18 +270,25 @@ def test_the_sliced_layout_is_refused_without_avx512():
             kernels.set_isa("avx512")
 
 
+def test_the_extension_slices_columns_as_the_layout_does():
+    if kernels.backend() != "c":
+        pytest.skip("the compiled kernels are not built")
+    assert kernels._compiled().SLICE == kernels.SLICE
+
+
 def sliced_to_dense(matrix):
     """The slow oracle for the sliced copy: every slot's lanes written back to their rows and columns."""
     lanes, sigma, ptr, order, index, values = matrix.sliced
     rows, cols = matrix.shape
-    slices = -(-cols // 32)
+    width = kernels.SLICE
+    slices = -(-cols // width)
     dense = np.zeros(matrix.shape, np.float32)
     for group in range(len(order) // 16):
         for j in range(slices):
             for slot in range(ptr[group * slices + j], ptr[group * slices + j + 1]):
                 for lane in range(16):
                     if order[16 * group + lane] >= 0:
-                        dense[order[16 * group + lane], 32 * j + index[slot, lane]] += values[slot, lane]
+                        dense[order[16 * group + lane], width * j + index[slot, lane]] += values[slot, lane]
                     else:
                         assert values[slot, lane] == 0
     return dense
@@ -306,7 +315,7 @@ def test_sliced_copy_holds_each_row_within_its_window(shape, window, groups):
     assert np.array_equal(rows // window, np.arange(shape[0]) // window)
     lengths = np.diff(matrix.rowptr)[rows]
     assert np.all(np.diff(lengths.reshape(-1, window), axis=1) <= 0)
-    assert np.all(index < 32)
+    assert np.all(index < kernels.SLICE)
     assert np.array_equal(sliced_to_dense(matrix), dense)
 
 
