@@ -1,9 +1,9 @@
 /* Stand-alone probe behind BENCHMARKS.md's "Values on a cache line": the AVX-512 sliced one-column kernel
- * (padded slots in slices of 32 columns, as _kernels.c read them before slices of 64) against the same layout storing only the non-zeros, each slot expanded
- * by a 16-bit lane mask (vexpandps from memory, or a load and vexpandps from a register), and a 4-row
- * AVX-512 dense GEMV; n = 1760, 90%, random pattern, aligned buffers, no Python. The methods take turns
- * (15 rounds of 200 calls), each keeps its fastest round. The matrix comes from
- * benchmarks/sliced_expand_probe.py, which builds and runs this file. */
+ * (padded slots in slices of 32 columns, as _kernels.c read them before slices of 64) against the same
+ * layout storing only the non-zeros, each slot expanded by a 16-bit lane mask (vexpandps from memory, or
+ * a load and vexpandps from a register), and a 4-row AVX-512 dense GEMV; n = 1760, 90%, random pattern,
+ * aligned buffers, no Python. The methods take turns (15 rounds of 200 calls), each keeps its fastest
+ * round. The matrix comes from benchmarks/sliced_expand_probe.py, which builds and runs this file. */
 #include <immintrin.h>
 #include <stdio.h>
 #include <stdlib.h>
