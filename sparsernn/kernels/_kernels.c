@@ -14,9 +14,9 @@
  *           then taken 8 at a time; group g holds slots [ptr[g], ptr[g+1]), slot s the s-th non-zero of
  *           each of its 8 rows (lanes) in values[8s..8s+8] and index[8s..8s+8] (uint16; zero value,
  *           index 0 past a row's end), and lane l computes row order[8g + l].
- *     lanes 16, sliced (AVX-512): columns in slices of SLICE (64); each window of sigma rows, sorted by length, split into
- *           ceil(sigma/16) groups of 16 rows (lane l of group g computes row order[16g + l], -1 for a
- *           lane past the window); segment (g, j) = group g's non-zeros in slice j, slots
+ *     lanes 16, sliced (AVX-512): columns in slices of SLICE (64); each window of sigma rows, sorted by
+ *           length, split into ceil(sigma/16) groups of 16 rows (lane l of group g computes row
+ *           order[16g + l], -1 for a lane past the window); segment (g, j) = group g's non-zeros in slice j, slots
  *           [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
  *           each lane's row: values[16s..16s+16], index[16s..16s+16] (uint8 column within the slice).
  *     Either layout's values are float32 or, with bf16 = 1, bfloat16 (the upper 16 bits of the float32,
@@ -290,8 +290,8 @@ static void interleaved_bf16(const Matrix *m, int br0, int br1, const float *X, 
 #define AVX512 __attribute__((target("avx512f")))
 AVX512 static inline __m512 lookup16(const uint8_t *index, const __m512 *x) {
     const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)index));
-    return _mm512_mask_blend_ps(_mm512_test_epi32_mask(i, _mm512_set1_epi32(32)), _mm512_permutex2var_ps(x[0], i, x[1]),
-                                _mm512_permutex2var_ps(x[2], i, x[3]));
+    const __mmask16 upper = _mm512_test_epi32_mask(i, _mm512_set1_epi32(32)); /* columns 32-63 */
+    return _mm512_mask_blend_ps(upper, _mm512_permutex2var_ps(x[0], i, x[1]), _mm512_permutex2var_ps(x[2], i, x[3]));
 }
 AVX512 static inline __m512 values16(const void *v, size_t at, const int bf16) {
     if (bf16)
@@ -330,7 +330,8 @@ AVX512 static inline __attribute__((always_inline)) void sliced(const Matrix *m,
                 a0 = _mm512_fmadd_ps(values16(v, at, bf16), lookup16(ix + at, x), a0);
                 a1 = _mm512_fmadd_ps(values16(v, at + 16, bf16), lookup16(ix + at + 16, x), a1);
             }
-            if (s < end) a0 = _mm512_fmadd_ps(values16(v, 16 * (size_t)s, bf16), lookup16(ix + 16 * (size_t)s, x), a0);
+            if (s < end)
+                a0 = _mm512_fmadd_ps(values16(v, 16 * (size_t)s, bf16), lookup16(ix + 16 * (size_t)s, x), a0);
         }
         float sums[16];
         _mm512_storeu_ps(sums, _mm512_add_ps(a0, a1));
