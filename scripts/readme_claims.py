@@ -14,7 +14,7 @@ from pathlib import Path
 from sparsernn.study.claims import readme_table
 
 ROOT = Path(__file__).resolve().parent.parent
-STUDIES = {"AN4": ROOT / "docs/results/an4", "PTB": ROOT / "docs/results/ptb-frontier",
+STUDIES = {"AN4": ROOT / "docs/results/an4-frontier", "PTB": ROOT / "docs/results/ptb-frontier",
            "MT": ROOT / "docs/results/mt"}
 BEGIN = "<!-- claims: written by scripts/readme_claims.py from the study reports; do not edit -->\n"
 END = "<!-- end of claims -->\n"
