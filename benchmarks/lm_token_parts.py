@@ -1,8 +1,9 @@
 """Where a streamed token's time goes in the GRU LM 2x1024 of `sparsernn bench --end-to-end` (90% pruned
 at random, float32 and bf16 values): the compiled program of the recurrent layers alone, the decoder's
 product alone, the two one after the other (as a token runs them) and the engine's one program, each
-repeated 200 times (best of 7 rounds), one thread. Run alone, each part keeps its matrices in the
-caches; one after the other they evict each other, and the difference is what the cache costs a token.
+repeated 200 times (best of 7 rounds), one thread, and the bytes of each part's one-column copies (what
+a token reads). Run alone, each part keeps its matrices in the caches; one after the other they evict
+each other, and the difference is what the cache costs a token.
 
     python benchmarks/lm_token_parts.py        # about a minute; pause other work first
 """
@@ -17,6 +18,7 @@ from sparsernn import kernels
 from sparsernn.bench.end_to_end import SHAPES, _pruned_model
 from sparsernn.engine.families import LanguageModelEngine
 from sparsernn.export import save_sparse
+from sparsernn.kernels import SparseMatrix
 
 
 def best_us(call, repeats: int = 200, rounds: int = 7) -> float:
@@ -29,6 +31,13 @@ def best_us(call, repeats: int = 200, rounds: int = 7) -> float:
     return best * 1e6
 
 
+def copy_megabytes(operations) -> float:
+    """Megabytes of the one-column copies (values and indices) the operations' matrices are read from."""
+    copies = [m.sliced if kernels.isa() == "avx512" else m.interleaved
+              for operation in operations for m in operation if isinstance(m, SparseMatrix)]
+    return sum(c.values.nbytes + c.index.nbytes for c in copies if c is not None) / 1e6
+
+
 def parts(path: str) -> dict[str, float]:
     engine = LanguageModelEngine(path, threads=1)
     state = engine.rnn.initial_state(1)
@@ -39,6 +48,8 @@ def parts(path: str) -> dict[str, float]:
     layers = kernels.Program(list(operations), threads=1)
     decoder = kernels.Program([decode], threads=1)
     token = kernels.Program([*operations, decode], threads=1)
+    print(f"one-column copies: recurrent layers {copy_megabytes(operations):.1f} MB, decoder "
+          f"{copy_megabytes([decode]):.1f} MB")
     return {"recurrent layers alone": best_us(layers), "decoder alone": best_us(decoder),
             "one after the other": best_us(lambda: (layers(), decoder())), "one program": best_us(token)}
 

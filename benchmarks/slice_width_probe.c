@@ -5,22 +5,15 @@
  * against a 4-row AVX-512 dense GEMV. No Python, aligned buffers; methods take turns (15 rounds of 200
  * calls) and each keeps its fastest round. benchmarks/slice_width_probe.py writes the layouts and runs
  * this file. */
-#include <immintrin.h>
 #include <math.h>
 #include <stdint.h>
-#include <stdio.h>
-#include <stdlib.h>
 #include <string.h>
-#include <time.h>
+
+#include "probe.h"
 typedef struct { int nseg, nslots; int32_t *ptr, *order; uint8_t *ix; float *vals; } Layout;
 static int rows, cols;
 static Layout lay[3]; /* slices of 32, 64, 128 */
 static float *x, *yref, *W;
-static void *rd(FILE *f, size_t n) {
-    void *p = aligned_alloc(64, (n + 127) / 64 * 64);
-    if (fread(p, 1, n, f) != n) exit(2);
-    return p;
-}
 static inline __attribute__((always_inline)) __m512 look(const uint8_t *index, const __m512 *t, const int S) {
     const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)index));
     const __m512 p0 = _mm512_permutex2var_ps(t[0], i, t[1]);
@@ -35,6 +28,11 @@ static inline __attribute__((always_inline)) void sliced(const Layout *l, const 
     const int slices = (cols + S - 1) / S, groups = l->nseg / slices;
     const float *v = l->vals;
     const uint8_t *ix = l->ix;
+    __mmask16 last[8]; /* the last slice's columns in each register of x, as in _kernels.c */
+    for (int q = 0; q < S / 16; ++q) {
+        const int left = cols - S * (slices - 1) - 16 * q;
+        last[q] = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+    }
     for (int g = 0; g < groups; ++g) {
         __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
         const int32_t *p = l->ptr + (size_t)g * slices;
@@ -43,11 +41,8 @@ static inline __attribute__((always_inline)) void sliced(const Layout *l, const 
             const int end = p[j + 1];
             if (s == end) continue;
             __m512 t[8];
-            for (int q = 0; q < S / 16; ++q) {
-                const int first = S * j + 16 * q, left = cols - first;
-                t[q] = left >= 16 ? _mm512_loadu_ps(X + first)
-                       : left > 0 ? _mm512_maskz_loadu_ps((__mmask16)((1u << left) - 1), X + first) : _mm512_setzero_ps();
-            }
+            for (int q = 0; q < S / 16; ++q)
+                t[q] = j + 1 < slices ? _mm512_loadu_ps(X + S * j + 16 * q) : _mm512_maskz_loadu_ps(last[q], X + S * j + 16 * q);
             if (U == 4)
                 for (; s + 4 <= end; s += 4) {
                     a0 = _mm512_fmadd_ps(_mm512_load_ps(v + 16 * s), look(ix + 16 * s, t, S), a0);
@@ -73,25 +68,7 @@ static void s32u4(const float *X, float *Y) { sliced(&lay[0], X, Y, 32, 4); }
 static void s32u2(const float *X, float *Y) { sliced(&lay[0], X, Y, 32, 2); }
 static void s64u2(const float *X, float *Y) { sliced(&lay[1], X, Y, 64, 2); }
 static void s128u2(const float *X, float *Y) { sliced(&lay[2], X, Y, 128, 2); }
-static void dense4(const float *X, float *Y) {
-    for (int i = 0; i + 4 <= rows; i += 4) {
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int k = 0; k + 16 <= cols; k += 16) {
-            const __m512 xv = _mm512_loadu_ps(X + k);
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(W + (size_t)i * cols + k), xv, a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(W + (size_t)(i + 1) * cols + k), xv, a1);
-            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(W + (size_t)(i + 2) * cols + k), xv, a2);
-            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(W + (size_t)(i + 3) * cols + k), xv, a3);
-        }
-        Y[i] = _mm512_reduce_add_ps(a0), Y[i + 1] = _mm512_reduce_add_ps(a1);
-        Y[i + 2] = _mm512_reduce_add_ps(a2), Y[i + 3] = _mm512_reduce_add_ps(a3);
-    }
-}
-static double now(void) {
-    struct timespec t;
-    clock_gettime(CLOCK_MONOTONIC, &t);
-    return t.tv_sec + 1e-9 * t.tv_nsec;
-}
+static void dense(const float *X, float *Y) { dense4(W, rows, cols, X, Y); }
 int main(int argc, char **argv) {
     FILE *f = fopen(argv[1], "rb");
     int32_t h[2];
@@ -102,16 +79,15 @@ int main(int argc, char **argv) {
         Layout *l = &lay[w];
         if (fread(h, 4, 2, f) != 2) return 1;
         l->nseg = h[0], l->nslots = h[1];
-        l->ptr = rd(f, 4 * (size_t)(l->nseg + 1));
-        l->order = rd(f, 64 * (size_t)(l->nseg / ((cols + widths[w] - 1) / widths[w])));
-        l->ix = rd(f, 16 * (size_t)l->nslots);
-        l->vals = rd(f, 64 * (size_t)l->nslots);
+        l->ptr = read_aligned(f, 4 * (size_t)(l->nseg + 1));
+        l->order = read_aligned(f, 64 * (size_t)(l->nseg / ((cols + widths[w] - 1) / widths[w])));
+        l->ix = read_aligned(f, 16 * (size_t)l->nslots);
+        l->vals = read_aligned(f, 64 * (size_t)l->nslots);
     }
-    x = rd(f, 4 * (size_t)cols), yref = rd(f, 4 * (size_t)rows);
-    W = aligned_alloc(64, 4 * (size_t)rows * cols);
-    for (size_t i = 0; i < (size_t)rows * cols; ++i) W[i] = 0.001f * (i % 7);
+    x = read_aligned(f, 4 * (size_t)cols), yref = read_aligned(f, 4 * (size_t)rows);
+    W = dense_like(rows, cols);
     float *y = calloc(rows, 4);
-    void (*fn[5])(const float *, float *) = {s32u4, s32u2, s64u2, s128u2, dense4};
+    void (*fn[5])(const float *, float *) = {s32u4, s32u2, s64u2, s128u2, dense};
     double best[5] = {1e9, 1e9, 1e9, 1e9, 1e9};
     for (int k = 0; k < 4; ++k) {
         memset(y, 0, 4 * (size_t)rows);

@@ -1,7 +1,7 @@
 """The sliced one-column layout with slices of 32, 64 and 128 columns (`SparseMatrix.sliced_copy`), timed
 by benchmarks/slice_width_probe.c (compiled here with gcc; an AVX-512 machine needed) on random matrices
 of the shapes the models use, one thread. Prints the padding (slots over non-zeros) and microseconds
-per call of each kernel variant and of a 4-row dense GEMV.
+per call of each kernel variant and of a 4-row dense GEMV, and the slots a segment holds with slices of 64.
 
     python benchmarks/slice_width_probe.py        # about a minute; pause other work first
 """
@@ -21,41 +21,43 @@ SHAPES = [(1760, 1760, 0.9), (3072, 1024, 0.9), (3072, 512, 0.9), (10000, 1024, 
 WIDTHS = (32, 64, 128)
 
 
-def write_layouts(path: Path, rows: int, cols: int, sparsity: float) -> list[float]:
+def write_layouts(path: Path, rows: int, cols: int, sparsity: float) -> tuple[list[float], float]:
     rng = np.random.default_rng(0)
     dense = rng.standard_normal((rows, cols)).astype(np.float32)
     dense[rng.random((rows, cols)) < sparsity] = 0
     matrix = SparseMatrix.from_dense(dense)
     x = rng.standard_normal(cols).astype(np.float32)
-    padding = []
+    padding, per_segment = [], 0.0
     with open(path, "wb") as f:
         f.write(np.array([rows, cols], np.int32).tobytes())
         for width in WIDTHS:
             layout = matrix.sliced_copy(width)
             padding.append(layout.values.size / np.count_nonzero(dense))
+            if width == 64:
+                per_segment = layout.values.shape[0] / (len(layout.ptr) - 1)
             f.write(np.array([len(layout.ptr) - 1, layout.values.shape[0]], np.int32).tobytes())
             for array in (layout.ptr, layout.order, layout.index, layout.values):
                 f.write(np.ascontiguousarray(array).tobytes())
         f.write(x.tobytes())
         f.write((dense.astype(np.float64) @ x).astype(np.float32).tobytes())
-    return padding
+    return padding, per_segment
 
 
 def main() -> None:
     print("| shape | sparsity | slots per non-zero (32 / 64 / 128) | 32, unrolled by 4 (before) | 32, by 2 "
-          "| 64, by 2 (kept) | 128, by 2 | dense 4-row GEMV |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| 64, by 2 (kept) | 128, by 2 | dense 4-row GEMV | slots a segment (64) |")
+    print("|---|---|---|---|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         program = Path(tmp) / "probe"
         subprocess.run(["gcc", "-O2", "-march=native", str(Path(__file__).with_suffix(".c")), "-o",
                         str(program), "-lm"], check=True)
         for rows, cols, sparsity in SHAPES:
             data = Path(tmp) / "m.bin"
-            padding = write_layouts(data, rows, cols, sparsity)
+            padding, per_segment = write_layouts(data, rows, cols, sparsity)
             times = subprocess.run([str(program), str(data)], check=True, capture_output=True,
                                    text=True).stdout.split()
             print(f"| {rows}x{cols} | {sparsity:.0%} | {' / '.join(f'{p:.2f}' for p in padding)} | "
-                  + " | ".join(f"{t} us" for t in times) + " |")
+                  + " | ".join(f"{t} us" for t in times) + f" | {per_segment:.1f} |")
 
 
 if __name__ == "__main__":

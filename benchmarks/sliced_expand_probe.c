@@ -4,16 +4,13 @@
  * a load and vexpandps from a register), and a 4-row AVX-512 dense GEMV; n = 1760, 90%, random pattern,
  * aligned buffers, no Python. The methods take turns (15 rounds of 200 calls), each keeps its fastest
  * round. The matrix comes from benchmarks/sliced_expand_probe.py, which builds and runs this file. */
-#include <immintrin.h>
-#include <stdio.h>
-#include <stdlib.h>
+#include <math.h>
 #include <stdint.h>
 #include <string.h>
-#include <time.h>
-#include <math.h>
+
+#include "probe.h"
 static int rows, cols, sigma, nseg, nslots, ncomp;
 static int32_t *ptr, *order; static uint8_t *ix; static float *vals, *comp, *x, *yref; static uint16_t *bits;
-static void *rd(FILE *f, size_t n) { void *p = aligned_alloc(64, (n + 127) / 64 * 64); fread(p, 1, n, f); return p; }
 static inline __m512 lookup16(const uint8_t *index, __m512 lo, __m512 hi) {
     return _mm512_permutex2var_ps(lo, _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)index)), hi);
 }
@@ -37,6 +34,9 @@ static void padded(const float *X, float *Y) {
         for (int l = 0; l < 16; ++l) { int r = order[16 * g + l]; if (r >= 0) Y[r] = sums[l]; }
     }
 }
+/* The non-zeros-only layout, each slot's values expanded by its 16-bit lane mask: from memory, and
+ * loaded into a register first. Two functions on purpose: written as one with a flag, gcc folds the
+ * load into the memory form, and the register variant then runs as slowly as the other. */
 static void expanded(const float *X, float *Y) {
     const int slices = (cols + 31) / 32, groups = nseg / slices;
     const float *v = comp;
@@ -85,26 +85,17 @@ static void expanded2(const float *X, float *Y) {
         for (int l = 0; l < 16; ++l) { int r = order[16 * g + l]; if (r >= 0) Y[r] = sums[l]; }
     }
 }
-static void dense4(const float *W, const float *X, float *Y) {
-    for (int i = 0; i < rows; i += 4) {
-        __m512 a0 = _mm512_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
-        for (int k = 0; k < cols; k += 16) { __m512 xv = _mm512_loadu_ps(X + k);
-            a0 = _mm512_fmadd_ps(_mm512_loadu_ps(W + (size_t)i * cols + k), xv, a0);
-            a1 = _mm512_fmadd_ps(_mm512_loadu_ps(W + (size_t)(i+1) * cols + k), xv, a1);
-            a2 = _mm512_fmadd_ps(_mm512_loadu_ps(W + (size_t)(i+2) * cols + k), xv, a2);
-            a3 = _mm512_fmadd_ps(_mm512_loadu_ps(W + (size_t)(i+3) * cols + k), xv, a3); }
-        Y[i] = _mm512_reduce_add_ps(a0); Y[i+1] = _mm512_reduce_add_ps(a1); Y[i+2] = _mm512_reduce_add_ps(a2); Y[i+3] = _mm512_reduce_add_ps(a3);
-    }
-}
-static double now(void) { struct timespec t; clock_gettime(CLOCK_MONOTONIC, &t); return t.tv_sec + 1e-9 * t.tv_nsec; }
+static float *W;
+static void dense(const float *X, float *Y) { dense4(W, rows, cols, X, Y); }
 int main(int argc, char **argv) {
     FILE *f = fopen(argc > 1 ? argv[1] : "m.bin", "rb");
-    if (!f) return 1; int32_t h[6]; fread(h, 4, 6, f);
+    int32_t h[6];
+    if (!f || fread(h, 4, 6, f) != 6) return 1;
     rows = h[0]; cols = h[1]; sigma = h[2]; nseg = h[3]; nslots = h[4]; ncomp = h[5];
-    ptr = rd(f, 4 * (nseg + 1)); order = rd(f, 4 * (size_t)(nseg / ((cols + 31) / 32)) * 16);
-    ix = rd(f, 16 * (size_t)nslots); vals = rd(f, 64 * (size_t)nslots);  bits = rd(f, 2 * (size_t)nslots);
-    comp = rd(f, 4 * (size_t)ncomp); x = rd(f, 4 * cols); yref = rd(f, 4 * rows);
-    float *W = aligned_alloc(64, 4 * (size_t)rows * cols); for (size_t i = 0; i < (size_t)rows * cols; ++i) W[i] = 0.001f * (i % 7);
+    ptr = read_aligned(f, 4 * (nseg + 1)); order = read_aligned(f, 4 * (size_t)(nseg / ((cols + 31) / 32)) * 16);
+    ix = read_aligned(f, 16 * (size_t)nslots); vals = read_aligned(f, 64 * (size_t)nslots);  bits = read_aligned(f, 2 * (size_t)nslots);
+    comp = read_aligned(f, 4 * (size_t)ncomp); x = read_aligned(f, 4 * cols); yref = read_aligned(f, 4 * rows);
+    W = dense_like(rows, cols);
     float *y = calloc(rows, 4);
     double err = 0; padded(x, y); for (int i = 0; i < rows; ++i) err = fmax(err, fabs(y[i] - yref[i]));
     printf("padded err %g\n", err); memset(y, 0, 4 * rows);
@@ -117,7 +108,7 @@ int main(int argc, char **argv) {
     for (int round = 0; round < 15; ++round)
         for (int k = 0; k < 4; ++k) {
             double t0 = now();
-            for (int r = 0; r < 200; ++r) { if (k == 0) padded(x, y); else if (k == 1) expanded(x, y); else if (k == 2) dense4(W, x, y); else expanded2(x, y); }
+            for (int r = 0; r < 200; ++r) { if (k == 0) padded(x, y); else if (k == 1) expanded(x, y); else if (k == 2) dense(x, y); else expanded2(x, y); }
             double t = (now() - t0) / 200; if (t < best[k]) best[k] = t;
         }
     for (int k = 0; k < 4; ++k) printf("%s %.1f us\n", names[k], best[k] * 1e6);

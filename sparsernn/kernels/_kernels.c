@@ -309,6 +309,11 @@ AVX512 static inline __attribute__((always_inline)) void sliced(const Matrix *m,
     const void *v = m->sell_values;
     const uint8_t *ix = m->sell_index;
     const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
+    __mmask16 last[SLICE / 16]; /* the last slice's columns in each register of x (0: past the end) */
+    for (int q = 0; q < SLICE / 16; ++q) {
+        const int left = m->cols - SLICE * (slices - 1) - 16 * q;
+        last[q] = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
+    }
     for (int g = br0 / m->sigma * per_window; g < br1 / m->sigma * per_window; ++g) {
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
         const int32_t *ptr = m->sell_ptr + (size_t)g * slices;
@@ -317,12 +322,9 @@ AVX512 static inline __attribute__((always_inline)) void sliced(const Matrix *m,
             const int32_t end = ptr[j + 1];
             if (s == end) continue;
             __m512 x[SLICE / 16];
-            for (int q = 0; q < SLICE / 16; ++q) { /* the last slice may end early: zeros past the columns */
-                const int first = SLICE * j + 16 * q, left = m->cols - first;
-                x[q] = left >= 16 ? _mm512_loadu_ps(X + first)
-                       : left > 0 ? _mm512_maskz_loadu_ps((__mmask16)((1u << left) - 1), X + first)
-                                  : _mm512_setzero_ps();
-            }
+            for (int q = 0; q < SLICE / 16; ++q) /* zeros past the columns (masked lanes are not read) */
+                x[q] = j + 1 < slices ? _mm512_loadu_ps(X + SLICE * j + 16 * q)
+                                      : _mm512_maskz_loadu_ps(last[q], X + SLICE * j + 16 * q);
             /* two slots a step: segments are short (about 11 slots at 90%), so a longer unrolled step
              * mostly adds tail iterations */
             for (; s + 2 <= end; s += 2) {
