@@ -213,6 +213,8 @@ class TrainConfig(_Section):
     patience: int = Field(0, ge=0, description="evaluations without improvement before decay")
     anneal_from: int | None = Field(None, ge=1, description="from the end of this epoch on, lr *= lr_decay "
                                     "after every epoch instead of on plateaus (one schedule for all runs)")
+    warmup: int = Field(0, ge=0, description="steps over which lr rises linearly to train.lr (0: from "
+                        "the first step); they must end by the first evaluation")
     eval_every: int | None = Field(None, ge=1, description="steps; default once per epoch")
     log_every: int = Field(50, ge=1)
     label_smoothing: float = Field(0.0, ge=0.0, lt=1.0, description="translation: on the target words")

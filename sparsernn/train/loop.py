@@ -105,6 +105,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     if config.train.max_steps is not None:
         total_steps = min(total_steps, config.train.max_steps)
     eval_every = config.train.eval_every or steps_per_epoch
+    if config.train.warmup > min(eval_every, steps_per_epoch):
+        raise ConfigError(f"train.warmup: {config.train.warmup} steps end after the first evaluation (step "
+                          f"{min(eval_every, steps_per_epoch)}), where the plateau decay starts; shorten it")
 
     torch.manual_seed(config.train.seed)
     model_config, sizing = model_shape(config, len(task.vocabulary))
@@ -207,6 +210,9 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
             step.loss.backward()
             if config.train.clip > 0:
                 nn.utils.clip_grad_norm_(model.parameters(), config.train.clip)
+            if state.step < config.train.warmup:  # before any decay: the first evaluation comes later
+                for group in optimizer.param_groups:
+                    group["lr"] = config.train.lr * (state.step + 1) / config.train.warmup
             optimizer.step()
             pruner.step()
             state.step, state.position = state.step + 1, position + 1

@@ -2,7 +2,7 @@
 import pytest
 
 from sparsernn.checkpoint import load_checkpoint
-from sparsernn.config import RunConfig
+from sparsernn.config import ConfigError, RunConfig
 from sparsernn.train import loop
 from sparsernn.train.loop import TrainingDiverged, train
 from tests.conftest import check_resume_is_exact, metrics_without_timing
@@ -94,3 +94,16 @@ def test_annealing_decays_the_learning_rate_after_every_epoch_from_the_given_one
     records = metrics_without_timing(tmp_path / "run")
     lr_by_epoch = {r["epoch"]: r["lr"] for r in records if r["kind"] == "train"}
     assert lr_by_epoch == {0: 5.0, 1: 5.0, 2: 2.5, 3: 1.25}
+
+
+def test_warmup_raises_the_learning_rate_linearly_then_holds_it(tmp_path, tiny_config):
+    tiny_config["train"].update(warmup=4, log_every=1, max_steps=6)
+    train(RunConfig.model_validate(tiny_config), tmp_path / "run")
+    lrs = [r["lr"] for r in metrics_without_timing(tmp_path / "run") if r["kind"] == "train"]
+    assert lrs == [1.25, 2.5, 3.75, 5.0, 5.0, 5.0]  # lr 5.0 over 4 steps
+
+
+def test_warmup_past_the_first_evaluation_is_refused(tmp_path, tiny_config):
+    tiny_config["train"].update(warmup=3, eval_every=2)
+    with pytest.raises(ConfigError, match="train.warmup: 3 steps end after the first evaluation"):
+        train(RunConfig.model_validate(tiny_config), tmp_path / "run")
