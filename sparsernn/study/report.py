@@ -85,7 +85,8 @@ def _markdown(rows: list[dict], task: str) -> list[str]:
 
 
 def _setups(study, results: list[dict]) -> list[list[dict]]:
-    """The results grouped by setup: runs that differ only in ``train.seed`` share a group."""
+    """The results grouped by setup: runs that differ only in ``train.seed`` share a group, in the order
+    of their seeds (the first names the group)."""
     from sparsernn.study import setup
 
     by_name = {r["name"]: r for r in results}
@@ -93,7 +94,7 @@ def _setups(study, results: list[dict]) -> list[list[dict]]:
     for run in study.runs:
         if run.name in by_name:
             groups.setdefault(setup(run), []).append(by_name[run.name])
-    return list(groups.values())
+    return [sorted(group, key=lambda r: r["seed"]) for group in groups.values()]
 
 
 def _seed_spread(study, results: list[dict], task: str) -> list[str]:
@@ -117,8 +118,8 @@ def _seed_spread(study, results: list[dict], task: str) -> list[str]:
 
 def _label_apart(axis, points: list[tuple[float, float, str, str]], size: float = 7.0) -> None:
     """Name each point (x, y, text, color) in its color, moving a label up or down (in steps of one
-    line) until its box, estimated from the font size, overlaps no label placed before it; a moved
-    label gets a thin line to its point."""
+    line, at most 15) until its box, estimated from the font size, overlaps no label placed before it;
+    a moved label gets a thin line to its point."""
     figure = axis.figure
     figure.canvas.draw()  # fixes the axis limits, so data map to display points
     to_points = 72.0 / figure.dpi
@@ -126,7 +127,7 @@ def _label_apart(axis, points: list[tuple[float, float, str, str]], size: float 
     for x, y, text, color in sorted(points):
         px, py = (value * to_points for value in axis.transData.transform((x, y)))
         width, height = 0.55 * size * len(text), 1.2 * size
-        for step in (0, 1, -1, 2, -2, 3, -3, 4, -4, 5, -5):
+        for step in sorted(range(-15, 16), key=lambda s: (abs(s), -s)):  # 0, 1, -1, 2, -2, ...
             box = (px + 4, py + 2 + step * height, px + 4 + width, py + 2 + (step + 1) * height)
             if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
                 break
