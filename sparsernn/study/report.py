@@ -117,23 +117,33 @@ def _seed_spread(study, results: list[dict], task: str) -> list[str]:
 
 
 def _label_apart(axis, points: list[tuple[float, float, str, str]], size: float = 7.0) -> None:
-    """Name each point (x, y, text, color) in its color, moving a label up or down (in steps of one
-    line, at most 15) until its box, estimated from the font size, overlaps no label placed before it;
-    a moved label gets a thin line to its point."""
+    """Name each point (x, y, text, color) in its color: to the right of it, moved up or down by up to
+    three lines, else to its left likewise, else further up or down (at most 15 lines), until the label's
+    box, estimated from the font size, covers no point and no label placed before it and stays inside
+    the axes; a moved label gets a thin line to its point."""
     figure = axis.figure
     figure.canvas.draw()  # fixes the axis limits, so data map to display points
     to_points = 72.0 / figure.dpi
-    placed: list[tuple[float, float, float, float]] = []
-    for x, y, text, color in sorted(points):
-        px, py = (value * to_points for value in axis.transData.transform((x, y)))
+    left, right = (value * to_points for value in (axis.bbox.x0, axis.bbox.x1))
+    at = [tuple(value * to_points for value in axis.transData.transform((x, y))) for x, y, _, _ in points]
+    placed = [(px - 3, py - 3, px + 3, py + 3) for px, py in at]  # the markers
+    order = sorted(range(-15, 16), key=lambda s: (abs(s), -s))  # 0, 1, -1, 2, -2, ...
+    for (px, py), (x, y, text, color) in sorted(zip(at, points, strict=True), key=lambda item: item[1]):
         width, height = 0.55 * size * len(text), 1.2 * size
-        for step in sorted(range(-15, 16), key=lambda s: (abs(s), -s)):  # 0, 1, -1, 2, -2, ...
-            box = (px + 4, py + 2 + step * height, px + 4 + width, py + 2 + (step + 1) * height)
-            if not any(box[0] < b[2] and b[0] < box[2] and box[1] < b[3] and b[1] < box[3] for b in placed):
+        tries = [(step, dx) for near in (True, False) for dx in (4, -4 - width) for step in order
+                 if (abs(step) <= 3) == near]
+        for step, dx in tries:
+            box = (px + dx, py + 2 + step * height, px + dx + width, py + 2 + (step + 1) * height)
+            if left <= box[0] and box[2] <= right and not any(
+                    box[0] < p[2] and p[0] < box[2] and box[1] < p[3] and p[1] < box[3] for p in placed):
                 break
+        else:
+            step, dx = 0, 4
+            box = (px + dx, py + 2, px + dx + width, py + 2 + height)
         placed.append(box)
-        leader = dict(arrowstyle="-", color=color, linewidth=0.5, shrinkA=0, shrinkB=3) if step else None
-        axis.annotate(text, (x, y), xytext=(4, 2 + step * height), textcoords="offset points", fontsize=size,
+        leader = dict(arrowstyle="-", color=color, linewidth=0.5, shrinkA=0, shrinkB=3) if step or dx < 0 \
+            else None
+        axis.annotate(text, (x, y), xytext=(dx, 2 + step * height), textcoords="offset points", fontsize=size,
                       color=color, arrowprops=leader)
 
 

@@ -316,3 +316,31 @@ def test_committed_reports_rebuild_from_their_run_files(name, tmp_path):
     (tmp_path / name / "report.md").unlink()
     assert main(["report", str(tmp_path / name)]) == 0
     assert (tmp_path / name / "report.md").read_text() == (committed / "report.md").read_text()
+
+
+def test_frontier_labels_stay_apart_off_the_points_and_inside_the_axes():
+    """Twelve setups at one size (as a frontier's 90% column has): matplotlib's own text boxes, not the
+    estimates the placement uses, overlap neither each other nor a marker, and stay inside the axes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from sparsernn.study.report import _label_apart
+
+    figure, axis = plt.subplots(figsize=(7, 4.5))
+    points = [(195e3, 0.15 + 0.01 * i, f"run-{i}-" + "x" * (i % 4 * 4), "C0") for i in range(12)]
+    points += [(2e6, 0.2, "a label near the right edge", "C1"), (132e3, 0.16, "left", "C2")]
+    axis.set_xscale("log")
+    axis.plot([p[0] for p in points], [p[1] for p in points], "o", markersize=4)
+    _label_apart(axis, points)
+    figure.canvas.draw()
+    renderer, frame = figure.canvas.get_renderer(), axis.get_window_extent()
+    boxes = [text.get_window_extent(renderer) for text in axis.texts]
+    markers = [axis.transData.transform((x, y)) for x, y, _, _ in points]
+    assert len(boxes) == len(points)
+    for i, box in enumerate(boxes):
+        assert frame.x0 <= box.x0 and box.x1 <= frame.x1 + 1
+        assert not any(box.overlaps(other) for other in boxes[i + 1:])
+        assert not any(box.contains(mx, my) for mx, my in markers)
+    plt.close(figure)
