@@ -128,18 +128,17 @@ def _label_apart(axis, points: list[tuple[float, float, str, str]], size: float 
     at = [tuple(value * to_points for value in axis.transData.transform((x, y))) for x, y, _, _ in points]
     placed = [(px - 3, py - 3, px + 3, py + 3) for px, py in at]  # the markers
     order = sorted(range(-15, 16), key=lambda s: (abs(s), -s))  # 0, 1, -1, 2, -2, ...
+    near, far = [s for s in order if abs(s) <= 3], [s for s in order if abs(s) > 3]
+
+    def fits(box) -> bool:
+        return left <= box[0] and box[2] <= right and not any(
+            box[0] < p[2] and p[0] < box[2] and box[1] < p[3] and p[1] < box[3] for p in placed)
+
     for (px, py), (x, y, text, color) in sorted(zip(at, points, strict=True), key=lambda item: item[1]):
         width, height = 0.55 * size * len(text), 1.2 * size
-        tries = [(step, dx) for near in (True, False) for dx in (4, -4 - width) for step in order
-                 if (abs(step) <= 3) == near]
-        for step, dx in tries:
-            box = (px + dx, py + 2 + step * height, px + dx + width, py + 2 + (step + 1) * height)
-            if left <= box[0] and box[2] <= right and not any(
-                    box[0] < p[2] and p[0] < box[2] and box[1] < p[3] and p[1] < box[3] for p in placed):
-                break
-        else:
-            step, dx = 0, 4
-            box = (px + dx, py + 2, px + dx + width, py + 2 + height)
+        tries = [(step, dx, (px + dx, py + 2 + step * height, px + dx + width, py + 2 + (step + 1) * height))
+                 for steps in (near, far) for dx in (4, -4 - width) for step in steps]
+        step, dx, box = next((t for t in tries if fits(t[2])), tries[0])  # none free: right, in line
         placed.append(box)
         leader = dict(arrowstyle="-", color=color, linewidth=0.5, shrinkA=0, shrinkB=3) if step or dx < 0 \
             else None

@@ -105,9 +105,10 @@ def train(config: RunConfig, out_dir: str | Path, *, resume: bool = False) -> di
     if config.train.max_steps is not None:
         total_steps = min(total_steps, config.train.max_steps)
     eval_every = config.train.eval_every or steps_per_epoch
-    if config.train.warmup > min(eval_every, steps_per_epoch):
+    first_evaluation = min(eval_every, steps_per_epoch)
+    if config.train.warmup > first_evaluation:
         raise ConfigError(f"train.warmup: {config.train.warmup} steps end after the first evaluation (step "
-                          f"{min(eval_every, steps_per_epoch)}), where the plateau decay starts; shorten it")
+                          f"{first_evaluation}), where the plateau decay starts; shorten it")
 
     torch.manual_seed(config.train.seed)
     model_config, sizing = model_shape(config, len(task.vocabulary))
