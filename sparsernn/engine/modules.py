@@ -22,6 +22,8 @@ from torch import nn
 from torch.nn.utils.rnn import PackedSequence, pad_packed_sequence
 
 from sparsernn import kernels
+from sparsernn.engine.lower import LoweringError, lower
+from sparsernn.engine.program import ProgramEngine, SparseProgram
 from sparsernn.engine.stack import RecurrentStack, as_kernel_matrix
 from sparsernn.export import ExportedModel, ExportError, load_exported, module_options
 from sparsernn.kernels import SparseMatrix
@@ -235,7 +237,8 @@ def _replace(model: nn.Module, tensors: dict, threads: int, backend: str) -> nn.
     return model
 
 
-def sparsify(model: nn.Module, *, threads: int = 1, backend: str = "auto") -> nn.Module:
+def sparsify(model: nn.Module, *, threads: int = 1, backend: str = "auto",
+             example_inputs: tuple | None = None, strict: bool = True) -> nn.Module:
     """A copy of ``model`` for inference on the sparse kernels (the original is untouched).
 
     Every ``nn.RNN``/``nn.GRU``/``nn.LSTM``, ``nn.RNNCell``/``nn.GRUCell``/``nn.LSTMCell`` and
@@ -244,20 +247,48 @@ def sparsify(model: nn.Module, *, threads: int = 1, backend: str = "auto") -> nn
     dense). The copy is in eval mode with its remaining parameters frozen; call it under
     ``torch.no_grad()`` or ``torch.inference_mode()`` when its inputs come from elsewhere with gradients.
     ``threads``: OpenMP threads per product.
+
+    With ``example_inputs`` (the forward's positional arguments for a whole sequence, a tuple) the whole
+    forward becomes one program (:mod:`sparsernn.engine.program`): a :class:`SparseProgram` with the
+    forward's signature whose streamed step (a call with one time step) is one compiled call, the
+    recurrent state carried from call to call (``reset()`` starts a new sequence) unless the forward takes
+    it as an argument. An operation the lowering does not know raises
+    :class:`~sparsernn.engine.lower.LoweringError` naming it and its module; with ``strict=False`` it
+    warns and returns the per-module copy instead.
     """
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
+    tensors = {name: tensor.detach().float().cpu().numpy() for name, tensor in model.state_dict().items()}
+    if example_inputs is not None:
+        program = _lowered(model, example_inputs, strict)
+        if program is not None:
+            return SparseProgram(ProgramEngine(program, tensors, threads=threads, backend=backend))
     replaced = {prefix for prefix, module in model.named_modules() if module_options(module) is not None}
-    tensors = {name: tensor.detach().float().cpu().numpy() for name, tensor in model.state_dict().items()
-               if name.rpartition(".")[0] in replaced}
+    tensors = {name: array for name, array in tensors.items() if name.rpartition(".")[0] in replaced}
     return _replace(copy.deepcopy(model), tensors, threads, backend)
+
+
+def _lowered(model: nn.Module, example_inputs, strict: bool) -> dict | None:
+    """The model's program, or with ``strict=False`` None (and a warning) where it cannot be lowered."""
+    was_training = model.training
+    try:
+        return lower(model, example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
+    except LoweringError as error:
+        if strict:
+            raise
+        warnings.warn(f"{error}; running the model module by module instead (PyTorch between the sparse "
+                      "modules, slower when streaming)", stacklevel=3)
+        return None
+    finally:
+        model.train(was_training)
 
 
 def load_sparse(model: nn.Module, path: str | Path | ExportedModel, *, threads: int = 1,
                 backend: str = "auto") -> nn.Module:
     """Load a :func:`~sparsernn.export.save_sparse` file (or what :func:`~sparsernn.export.load_exported`
     read from one) into ``model`` (a freshly built instance of the class that was saved) and return its
-    :func:`sparsify` copy, with the matrices in the file's layout.
+    :func:`sparsify` copy, with the matrices in the file's layout; a file with a program (saved with
+    ``example_inputs``) gives the :class:`SparseProgram` that runs it.
 
     Every tensor name and shape and every replaced module's options must match the file; a mismatch
     raises :class:`~sparsernn.export.ExportError` naming the tensor or module. ``model`` keeps the
@@ -284,6 +315,9 @@ def load_sparse(model: nn.Module, path: str | Path | ExportedModel, *, threads: 
              for name, t in stored.items()}
     with torch.no_grad():
         model.load_state_dict(dense)
+    if "program" in exported.metadata:
+        return SparseProgram(ProgramEngine(exported.metadata["program"], stored, threads=threads,
+                                           backend=backend))
     return _replace(copy.deepcopy(model), stored, threads, backend)
 
 

@@ -119,17 +119,27 @@ class RecurrentStack:
     def step_operations(self, x: np.ndarray, state, out: np.ndarray | None = None
                         ) -> tuple[list[tuple], np.ndarray] | None:
         """One step of every layer as :class:`~sparsernn.kernels.Program` operations, from the buffer
-        ``x`` (features, B) into the returned one (H, B) (``out`` when given), updating ``state`` in
-        place; the same products and cell equations as a call with one step. None where a layer is
-        bidirectional or projected (those run by calls)."""
-        if any(len(layer) > 1 or layer[0].weight_hr is not None for layer in self.layers):
+        ``x`` (features, B) into the returned one (output size, B) (``out`` when given), updating
+        ``state`` in place; the same products and cell equations as a call with one step. An LSTM with a
+        projection runs its products and the cell equations as separate operations. None where a layer is
+        bidirectional (a backward direction needs the whole sequence)."""
+        if any(len(layer) > 1 for layer in self.layers):
             return None
         operations = []
         for k, ((direction,), ((h, c),)) in enumerate(zip(self.layers, state, strict=True)):
-            xproj = np.empty((direction.weight_ih.shape[0], x.shape[1]), np.float32)
+            batch = x.shape[1]
+            xproj = np.empty((direction.weight_ih.shape[0], batch), np.float32)
             y = out if out is not None and k == len(self.layers) - 1 else np.empty_like(h)
-            operations += [("product", direction.weight_ih, x, xproj, direction.bias_ih),
-                           ("step", self.cell, direction.weight_hh, direction.bias_hh, xproj, y, h, c)]
+            operations.append(("product", direction.weight_ih, x, xproj, direction.bias_ih))
+            if direction.weight_hr is None:
+                operations.append(("step", self.cell, direction.weight_hh, direction.bias_hh, xproj, y, h, c))
+            else:  # gates = W_hh h + b_hh; the cell; h = W_hr (o * tanh(c))
+                gates = np.empty_like(xproj)
+                full = np.empty((self.hidden_size, batch), np.float32)
+                operations += [("product", direction.weight_hh, h, gates, direction.bias_hh),
+                               ("cell", self.cell, xproj, gates, full, c, full),
+                               ("product", direction.weight_hr, full, h, None),
+                               ("copy", h, y, 1, h.shape[0], 0, 0, 0, 0)]
             x = y
         return operations, x
 

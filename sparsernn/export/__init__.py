@@ -22,9 +22,12 @@ import torch
 from torch import nn
 
 from sparsernn.errors import UserError
+from sparsernn.export.program import ProgramError, check_program
 from sparsernn.kernels import CELLS, FormatError, SparseMatrix, bf16_bits, bf16_values, smallest_layout
 
-FORMAT = 2
+FORMAT = 3
+#: Formats this sparsernn reads: 2 (no program) and 3 (an optional program in the metadata).
+READABLE = (2, 3)
 VALUE_TYPES = ("fp32", "fp16", "bf16")
 
 
@@ -128,13 +131,17 @@ def _stored_array(tensor: torch.Tensor) -> np.ndarray:
 
 
 def save_sparse(model: nn.Module, path: str | Path, *, values: str = "fp32",
-                extra: dict | None = None) -> dict:
+                extra: dict | None = None, example_inputs: tuple | None = None) -> dict:
     """Write ``model``'s state dict to ``path``: every floating-point matrix in the layout that takes the
     fewest bytes (CSR, the kernels' blocks, or dense), every other tensor as is, tied tensors once.
 
     Pruned weights are the zeros in the model's weights (the Pruner applies its masks in place).
     ``values`` (fp32, fp16, bf16) encodes the values of the sparse matrices; ``extra`` adds keys to the
-    metadata. Returns a summary: file bytes, dense fp32 bytes, per-tensor storage and sparsity.
+    metadata. With ``example_inputs`` (the forward's positional arguments for a whole sequence) the
+    file also holds the forward as a program (:func:`sparsernn.engine.lower.lower`), which
+    :func:`~sparsernn.engine.load_sparse` and the C runtime run; a forward that cannot be lowered raises
+    :class:`~sparsernn.engine.lower.LoweringError`. Returns a summary: file bytes, dense fp32 bytes,
+    per-tensor storage and sparsity.
     """
     from safetensors.numpy import save_file
 
@@ -142,6 +149,15 @@ def save_sparse(model: nn.Module, path: str | Path, *, values: str = "fp32",
         raise ValueError(f"values must be one of {', '.join(VALUE_TYPES)}, got {values!r}")
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         model = model.module
+    program = None
+    if example_inputs is not None:
+        from sparsernn.engine.lower import lower
+
+        was_training = model.training
+        try:
+            program = lower(model, example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
+        finally:
+            model.train(was_training)
     units = gate_rows(model)
     tensors, matrices, ties, seen, dense_bytes = {}, {}, {}, {}, 0
     for name, tensor in model.state_dict().items():
@@ -174,6 +190,8 @@ def save_sparse(model: nn.Module, path: str | Path, *, values: str = "fp32",
     metadata = {"format": FORMAT, "modules": modules, "ties": ties,
                 "gate_layout": {"lstm": "i,f,g,o", "gru": "r,z,n", "rows": "stacked along dim 0"},
                 "matrices": matrices, **(extra or {})}
+    if program is not None:
+        metadata["program"] = program
     metadata["sha256"] = _digest(tensors, metadata)
     path = Path(path)
     temporary = path.with_name(path.name + ".tmp")
@@ -238,9 +256,9 @@ def load_exported(path: str | Path) -> ExportedModel:
         metadata = json.loads(header["sparsernn"])
     except json.JSONDecodeError as error:
         raise ExportError(f"{path}: metadata is not valid JSON ({error})") from None
-    if metadata.get("format") != FORMAT:
-        raise ExportError(f"{path}: format version {metadata.get('format')!r}; this sparsernn reads {FORMAT} "
-                          "(export the model again)")
+    if metadata.get("format") not in READABLE:
+        raise ExportError(f"{path}: format version {metadata.get('format')!r}; this sparsernn reads "
+                          f"{' and '.join(map(str, READABLE))} (export the model again)")
     if _digest(stored, metadata) != metadata.get("sha256"):
         raise ExportError(f"{path}: tensors or metadata do not match the file's SHA-256; the file was "
                           "altered or damaged")
@@ -252,6 +270,14 @@ def load_exported(path: str | Path) -> ExportedModel:
             tensors[name] = _matrix(name, info, stored)
         except (KeyError, FormatError, ValueError) as error:
             raise ExportError(f"{path}: tensor {name}: {error}") from None
+    if "program" in metadata:
+        shapes = {name: tuple(info["shape"]) for name, info in metadata["matrices"].items()}
+        shapes |= {name: shapes[stored] for name, stored in metadata.get("ties", {}).items()
+                   if stored in shapes}
+        try:
+            check_program(metadata["program"], shapes)
+        except (ProgramError, KeyError, TypeError, AttributeError) as error:
+            raise ExportError(f"{path}: program: {error}") from None
     return ExportedModel(metadata, tensors, path)
 
 

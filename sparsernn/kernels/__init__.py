@@ -447,22 +447,41 @@ def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np
     return out
 
 
-class Program:
-    """Products, one-step recurrent layers, attention and tanh over fixed buffers, run in order by one
-    compiled call: a streaming model's whole token (every layer, then the output layer) or a translation
-    decoder's step, with no Python in between.
+#: The elementwise functions of a :class:`Program` and their codes in the compiled program.
+UNARY = {"tanh": 0, "relu": 1, "sigmoid": 2}
+BINARY = {"add": 0, "mul": 1, "sub": 2, "div": 3}
 
-    ``operations`` (float32 C-contiguous buffers, ``n`` columns each):
+
+class Program:
+    """Operations over fixed buffers, run in order by one compiled call: a streaming model's whole step
+    (embedding, every layer, norms, the output layer, softmax) or a translation decoder's step, with no
+    Python in between.
+
+    ``operations`` (float32 C-contiguous buffers, feature-major: ``(features, n)`` for ``n`` columns):
 
     - ``("product", matrix, x, y, bias)``: ``y = matrix @ x + bias`` (bias may be None), x ``(cols, n)``;
     - ``("step", cell, weight_hh, bias_hh, xproj, out, h, c)``: one step of :func:`recurrent` with the
       input projection ``xproj`` ``(gates * H, n)``; the new state in ``h`` (and ``c``) and in ``out``;
+    - ``("cell", cell, xproj, gates, h, c, out)``: the cell's equations alone, on ``gates = W_hh h + b_hh``
+      computed by an earlier product (an LSTM with a projection, whose ``h`` is not the cell's output):
+      ``c`` updated in place, the output ``(H, n)`` in ``out``; ``h`` is read by a GRU only;
     - ``("attention", query, keys, memory, lengths, score, context)``: per column ``b`` the first
       ``lengths[b]`` (int32) rows of ``keys[b]`` and ``memory[b]`` (``(n, S, H)`` each) scored against
       ``query[:, b]`` (``(H, n)``), additively (``score . tanh(k + q)``, ``score`` ``(H,)``) or with
       ``score`` None as ``k . q``; softmax; ``context`` ``(H, n)`` the weighted sum of memory rows
       (:func:`reference.attention`);
-    - ``("tanh", x, y)``: ``y = tanh(x)``, both of one shape.
+    - ``("tanh" | "relu" | "sigmoid", x, y)``: ``y = f(x)``, both of one shape;
+    - ``("gather", table, ids, y)``: column ``b`` of ``y`` ``(width, n)`` is row ``ids[b]`` (int32
+      ``(n,)``) of ``table`` ``(rows, width)`` (an embedding lookup; an id outside the table raises
+      IndexError when the program runs);
+    - ``("layer_norm", x, y, weight, bias, size, eps)``: PyTorch's LayerNorm over each group of ``size``
+      consecutive features, per column (weight and bias ``(size,)`` or None);
+    - ``("softmax" | "log_softmax", x, y, size)``: over each group of ``size`` consecutive features;
+    - ``("add" | "mul" | "sub" | "div", a, b, y)``: ``y = a op b`` with ``b`` of ``a``'s shape, one number
+      (shape ``(1,)``) or a ``(features,)`` vector broadcast over the ``n`` columns;
+    - ``("copy", x, y, outer, length, x_stride, x_offset, y_stride, y_offset)``: for each ``p`` below
+      ``outer``, features ``p * y_stride + y_offset`` onward (``length`` of them) of ``y`` from features
+      ``p * x_stride + x_offset`` onward of ``x``: a concatenation's part or a slice.
 
     Later operations may read what earlier ones wrote. The buffers are held, not copied: write the
     inputs into them, call the program, read the outputs. With the reference backend the same
@@ -491,6 +510,18 @@ class Program:
             n = h.shape[1]
             return (1, _compiled_matrix(weight_hh, n), _CELL_CODES[cell], bias_hh, xproj, out, h,
                     np.empty(0, np.float32) if c is None else c, n) if compiled else None
+        if kind == "cell":
+            _, cell, xproj, gates, h, c, out = operation
+            if cell not in CELLS:
+                raise ValueError(f"unknown cell {cell!r}; valid: {', '.join(CELLS)}")
+            hidden, n = _float32("out", out, out.shape).shape
+            for name, array, shape in (("xproj", xproj, (CELLS[cell] * hidden, n)),
+                                       ("gates", gates, (CELLS[cell] * hidden, n)), ("h", h, (hidden, n))):
+                _float32(name, array, shape)
+            if cell == "lstm":
+                _float32("c", c, (hidden, n))
+            return (9, _CELL_CODES[cell], xproj, gates, h, np.empty(0, np.float32) if c is None else c, out,
+                    hidden, n) if compiled else None
         if kind == "attention":
             _, query, keys, memory, lengths, score, context = operation
             if keys.ndim != 3:
@@ -501,33 +532,117 @@ class Program:
                 _float32(name, array, shape)
             if score is not None:
                 _float32("score", score, (hidden,))
-            if lengths.dtype != np.int32 or lengths.shape != (n,) or not lengths.flags.c_contiguous:
-                raise ValueError(f"lengths must be C-contiguous int32 of shape {(n,)}, "
-                                 f"got {lengths.dtype} {lengths.shape}")
+            _int32("lengths", lengths, (n,))
             if np.any(lengths < 1) or np.any(lengths > steps):
                 raise ValueError(f"lengths must be in [1, {steps}]")
             return (2, query, keys, memory, lengths, b"" if score is None else score, context, hidden, steps,
                     n) if compiled else None
-        if kind == "tanh":
+        if kind in UNARY:
             _, x, y = operation
             _float32("y", y, _float32("x", x, x.shape).shape)
-            return (3, x, y, x.size) if compiled else None
-        raise ValueError(f"unknown operation {kind!r}; valid: product, step, attention, tanh")
+            return (3, x, y, x.size, UNARY[kind]) if compiled else None
+        if kind == "gather":
+            _, table, ids, y = operation
+            rows, width = _float32("table", table, table.shape).shape if table.ndim == 2 else (0, 0)
+            n = _int32("ids", ids, ids.shape).shape[0] if ids.ndim == 1 else 0
+            _float32("y", y, (width, n))
+            return (4, table, ids, y, rows, width, n) if compiled else None
+        if kind == "layer_norm":
+            _, x, y, weight, bias, size, eps = operation
+            features, n = _columns("x", x)
+            _float32("y", y, x.shape)
+            if size < 1 or features % size:
+                raise ValueError(f"layer_norm: size {size} does not divide the {features} features")
+            for name, array in (("weight", weight), ("bias", bias)):
+                if array is not None:
+                    _float32(name, array, (size,))
+            return (5, x, y, b"" if weight is None else weight, b"" if bias is None else bias,
+                    features // size, size, float(eps), n) if compiled else None
+        if kind in ("softmax", "log_softmax"):
+            _, x, y, size = operation
+            features, n = _columns("x", x)
+            _float32("y", y, x.shape)
+            if size < 1 or features % size:
+                raise ValueError(f"{kind}: size {size} does not divide the {features} features")
+            return (6, x, y, features // size, size, int(kind == "log_softmax"), n) if compiled else None
+        if kind in BINARY:
+            _, a, b, y = operation
+            _float32("y", y, _float32("a", a, a.shape).shape)
+            inner = a.shape[1] if b.shape == a.shape[:1] and a.ndim == 2 else 1
+            if b.shape not in (a.shape, (1,)) and inner == 1:
+                raise ValueError(f"{kind}: b of shape {b.shape} does not broadcast to a of shape {a.shape}")
+            _float32("b", b, b.shape)
+            return (7, a, b, y, BINARY[kind], a.size, b.size, inner) if compiled else None
+        if kind == "copy":
+            _, x, y, outer, length, x_stride, x_offset, y_stride, y_offset = operation
+            (x_features, n), (y_features, _) = _columns("x", x), _columns("y", y, x.shape[1])
+            if min(outer, length) < 1 or min(x_stride, x_offset, y_stride, y_offset) < 0 or \
+                    (outer - 1) * x_stride + x_offset + length > x_features or \
+                    (outer - 1) * y_stride + y_offset + length > y_features:
+                raise ValueError(f"copy: {outer} runs of {length} features (strides {x_stride}, {y_stride}, "
+                                 f"offsets {x_offset}, {y_offset}) do not fit {x_features} and {y_features}")
+            return (8, x, y, outer, length, x_stride, x_offset, y_stride, y_offset, n) if compiled else None
+        raise ValueError(f"unknown operation {kind!r}; valid: product, step, cell, attention, gather, "
+                         f"layer_norm, softmax, log_softmax, copy, {', '.join(UNARY)}, {', '.join(BINARY)}")
 
     def __call__(self) -> None:
         if self._program is not None:
             _compiled().run(self._program)
             return
-        for kind, *arguments in self.operations:
-            if kind == "product":
-                matrix, x, y, bias = arguments
-                y[...] = reference.spmm(matrix, x, bias)
-            elif kind == "step":
-                cell, weight_hh, bias_hh, xproj, out, h, c = arguments
-                out[...] = reference.recurrent(cell, weight_hh, bias_hh, xproj[None], h, c)[0]
-            elif kind == "attention":
-                query, keys, memory, lengths, score, context = arguments
-                context[...] = reference.attention(query, keys, memory, lengths, score)
-            else:
-                x, y = arguments
-                y[...] = np.tanh(x)
+        for operation in self.operations:
+            _run_reference(*operation)
+
+
+def _int32(name: str, array: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    if array.dtype != np.int32 or array.shape != shape or not array.flags.c_contiguous:
+        raise ValueError(f"{name} must be C-contiguous int32 of shape {shape}, "
+                         f"got {array.dtype} {array.shape}")
+    return array
+
+
+def _columns(name: str, array: np.ndarray, n: int | None = None) -> tuple[int, int]:
+    """``(features, n)`` of a feature-major float32 buffer, checked."""
+    if array.ndim != 2 or (n is not None and array.shape[1] != n):
+        raise ValueError(f"{name} must be (features, {n or 'n'}), got shape {array.shape}")
+    return _float32(name, array, array.shape).shape
+
+
+def _run_reference(kind: str, *arguments) -> None:
+    """One :class:`Program` operation in numpy (the reference backend)."""
+    if kind == "product":
+        matrix, x, y, bias = arguments
+        y[...] = reference.spmm(matrix, x, bias)
+    elif kind == "step":
+        cell, weight_hh, bias_hh, xproj, out, h, c = arguments
+        out[...] = reference.recurrent(cell, weight_hh, bias_hh, xproj[None], h, c)[0]
+    elif kind == "cell":
+        cell, xproj, gates, h, c, out = arguments
+        new_h, new_c = reference.cell_step(cell, xproj, gates, h, c)
+        out[...] = new_h
+        if c is not None:
+            c[...] = new_c
+    elif kind == "attention":
+        query, keys, memory, lengths, score, context = arguments
+        context[...] = reference.attention(query, keys, memory, lengths, score)
+    elif kind in UNARY:
+        x, y = arguments
+        y[...] = {"tanh": np.tanh, "relu": lambda v: np.maximum(v, 0), "sigmoid": reference.sigmoid}[kind](x)
+    elif kind == "gather":
+        table, ids, y = arguments
+        if np.any(ids < 0) or np.any(ids >= table.shape[0]):
+            raise IndexError("program: an id is outside its embedding table")
+        y[...] = table[ids].T
+    elif kind == "layer_norm":
+        x, y, weight, bias, size, eps = arguments
+        y[...] = reference.layer_norm(x, size, weight, bias, eps)
+    elif kind in ("softmax", "log_softmax"):
+        x, y, size = arguments
+        y[...] = reference.softmax(x, size, log=kind == "log_softmax")
+    elif kind in BINARY:
+        a, b, y = arguments
+        b = b[:, None] if b.shape == a.shape[:1] and a.ndim == 2 else b
+        y[...] = {"add": np.add, "mul": np.multiply, "sub": np.subtract, "div": np.divide}[kind](a, b)
+    else:
+        x, y, outer, length, x_stride, x_offset, y_stride, y_offset = arguments
+        for p in range(outer):
+            y[p * y_stride + y_offset:][:length] = x[p * x_stride + x_offset:][:length]

@@ -837,6 +837,123 @@ static void tanh_all(const float *x, float *y, long n) {
     for (; i < n; ++i) y[i] = fast_tanh(x[i]);
 }
 
+/* ---- the rest of a model's step (sparsernn.engine.program): gathers, norms, activations, softmax,
+ * elementwise arithmetic and copies, all feature-major over n columns ---- */
+
+enum { UNARY_TANH = 0, UNARY_RELU = 1, UNARY_SIGMOID = 2 };
+
+/* y = f(x) over count values. */
+static void unary(int fn, const float *x, float *y, long count) {
+    if (fn == UNARY_TANH) {
+        tanh_all(x, y, count);
+    } else if (fn == UNARY_RELU) {
+        for (long i = 0; i < count; ++i) y[i] = x[i] < 0.0f ? 0.0f : x[i]; /* NaN stays NaN */
+    } else {
+        long i = 0;
+#ifdef __AVX2__
+        for (; i + 8 <= count; i += 8) _mm256_storeu_ps(y + i, sigmoid8(_mm256_loadu_ps(x + i)));
+#endif
+        for (; i < count; ++i) y[i] = sigmoid(x[i]);
+    }
+}
+
+/* Column b of y (width, n) = row ids[b] of table (rows, width); -1 (y untouched from there on) when an id is
+ * outside [0, rows). */
+static int gather(const float *table, long rows, long width, const int32_t *ids, float *y, long n) {
+    for (long b = 0; b < n; ++b) {
+        if (ids[b] < 0 || ids[b] >= rows) return -1;
+        const float *row = table + (size_t)ids[b] * (size_t)width;
+        if (n == 1)
+            memcpy(y, row, sizeof(float) * (size_t)width);
+        else
+            for (long j = 0; j < width; ++j) y[j * n + b] = row[j];
+    }
+    return 0;
+}
+
+/* PyTorch's LayerNorm over each group of `size` consecutive features of x (groups * size, n), per column:
+ * (x - mean) / sqrt(biased variance + eps) * weight + bias (weight, bias (size) or NULL). */
+static void layer_norm(const float *x, float *y, const float *weight, const float *bias, long groups, long size,
+                       float eps, long n) {
+    for (long g = 0; g < groups; ++g)
+        for (long b = 0; b < n; ++b) {
+            const float *in = x + g * size * n + b;
+            float *out = y + g * size * n + b;
+            double sum = 0.0, squares = 0.0;
+            for (long j = 0; j < size; ++j) sum += in[j * n];
+            const double mean = sum / (double)size;
+            for (long j = 0; j < size; ++j) squares += (in[j * n] - mean) * (in[j * n] - mean);
+            const float scale = (float)(1.0 / sqrt(squares / (double)size + (double)eps));
+            for (long j = 0; j < size; ++j) {
+                const float v = (float)(in[j * n] - mean) * scale;
+                out[j * n] = v * (weight ? weight[j] : 1.0f) + (bias ? bias[j] : 0.0f);
+            }
+        }
+}
+
+/* softmax (or with log set, log_softmax) over each group of `size` consecutive features of x
+ * (groups * size, n), per column. */
+static void softmax(const float *x, float *y, long groups, long size, int log, long n) {
+    for (long g = 0; g < groups; ++g)
+        for (long b = 0; b < n; ++b) {
+            const float *in = x + g * size * n + b;
+            float *out = y + g * size * n + b;
+            float top = -INFINITY;
+            for (long j = 0; j < size; ++j) top = in[j * n] > top ? in[j * n] : top;
+            double total = 0.0;
+            if (n == 1) { /* contiguous: vectorized exp */
+                long j = 0;
+#ifdef __AVX2__
+                __m256 acc = _mm256_setzero_ps();
+                const __m256 shift = _mm256_set1_ps(top);
+                for (; j + 8 <= size; j += 8) {
+                    const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(in + j), shift));
+                    if (!log) _mm256_storeu_ps(out + j, e);
+                    acc = _mm256_add_ps(acc, e);
+                }
+                total = hsum256(acc);
+#endif
+                for (; j < size; ++j) {
+                    const float e = fast_exp(in[j] - top);
+                    if (!log) out[j] = e;
+                    total += e;
+                }
+            } else {
+                for (long j = 0; j < size; ++j) {
+                    const float e = fast_exp(in[j * n] - top);
+                    if (!log) out[j * n] = e;
+                    total += e;
+                }
+            }
+            if (log) {
+                const float shift = top + (float)logf((float)total);
+                for (long j = 0; j < size; ++j) out[j * n] = in[j * n] - shift;
+            } else {
+                const float scale = (float)(1.0 / total);
+                for (long j = 0; j < size; ++j) out[j * n] *= scale;
+            }
+        }
+}
+
+enum { BINARY_ADD = 0, BINARY_MUL = 1, BINARY_SUB = 2, BINARY_DIV = 3 };
+
+/* y[i] = a[i] (op) b[(i / inner) % b_count] over count values: b the same shape as a (b_count = count,
+ * inner = 1), one number (b_count = 1), or a feature vector broadcast over n columns (inner = n). */
+static void binary(int fn, const float *a, const float *b, float *y, long count, long b_count, long inner) {
+    for (long i = 0; i < count; ++i) {
+        const float v = b[(i / inner) % b_count];
+        y[i] = fn == BINARY_ADD ? a[i] + v : fn == BINARY_MUL ? a[i] * v : fn == BINARY_SUB ? a[i] - v : a[i] / v;
+    }
+}
+
+/* For p < outer: features [p * y_stride + y_offset, + length) of y = features [p * x_stride + x_offset,
+ * + length) of x, n columns each (a concatenation's part, a slice). */
+static void copy_features(const float *x, float *y, long outer, long length, long x_stride, long x_offset,
+                          long y_stride, long y_offset, long n) {
+    for (long p = 0; p < outer; ++p)
+        memmove(y + (p * y_stride + y_offset) * n, x + (p * x_stride + x_offset) * n, sizeof(float) * (size_t)(length * n));
+}
+
 /* A block-row bound moved down to a window of the interleaved copy, so that every thread can use it. */
 static int whole_windows(const Matrix *m, int bound) { return m->sigma ? bound - bound % m->sigma : bound; }
 
@@ -1109,19 +1226,31 @@ done:
  *   (1, matrix, cell, bias_hh, xproj, out, h, c, n)     one step of a recurrent layer, xproj (G*H, n)
  *   (2, query, keys, memory, lengths, v, context, H, S, n)   attend(): query, context (H, n); keys, memory
  *                                                        (n, S, H); lengths int32 (n); v (H) or empty
- *   (3, x, y, count)                                    y = tanh(x), count values
+ *   (3, x, y, count, fn)                                y = fn(x) over count values: tanh 0, relu 1, sigmoid 2
+ *   (4, table, ids, y, rows, width, n)                  column b of y (width, n) = row ids[b] (int32) of table
+ *   (5, x, y, weight, bias, groups, size, eps, n)       LayerNorm over groups of size features; weight, bias or empty
+ *   (6, x, y, groups, size, log, n)                     softmax (log_softmax with log = 1) over groups of size
+ *   (7, a, b, y, fn, count, b_count, inner)             y[i] = a[i] fn b[(i / inner) % b_count]: add 0, mul 1, sub 2, div 3
+ *   (8, x, y, outer, length, x_stride, x_offset, y_stride, y_offset, n)   copy_features()
+ *   (9, cell, xproj, gates, h, c, out, H, n)            a cell's equations on gates = W_hh h + b_hh computed before
+ *                                                        (an LSTM with a projection): c updated, out (H, n) its output
  * The program holds the operations' objects and buffers until it is freed. */
-enum { OP_PRODUCT = 0, OP_STEP = 1, OP_ATTEND = 2, OP_TANH = 3 };
+enum { OP_PRODUCT = 0, OP_STEP = 1, OP_ATTEND = 2, OP_UNARY = 3, OP_GATHER = 4, OP_LAYER_NORM = 5, OP_SOFTMAX = 6,
+       OP_BINARY = 7, OP_COPY = 8, OP_CELL = 9 };
 enum { OP_BUFFERS = 6 }; /* the most buffers one operation holds */
 typedef struct {
-    int kind, cell;
+    int kind, cell, fn;
     const Matrix *m;
     const float *bias, *x; /* bias may be NULL for a product; x is xproj for a step, the query for attention */
     float *y, *h, *c;      /* y is out for a step, the context for attention; c NULL but for LSTM */
-    const float *keys, *memory, *v; /* attention; v NULL for Luong's score */
-    const int32_t *lengths;
-    float *scratch; /* attention: 2 * H + S floats, the operation's own */
+    const float *keys, *memory, *v; /* attention; v NULL for Luong's score; keys: a norm's weight, a cell's gates,
+                                       a binary operation's b */
+    const int32_t *lengths; /* attention's lengths, a gather's ids */
+    float *scratch;         /* attention: 2 * H + S floats; a cell: H * n; the operation's own */
     long n, H, S;
+    long size[6];           /* gather: rows, width; norm, softmax: groups, size; binary: count, b_count, inner;
+                               copy: outer, length, x_stride, x_offset, y_stride, y_offset */
+    float eps;
 } Op;
 typedef struct {
     int count, threads, held;
@@ -1152,13 +1281,88 @@ static int check_attend(const Py_buffer *b, long H, long S, long n) {
     return b[4].len ? check_len(&b[4], H * 4, "v") : 0;
 }
 
+static int positive(long value, const char *what) {
+    if (value < 1) {
+        PyErr_Format(PyExc_ValueError, "program: %s must be positive, got %ld", what, value);
+        return -1;
+    }
+    return 0;
+}
+
+/* The operations without a matrix (3 to 8) from their tuples, buffers into b; -1 with an exception set. */
+static int make_plain_op(Op *op, int kind, PyObject *item, Py_buffer *b, int *taken) {
+    long *z = op->size, n = 1;
+    if (kind == OP_UNARY) {
+        if (!PyArg_ParseTuple(item, "iy*w*li", &kind, &b[0], &b[1], &z[0], &op->fn)) return -1;
+        *taken = 2;
+        if (z[0] < 0 || op->fn < 0 || op->fn > 2) {
+            PyErr_SetString(PyExc_ValueError, "unary: the count must not be negative, the function 0 to 2");
+            return -1;
+        }
+        if (check_len(&b[0], z[0] * 4, "x") || check_len(&b[1], z[0] * 4, "y")) return -1;
+    } else if (kind == OP_GATHER) {
+        if (!PyArg_ParseTuple(item, "iy*y*w*lll", &kind, &b[0], &b[1], &b[2], &z[0], &z[1], &n)) return -1;
+        *taken = 3;
+        if (positive(z[0], "rows") || positive(z[1], "width") || positive(n, "n") ||
+            check_len(&b[0], z[0] * z[1] * 4, "table") || check_len(&b[1], n * 4, "ids") ||
+            check_len(&b[2], z[1] * n * 4, "y"))
+            return -1;
+        op->keys = b[0].buf, op->lengths = b[1].buf, op->y = b[2].buf;
+        op->n = n;
+        return 0;
+    } else if (kind == OP_LAYER_NORM) {
+        double eps;
+        if (!PyArg_ParseTuple(item, "iy*w*y*y*lldl", &kind, &b[0], &b[1], &b[2], &b[3], &z[0], &z[1], &eps, &n))
+            return -1;
+        *taken = 4;
+        if (positive(z[0], "groups") || positive(z[1], "size") || positive(n, "n") ||
+            check_len(&b[0], z[0] * z[1] * n * 4, "x") || check_len(&b[1], z[0] * z[1] * n * 4, "y") ||
+            (b[2].len && check_len(&b[2], z[1] * 4, "weight")) || (b[3].len && check_len(&b[3], z[1] * 4, "bias")))
+            return -1;
+        op->keys = b[2].len ? b[2].buf : NULL, op->bias = b[3].len ? b[3].buf : NULL, op->eps = (float)eps;
+    } else if (kind == OP_SOFTMAX) {
+        if (!PyArg_ParseTuple(item, "iy*w*llil", &kind, &b[0], &b[1], &z[0], &z[1], &op->fn, &n)) return -1;
+        *taken = 2;
+        if (positive(z[0], "groups") || positive(z[1], "size") || positive(n, "n") ||
+            check_len(&b[0], z[0] * z[1] * n * 4, "x") || check_len(&b[1], z[0] * z[1] * n * 4, "y"))
+            return -1;
+    } else if (kind == OP_BINARY) {
+        if (!PyArg_ParseTuple(item, "iy*y*w*illl", &kind, &b[0], &b[2], &b[1], &op->fn, &z[0], &z[1], &z[2]))
+            return -1;
+        *taken = 3;
+        if (op->fn < 0 || op->fn > 3) {
+            PyErr_SetString(PyExc_ValueError, "binary: function must be 0 to 3");
+            return -1;
+        }
+        if (positive(z[0], "count") || positive(z[1], "b_count") || positive(z[2], "inner") ||
+            check_len(&b[0], z[0] * 4, "a") || check_len(&b[1], z[0] * 4, "y") || check_len(&b[2], z[1] * 4, "b"))
+            return -1;
+        op->keys = b[2].buf;
+    } else { /* OP_COPY */
+        if (!PyArg_ParseTuple(item, "iy*w*lllllll", &kind, &b[0], &b[1], &z[0], &z[1], &z[2], &z[3], &z[4], &z[5], &n))
+            return -1;
+        *taken = 2;
+        if (positive(z[0], "outer") || positive(z[1], "length") || positive(n, "n") || z[2] < 0 || z[3] < 0 ||
+            z[4] < 0 || z[5] < 0) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "copy: strides and offsets must not be negative");
+            return -1;
+        }
+        if (check_len(&b[0], ((z[0] - 1) * z[2] + z[3] + z[1]) * n * 4, "x") ||
+            check_len(&b[1], ((z[0] - 1) * z[4] + z[5] + z[1]) * n * 4, "y"))
+            return -1;
+    }
+    op->x = b[0].buf, op->y = b[1].buf, op->n = n;
+    return 0;
+}
+
 /* Fills op from one operation tuple, taking its buffers into b (OP_BUFFERS slots; *taken says how many,
  * also when a later check fails); -1 with an exception set. */
 static int make_op(Op *op, PyObject *item, Py_buffer *b, int *taken) {
     PyObject *capsule;
     long n, H = 0, S = 0;
     int kind = PyTuple_Check(item) && PyTuple_GET_SIZE(item) ? (int)PyLong_AsLong(PyTuple_GET_ITEM(item, 0)) : -1;
-    *op = (Op){0};
+    *op = (Op){.kind = kind};
+    if (kind >= OP_UNARY && kind <= OP_COPY) return make_plain_op(op, kind, item, b, taken);
     if (kind == OP_PRODUCT) {
         if (!PyArg_ParseTuple(item, "iOy*w*y*l", &kind, &capsule, &b[0], &b[1], &b[2], &n)) return -1;
         *taken = 3;
@@ -1179,14 +1383,29 @@ static int make_op(Op *op, PyObject *item, Py_buffer *b, int *taken) {
             return -1;
         }
         return 0;
-    } else if (kind == OP_TANH) {
-        if (!PyArg_ParseTuple(item, "iy*w*l", &kind, &b[0], &b[1], &n)) return -1;
-        *taken = 2;
-        if (n < 0 || check_len(&b[0], n * 4, "x") || check_len(&b[1], n * 4, "y")) return -1;
-        *op = (Op){.kind = kind, .x = b[0].buf, .y = b[1].buf, .n = n};
+    } else if (kind == OP_CELL) {
+        if (!PyArg_ParseTuple(item, "iiy*y*y*w*w*ll", &kind, &op->cell, &b[0], &b[1], &b[2], &b[3], &b[4], &H, &n))
+            return -1;
+        *taken = 5;
+        const int G = op->cell < 0 || op->cell > 4 ? 0 : cell_gates(op->cell);
+        if (!G || positive(H, "H") || positive(n, "n")) {
+            if (!PyErr_Occurred()) PyErr_Format(PyExc_ValueError, "cell: unknown cell %d", op->cell);
+            return -1;
+        }
+        if (check_len(&b[0], G * H * n * 4, "xproj") || check_len(&b[1], G * H * n * 4, "gates") ||
+            check_len(&b[2], H * n * 4, "h") || (op->cell == CELL_LSTM && check_len(&b[3], H * n * 4, "c")) ||
+            check_len(&b[4], H * n * 4, "out"))
+            return -1;
+        *op = (Op){.kind = kind, .cell = op->cell, .x = b[0].buf, .keys = b[1].buf, .h = b[2].buf,
+                   .c = op->cell == CELL_LSTM ? b[3].buf : NULL, .y = b[4].buf, .H = H, .n = n,
+                   .scratch = malloc(sizeof(float) * (size_t)(H * n))};
+        if (!op->scratch) {
+            PyErr_NoMemory();
+            return -1;
+        }
         return 0;
     } else {
-        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "program: an operation is (0, ...) to (3, ...)");
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "program: an operation is (0, ...) to (9, ...)");
         return -1;
     }
     const Matrix *m = held_matrix(capsule);
@@ -1242,16 +1461,31 @@ static PyObject *py_run(PyObject *self, PyObject *capsule) {
     Py_BEGIN_ALLOW_THREADS;
     for (int i = 0; i < p->count && !status; ++i) {
         const Op *op = &p->ops[i];
-        if (op->kind == OP_PRODUCT)
-            product(op->m, op->x, op->y, op->n, op->bias, p->threads);
-        else if (op->kind == OP_STEP)
+        const long *z = op->size;
+        switch (op->kind) {
+        case OP_PRODUCT: product(op->m, op->x, op->y, op->n, op->bias, p->threads); break;
+        case OP_STEP:
             status = run_recurrent(op->cell, op->m, op->bias, op->x, op->y, op->h, op->c, 1, op->n, 0, p->threads);
-        else if (op->kind == OP_ATTEND)
+            break;
+        case OP_ATTEND:
             attend(op->x, op->keys, op->memory, op->lengths, op->v, op->y, op->H, op->S, op->n, op->scratch);
-        else
-            tanh_all(op->x, op->y, op->n);
+            break;
+        case OP_UNARY: unary(op->fn, op->x, op->y, z[0]); break;
+        case OP_GATHER: status = gather(op->keys, z[0], z[1], op->lengths, op->y, op->n) ? 2 : 0; break;
+        case OP_LAYER_NORM: layer_norm(op->x, op->y, op->keys, op->bias, z[0], z[1], op->eps, op->n); break;
+        case OP_SOFTMAX: softmax(op->x, op->y, z[0], z[1], op->fn, op->n); break;
+        case OP_BINARY: binary(op->fn, op->x, op->keys, op->y, z[0], z[1], z[2]); break;
+        case OP_COPY: copy_features(op->x, op->y, z[0], z[1], z[2], z[3], z[4], z[5], op->n); break;
+        case OP_CELL:
+            pointwise(op->cell, op->H, op->n, 0, op->H * op->n, op->x, op->keys, op->h, op->scratch, op->c, op->y);
+            break;
+        }
     }
     Py_END_ALLOW_THREADS;
+    if (status == 2) {
+        PyErr_SetString(PyExc_IndexError, "program: an id is outside its embedding table");
+        return NULL;
+    }
     if (status) return PyErr_NoMemory();
     Py_RETURN_NONE;
 }
@@ -1279,7 +1513,8 @@ static PyMethodDef methods[] = {
     {"program", py_program, METH_VARARGS,
      "program(operations, threads): products (0, matrix, x, y, bias, n), one-step layers "
      "(1, matrix, cell, bias_hh, xproj, out, h, c, n), attention (2, query, keys, memory, lengths, v, context, H, S, "
-     "n) and tanh (3, x, y, count), compiled to run in order by run(program)"},
+     "n), unary functions, gathers, norms, softmax, elementwise arithmetic, copies and cells (3 to 9: see the "
+     "comment above Op), compiled to run in order by run(program)"},
     {"run", py_run, METH_O, "run(program): every operation of the program, in order"},
     {NULL, NULL, 0, NULL},
 };

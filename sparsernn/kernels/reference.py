@@ -29,8 +29,30 @@ def spmm(matrix: SparseMatrix, x: np.ndarray, bias: np.ndarray | None = None) ->
     return out
 
 
-def _sigmoid(x: np.ndarray) -> np.ndarray:
+def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
+
+
+def layer_norm(x: np.ndarray, size: int, weight: np.ndarray | None, bias: np.ndarray | None,
+               eps: float) -> np.ndarray:
+    """PyTorch's LayerNorm over each group of ``size`` consecutive rows of ``x`` (features, n)."""
+    groups = x.reshape(-1, size, x.shape[1]).astype(np.float64)
+    mean = groups.mean(axis=1, keepdims=True)
+    out = (groups - mean) / np.sqrt(((groups - mean) ** 2).mean(axis=1, keepdims=True) + eps)
+    if weight is not None:
+        out = out * weight[:, None]
+    if bias is not None:
+        out = out + bias[:, None]
+    return out.reshape(x.shape).astype(np.float32)
+
+
+def softmax(x: np.ndarray, size: int, *, log: bool = False) -> np.ndarray:
+    """softmax (or log_softmax) over each group of ``size`` consecutive rows of ``x`` (features, n)."""
+    groups = x.reshape(-1, size, x.shape[1]).astype(np.float64)
+    shifted = groups - groups.max(axis=1, keepdims=True)
+    total = np.exp(shifted).sum(axis=1, keepdims=True)
+    out = shifted - np.log(total) if log else np.exp(shifted) / total
+    return out.reshape(x.shape).astype(np.float32)
 
 
 def cell_step(cell: str, x: np.ndarray, gates: np.ndarray, h: np.ndarray,
@@ -45,12 +67,12 @@ def cell_step(cell: str, x: np.ndarray, gates: np.ndarray, h: np.ndarray,
     if cell == "gru":
         x_r, x_z, x_n = np.split(x, 3)
         h_r, h_z, h_n = np.split(gates, 3)
-        r, z = _sigmoid(x_r + h_r), _sigmoid(x_z + h_z)
+        r, z = sigmoid(x_r + h_r), sigmoid(x_z + h_z)
         n = np.tanh(x_n + r * h_n)
         return (1.0 - z) * n + z * h, None
     i, f, g, o = (a + b for a, b in zip(np.split(x, 4), np.split(gates, 4), strict=True))
-    c = _sigmoid(f) * c + _sigmoid(i) * np.tanh(g)
-    return _sigmoid(o) * np.tanh(c), c
+    c = sigmoid(f) * c + sigmoid(i) * np.tanh(g)
+    return sigmoid(o) * np.tanh(c), c
 
 
 def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np.ndarray, h: np.ndarray,

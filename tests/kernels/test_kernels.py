@@ -449,10 +449,10 @@ def test_a_program_checks_its_buffers_and_holds_them():
         kernels.Program([("product", weight, x, y[:8], None)])
     with pytest.raises(ValueError, match="weight_hh must be"):
         kernels.Program([("step", "lstm", weight, np.zeros(12, np.float32), y, x, x, x)])
-    with pytest.raises(ValueError, match="unknown operation 'gather'"):
-        kernels.Program([("gather", weight, x, y, None)])
+    with pytest.raises(ValueError, match="unknown operation 'scatter'"):
+        kernels.Program([("scatter", weight, x, y, None)])
     with pytest.raises(ValueError, match="program: an operation is"):
-        kernels._compiled().program([(7, None)], 1)
+        kernels._compiled().program([(17, None)], 1)
     program = kernels._compiled().program([(0, kernels._compiled_matrix(weight, 1), x, y, b"", 1)], 1)
     del weight
     gc.collect()

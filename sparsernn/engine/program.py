@@ -1,0 +1,353 @@
+"""Running a model's program: :class:`ProgramEngine` (numpy in and out) and :class:`SparseProgram` (the
+drop-in module :func:`~sparsernn.engine.sparsify` returns with ``example_inputs``).
+
+A program (built by :func:`sparsernn.engine.lower.lower`, stored in a format 3 file; docs/FORMAT.md) is a
+list of ops over named values. Each value is, per step and batch column, a vector of ``values[name]``
+features. Streaming runs every op once per step; a recurrent layer's state carries from one step to the
+next (and from one call to the next), starting at zero. A whole sequence runs op by op over all its
+steps (the only way for a bidirectional layer: programs with one are of mode ``"whole"``, and each call
+starts from zero).
+
+Arrays here are feature-major, as the kernels take them: a step's value is ``(features, n)`` for ``n``
+batch columns, a sequence's ``(T, features, n)``; token ids are ``(n,)`` per step.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import torch
+import torch.utils._pytree as pytree
+from torch import nn
+
+from sparsernn import kernels
+from sparsernn.engine.stack import Direction, RecurrentStack, as_kernel_matrix
+from sparsernn.kernels import SparseMatrix
+
+#: The ops of a program and the fields each names (besides "op", "module", "x" and "y").
+OPS = {
+    "embedding": ("weight",), "linear": ("weight", "bias"),
+    "rnn": ("cell", "layers", "bidirectional", "hidden_size", "proj_size", "weights", "h0", "c0", "hn", "cn"),
+    "layer_norm": ("size", "weight", "bias", "eps"), "tanh": (), "relu": (), "sigmoid": (),
+    "softmax": ("size",), "log_softmax": ("size",),
+    "add": ("other", "weight", "scalar"), "mul": ("other", "weight", "scalar"),
+    "sub": ("other", "weight", "scalar"), "div": ("other", "weight", "scalar"),
+    "copy": ("outer", "length", "x_stride", "x_offset", "y_stride", "y_offset"),
+}
+
+
+def _dense(tensor: SparseMatrix | np.ndarray) -> np.ndarray:
+    array = tensor.to_dense() if isinstance(tensor, SparseMatrix) else tensor
+    return np.ascontiguousarray(array, dtype=np.float32)
+
+
+class ProgramEngine:
+    """A program and its tensors (each a SparseMatrix or an array, by state-dict name), ready to run.
+
+    ``stream(inputs)`` runs one step per row of a sequence, ``run(inputs)`` a whole sequence; both carry
+    the recurrent state to the next call in mode ``"stream"``. ``reset()`` sets it back to zeros.
+    """
+
+    def __init__(self, program: dict, tensors: dict, *, threads: int = 1, backend: str = "auto"):
+        self.program, self.threads, self.backend = program, threads, kernels.backend(backend)
+        self.ops = program["ops"]
+        self.sizes = program["values"]
+        self.inputs, self.outputs = program["inputs"], program["outputs"]
+        self._prepared = [self._prepare(op, tensors) for op in self.ops]
+        self._sequence_inputs = [k for k, spec in enumerate(self.inputs) if "state" not in spec]
+        self._state_inputs = [k for k, spec in enumerate(self.inputs) if "state" in spec]
+        self._streams = program["mode"] == "stream"
+        self._state: list | None = None  # per op: a RecurrentStack state for rnn ops, else None
+        self._batch = 0
+        self._step = None  # (Program, input buffers, output buffers) for the current batch
+
+    @classmethod
+    def from_file(cls, path, *, threads: int = 1, backend: str = "auto") -> ProgramEngine:
+        """The program of a format 3 file (:func:`~sparsernn.export.save_sparse` with ``example_inputs``),
+        without the model's class."""
+        from sparsernn.export import ExportError, load_exported
+
+        exported = load_exported(path)
+        if "program" not in exported.metadata:
+            raise ExportError(f"{exported.path}: no program in this file; save it with "
+                              "save_sparse(model, path, example_inputs=...)")
+        tensors = dict(exported.tensors)
+        tensors |= {name: tensors[stored] for name, stored in exported.metadata.get("ties", {}).items()}
+        return cls(exported.metadata["program"], tensors, threads=threads, backend=backend)
+
+    def _prepare(self, op: dict, tensors: dict):
+        kind = op["op"]
+        if kind == "embedding":
+            return _dense(tensors[op["weight"]])
+        if kind == "linear":
+            bias = op.get("bias")
+            return as_kernel_matrix(tensors[op["weight"]]), None if bias is None else _dense(tensors[bias])
+        if kind == "rnn":
+            gates = kernels.CELLS[op["cell"]]
+            layers = []
+            hidden = op["hidden_size"]
+            for k, names in enumerate(op["weights"]):
+                zeros = np.zeros(gates * hidden, np.float32)
+                bias = [_dense(tensors[names[key]]) if key in names else zeros
+                        for key in ("bias_ih", "bias_hh")]
+                hr = names.get("weight_hr")
+                direction = Direction(as_kernel_matrix(tensors[names["weight_ih"]], hidden), bias[0],
+                                      as_kernel_matrix(tensors[names["weight_hh"]], hidden), bias[1],
+                                      None if hr is None else as_kernel_matrix(tensors[hr]))
+                if k % (2 if op["bidirectional"] else 1) == 0:
+                    layers.append([])
+                layers[-1].append(direction)
+            return RecurrentStack(op["cell"], layers, threads=self.threads, backend=self.backend)
+        if kind == "layer_norm":
+            return tuple(None if op.get(key) is None else _dense(tensors[op[key]])
+                         for key in ("weight", "bias"))
+        if kind in kernels.BINARY:
+            if op.get("weight") is not None:
+                return _dense(tensors[op["weight"]]).reshape(-1)
+            if op.get("scalar") is not None:
+                return np.array([op["scalar"]], np.float32)
+        return None
+
+    # -- state -----------------------------------------------------------------------------------
+    def reset(self) -> None:
+        """Zero state: the next call starts a new sequence."""
+        self._state, self._batch, self._step = None, 0, None
+
+    def _ensure(self, batch: int) -> None:
+        if self._state is None or self._batch != batch:
+            self._state = [stack.initial_state(batch) if op["op"] == "rnn" else None
+                           for op, stack in zip(self.ops, self._prepared, strict=True)]
+            self._batch, self._step = batch, None
+
+    def _set_state(self, spec: dict, array: np.ndarray) -> None:
+        """An explicit state input (layers * directions * size, n) into the carried state."""
+        layers = self._state[spec["op"]]
+        part = 0 if spec["part"] == "h" else 1
+        pieces = array.reshape(sum(len(layer) for layer in layers), -1, array.shape[-1])
+        for k, piece in enumerate(pieces):
+            layer = layers[k // len(layers[0])]
+            layer[k % len(layers[0])][part][...] = piece
+
+    def _get_state(self, spec: dict) -> np.ndarray:
+        part = 0 if spec["part"] == "h" else 1
+        return np.concatenate([pair[part] for layer in self._state[spec["op"]] for pair in layer])
+
+    # -- running ---------------------------------------------------------------------------------
+    def run(self, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
+        """The program over whole sequences: ``inputs`` in the program's order, each ``(T, features, n)``
+        (token ids ``(T, 1, n)``; a state input ``(features, n)``, or None to carry the state on); returns
+        the outputs likewise (a state output is the state after the last step). One step in mode
+        ``"stream"`` is one compiled call."""
+        sequences = [inputs[k] for k in self._sequence_inputs]
+        steps, batch = sequences[0].shape[0], sequences[0].shape[-1]
+        if not self._streams:
+            self.reset()
+        self._ensure(batch)
+        for k in self._state_inputs:
+            if inputs[k] is not None:
+                self._set_state(self.inputs[k]["state"], inputs[k])
+        if steps == 1 and self._streams and self.backend == "c":
+            values = self._compiled_step(sequences)
+        else:
+            values = self._whole(sequences, steps, batch)
+        return [self._get_state(spec["state"]) if "state" in spec else values[spec["name"]]
+                for spec in self.outputs]
+
+    def stream(self, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
+        """Each step of the sequences on its own, one after the other, state carried (what the C runtime
+        does): the outputs of every step stacked, as :meth:`run` returns them."""
+        if self.program["mode"] != "stream":
+            raise ValueError("this program has a bidirectional layer: it runs whole sequences only")
+        steps = next(a for a, spec in zip(inputs, self.inputs, strict=True) if "state" not in spec).shape[0]
+        rows = []
+        for t in range(steps):
+            rows.append(self.run([(a if t == 0 else None) if "state" in spec else a[t:t + 1]
+                                  for a, spec in zip(inputs, self.inputs, strict=True)]))
+        return [row[-1] if "state" in spec else np.concatenate(row)
+                for spec, row in zip(self.outputs, zip(*rows, strict=True), strict=True)]
+
+    def _compiled_step(self, sequences: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """One step as one compiled call; the program is built once per batch size."""
+        if self._step is None:
+            self._step = self._build_step(self._batch)
+        program, inputs, buffers = self._step
+        for buffer, array in zip(inputs, sequences, strict=True):
+            buffer[...] = array.reshape(buffer.shape)
+        program()
+        return {name: buffer[None].copy() for name, buffer in buffers.items()}
+
+    def _build_step(self, batch: int):
+        buffers = {}
+        sequence_inputs = [spec for spec in self.inputs if "state" not in spec]
+        for spec in sequence_inputs:
+            ids = spec["dtype"].startswith("int")
+            buffers[spec["name"]] = np.zeros(batch if ids else (self.sizes[spec["name"]], batch),
+                                             np.int32 if ids else np.float32)
+        for name, size in self.sizes.items():
+            buffers.setdefault(name, np.zeros((size, batch), np.float32))
+        operations = []
+        for op, prepared, state in zip(self.ops, self._prepared, self._state, strict=True):
+            operations += _step_operations(op, prepared, state, buffers)
+        program = kernels.Program(operations, threads=self.threads, backend_name=self.backend)
+        outputs = {spec["name"]: buffers[spec["name"]] for spec in self.outputs if "state" not in spec}
+        return program, [buffers[spec["name"]] for spec in sequence_inputs], outputs
+
+    def _whole(self, sequences: list[np.ndarray], steps: int, batch: int) -> dict[str, np.ndarray]:
+        """Every op over all steps at once: values (features, T * n), columns in time order."""
+        values = {}
+        for array, spec in zip(sequences, [self.inputs[k] for k in self._sequence_inputs], strict=True):
+            ids = spec["dtype"].startswith("int")
+            values[spec["name"]] = (array.reshape(-1).astype(np.int32) if ids else
+                                    np.ascontiguousarray(array.transpose(1, 0, 2).reshape(array.shape[1], -1),
+                                                         dtype=np.float32))
+        for op, prepared, state in zip(self.ops, self._prepared, self._state, strict=True):
+            if op["op"] == "rnn":
+                x = values[op["x"]]
+                out = prepared(np.ascontiguousarray(x.reshape(x.shape[0], steps, batch)), state)
+                values[op["y"]] = out.reshape(out.shape[0], -1)
+                continue
+            if op["y"] not in values:
+                values[op["y"]] = np.zeros((self.sizes[op["y"]], steps * batch), np.float32)
+            kernels.Program(_step_operations(op, prepared, state, values), threads=self.threads,
+                            backend_name=self.backend)()
+        return {spec["name"]: values[spec["name"]].reshape(-1, steps, batch).transpose(1, 0, 2)
+                for spec in self.outputs if "state" not in spec}
+
+
+def _step_operations(op: dict, prepared, state, buffers: dict) -> list[tuple]:
+    """A program op as :class:`~sparsernn.kernels.Program` operations on ``buffers`` (name -> array)."""
+    kind = op["op"]
+    x = buffers.get(op.get("x"))
+    y = buffers.get(op.get("y"))
+    if kind == "embedding":
+        return [("gather", prepared, x, y)]
+    if kind == "linear":
+        matrix, bias = prepared
+        return [("product", matrix, x, y, bias)]
+    if kind == "rnn":
+        operations, _ = prepared.step_operations(x, state, out=y)
+        return operations
+    if kind == "layer_norm":
+        weight, bias = prepared
+        return [("layer_norm", x, y, weight, bias, op["size"], op["eps"])]
+    if kind in kernels.UNARY:
+        return [(kind, x, y)]
+    if kind in ("softmax", "log_softmax"):
+        return [(kind, x, y, op["size"])]
+    if kind in kernels.BINARY:
+        other = prepared if prepared is not None else buffers[op["other"]]
+        return [(kind, x, other, y)]
+    return [("copy", x, y, op["outer"], op["length"], op["x_stride"], op["x_offset"], op["y_stride"],
+             op["y_offset"])]
+
+
+# -- the drop-in module ----------------------------------------------------------------------------
+
+def to_program(array: np.ndarray, axes: list) -> np.ndarray:
+    """A tensor with the given axes (``"T"``, ``"B"``, feature sizes) as the program takes it:
+    ``(T, features, n)``, or ``(features, n)`` without a time axis."""
+    order, timed, batched = _input_plan(tuple(axes))
+    moved = np.transpose(array, order)
+    batch = moved.shape[-1] if batched else 1
+    return np.ascontiguousarray(moved.reshape(*moved.shape[:1] if timed else (), -1, batch))
+
+
+@functools.cache
+def _input_plan(axes: tuple) -> tuple[list[int], bool, bool]:
+    if "TB" in axes or "BT" in axes:
+        raise ValueError("an input with time and batch merged in one axis is not supported")
+    order = [axes.index("T")] if "T" in axes else []
+    order += [k for k, axis in enumerate(axes) if isinstance(axis, int)]
+    order += [axes.index("B")] if "B" in axes else []
+    return order, "T" in axes, "B" in axes
+
+
+def from_program(array: np.ndarray, axes: list) -> np.ndarray:
+    """The inverse of :func:`to_program` for an output: ``(T, features, n)`` (or ``(features, n)``) back to
+    the axes the forward returns, time and batch merged where it merged them."""
+    steps = array.shape[0] if array.ndim == 3 else 1
+    full, order, shape = _output_plan(tuple(axes), steps, array.shape[-1])
+    return np.ascontiguousarray(np.transpose(array.reshape(full), order).reshape(shape))
+
+
+@functools.cache
+def _output_plan(axes: tuple, steps: int, batch: int) -> tuple[tuple, list[int], tuple]:
+    """The reshape, transposition and final shape that take ``(T, features, n)`` to ``axes``."""
+    features = [axis for axis in axes if isinstance(axis, int)]
+    logical = ["T", *range(len(features)), "B"]
+    wanted, feature = [], iter(range(len(features)))
+    for axis in axes:
+        wanted += (["T", "B"] if axis == "TB" else ["B", "T"] if axis == "BT" else
+                   [axis] if axis in ("T", "B") else [next(feature)])
+    order = [logical.index(axis) for axis in wanted]
+    order += [k for k, axis in enumerate(logical) if axis not in wanted]  # T of a state, B when unbatched
+    shape = tuple(size for axis in axes for size in ([steps * batch] if axis in ("TB", "BT") else [steps]
+                                                     if axis == "T" else [batch] if axis == "B" else [axis]))
+    return (steps, *features, batch), order, shape
+
+
+class SparseProgram(nn.Module):
+    """A model's forward as one program on the sparse kernels: the same call signature and outputs as the
+    model's forward, for inference. In mode ``"stream"`` the recurrent state carries from one call to the
+    next (call with one step at a time to stream; :meth:`reset` starts a new sequence) unless the forward
+    takes the state as an argument, which then sets it, as in PyTorch."""
+
+    def __init__(self, engine: ProgramEngine):
+        super().__init__()
+        self.engine = engine
+        self.in_spec = pytree.treespec_loads(engine.program["in_spec"])
+        self.out_spec = pytree.treespec_loads(engine.program["out_spec"])
+        # a forward of plain tensor arguments needs no flattening
+        self._build = _builder(self.out_spec)
+        self._flat_inputs = self.in_spec == pytree.tree_structure(tuple(range(len(engine.inputs))))
+        self._features = [[k for k, axis in enumerate(entry["axes"]) if isinstance(axis, int)]
+                          for entry in engine.inputs]
+
+    def reset(self) -> None:
+        self.engine.reset()
+
+    def extra_repr(self) -> str:
+        ops = [op["op"] for op in self.engine.ops]
+        return f"mode={self.engine.program['mode']}, ops={len(ops)} ({', '.join(dict.fromkeys(ops))})"
+
+    def forward(self, *args):
+        leaves = list(args) if self._flat_inputs else pytree.tree_leaves(args)
+        if len(leaves) != len(self.engine.inputs) or (not self._flat_inputs and
+                                                      pytree.tree_structure(args) != self.in_spec):
+            raise TypeError(f"the program was lowered for inputs shaped {self.in_spec}, got "
+                            f"{pytree.tree_structure(args)}")
+        arrays = []
+        for leaf, entry, features in zip(leaves, self.engine.inputs, self._features, strict=True):
+            if not isinstance(leaf, torch.Tensor):
+                raise TypeError(f"input {entry['name']} must be a tensor")
+            if leaf.requires_grad and torch.is_grad_enabled():
+                raise RuntimeError("sparsified programs run inference only; call under torch.no_grad() or "
+                                   "torch.inference_mode()")
+            array = leaf.detach().cpu().numpy()
+            if [array.shape[k] for k in features] != [entry["axes"][k] for k in features] or \
+                    array.ndim != len(entry["axes"]):
+                raise ValueError(f"input {entry['name']} of shape {tuple(array.shape)} does not match the "
+                                 f"example's axes {entry['axes']}")
+            arrays.append(to_program(array, entry["axes"]))
+        outputs = self.engine.run(arrays)
+        tensors = [torch.from_numpy(from_program(out, spec["axes"]))
+                   for out, spec in zip(outputs, self.engine.outputs, strict=True)]
+        return self._build(tensors)
+
+
+def _builder(spec: pytree.TreeSpec):
+    """A function from the flat outputs to the forward's structure: ``pytree.tree_unflatten`` compiled
+    once for tuples and lists (pytree's own walks the spec on every call, about 10 us a streamed token),
+    pytree's own for other containers."""
+    if spec.is_leaf():
+        return lambda leaves: leaves[0]
+    if spec.type not in (tuple, list):
+        return lambda leaves: pytree.tree_unflatten(leaves, spec)
+    parts, start = [], 0
+    for k in range(spec.num_children):
+        child = spec.child(k)
+        parts.append((start, start + child.num_leaves, _builder(child)))
+        start += child.num_leaves
+    kind = spec.type
+    return lambda leaves: kind(build(leaves[a:b]) for a, b, build in parts)
