@@ -356,9 +356,8 @@ class _Lowering:
             return
         if source.target in _SPLITS:
             x, dim = source.args[0], source.args[2] if len(source.args) > 2 else 0
-            sizes = _shape(source.args[0])
-            dim %= len(sizes)
-            pieces = [_shape(part) for part in source.meta["val"]]
+            dim %= len(_shape(x))
+            pieces = [tuple(part.shape) for part in source.meta["val"]]
             start = sum(piece[dim] for piece in pieces[:index])
             self._copy_slice(node, x, dim, start, start + pieces[index][dim])
             return

@@ -1,0 +1,287 @@
+"""sparsify(model, example_inputs=...): the whole forward as one program, against PyTorch's own model.
+
+Each model is pruned, lowered, and run whole and streamed one step per call (state carried); every output
+must equal the masked PyTorch model's, for both backends.
+"""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from sparsernn import kernels, load_sparse, save_sparse, sparsify
+from sparsernn.engine import LoweringError, ProgramEngine, SparseProgram
+from sparsernn.export import ExportError, _digest
+
+from .test_modules import pruned
+
+BACKENDS = ["reference"] + (["c"] if kernels.backend() == "c" else [])
+TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
+
+
+class WordLM(nn.Module):
+    """A plain user-written LM: Embedding -> recurrent layers -> Linear (logits only)."""
+
+    def __init__(self, cell=nn.LSTM, vocab=40, layers=2, **options):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, 12)
+        self.rnn = cell(12, 16, layers, **options)
+        self.dropout = nn.Dropout(0.3)
+        self.decoder = nn.Linear(self.rnn.proj_size or 16 if cell is nn.LSTM else 16, vocab)
+
+    def forward(self, tokens):
+        output, _ = self.rnn(self.dropout(self.embedding(tokens)))  # (T, B, H)
+        return self.decoder(self.dropout(output))  # (T, B, V)
+
+
+class RNNModel(nn.Module):
+    """pytorch/examples' word_language_model: the state passed in and returned, logits viewed (T*B, V)."""
+
+    def __init__(self, vocab=40):
+        super().__init__()
+        self.ntoken = vocab
+        self.encoder = nn.Embedding(vocab, 12)
+        self.rnn = nn.LSTM(12, 16, 2)
+        self.decoder = nn.Linear(16, vocab)
+
+    def forward(self, input, hidden):  # noqa: A002 (the example's names)
+        output, hidden = self.rnn(self.encoder(input), hidden)
+        decoded = self.decoder(output).view(-1, self.ntoken)
+        return nn.functional.log_softmax(decoded, dim=1), hidden
+
+
+class Tagger(nn.Module):
+    """A bidirectional LSTM tagger with projections and LayerNorm, batch first."""
+
+    def __init__(self, vocab=40, tags=5):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, 12)
+        self.rnn = nn.LSTM(12, 16, 2, bidirectional=True, proj_size=6, batch_first=True)
+        self.norm = nn.LayerNorm(12)
+        self.out = nn.Linear(12, tags)
+
+    def forward(self, tokens):
+        hidden, _ = self.rnn(self.embedding(tokens))  # (B, T, 2 * 6)
+        return self.out(torch.relu(self.norm(hidden))).log_softmax(-1)
+
+
+class Mixer(nn.Module):
+    """Features in; a GRU; the ops besides products: chunk, cat, arithmetic, sigmoid, tanh, softmax."""
+
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(8, 10, batch_first=True)
+        self.scale = nn.Parameter(torch.linspace(0.5, 1.5, 25))
+        self.gate = nn.Linear(25, 25)
+
+    def forward(self, features):
+        hidden, _ = self.rnn(features)  # (B, T, 10)
+        left, right = hidden.chunk(2, dim=-1)
+        joined = torch.cat([hidden, torch.tanh(left) * right, left - 0.5, right / 2.0], dim=-1)  # (B, T, 25)
+        gated = torch.sigmoid(self.gate(joined)) * self.scale + joined
+        return torch.softmax(gated[..., 2:18], dim=-1), hidden[..., 3]
+
+
+def _streamed(fast, inputs, time_axis=0):
+    """``fast`` called one step at a time (state carried), outputs joined along time."""
+    fast.reset()
+    steps = [fast(step) for step in inputs.split(1, dim=time_axis)]
+    return torch.cat(steps, dim=time_axis)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize(("cell", "options"), [(nn.RNN, {}), (nn.RNN, {"nonlinearity": "relu"}), (nn.GRU, {}),
+                                               (nn.LSTM, {}), (nn.LSTM, {"proj_size": 6})])
+def test_a_user_lm_runs_whole_and_streamed_as_pytorch(cell, options, backend):
+    torch.manual_seed(0)
+    model = pruned(WordLM(cell, **options)).eval()
+    tokens = torch.randint(0, 40, (9, 3))
+    fast = sparsify(model, example_inputs=(tokens[:5],), backend=backend)
+    assert isinstance(fast, SparseProgram) and fast.engine.program["mode"] == "stream"
+    with torch.no_grad():
+        expected = model(tokens)
+        torch.testing.assert_close(_streamed(fast, tokens), expected, **TOLERANCE)
+        fast.reset()
+        torch.testing.assert_close(fast(tokens), expected, **TOLERANCE)
+        # the state carries: the second half continues the first
+        fast.reset()
+        first, second = fast(tokens[:4]), fast(tokens[4:])
+    torch.testing.assert_close(torch.cat([first, second]), expected, **TOLERANCE)
+
+
+def test_a_streamed_step_is_one_compiled_call(monkeypatch):
+    if "c" not in BACKENDS:
+        pytest.skip("the compiled kernels are not built")
+    model = pruned(WordLM(nn.GRU)).eval()
+    fast = sparsify(model, example_inputs=(torch.zeros(5, 1, dtype=torch.long),))
+    with torch.no_grad():
+        fast(torch.zeros(1, 1, dtype=torch.long))  # builds the step program
+        calls = []
+        monkeypatch.setattr(kernels.Program, "__call__", lambda self: calls.append("program") or None)
+        monkeypatch.setattr(kernels, "spmm", lambda *a, **k: calls.append("spmm"))
+        monkeypatch.setattr(kernels, "recurrent", lambda *a, **k: calls.append("recurrent"))
+        fast(torch.ones(1, 1, dtype=torch.long))
+    assert calls == ["program"]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_state_passed_in_the_forward_is_used_and_returned_as_pytorch(backend):
+    torch.manual_seed(1)
+    model = pruned(RNNModel()).eval()
+    hidden = (torch.randn(2, 2, 16), torch.randn(2, 2, 16))
+    tokens = torch.randint(0, 40, (6, 2))
+    fast = sparsify(model, example_inputs=(tokens, hidden), backend=backend)
+    with torch.no_grad():
+        expected, expected_hidden = model(tokens[:3], hidden)
+        got, got_hidden = fast(tokens[:3], hidden)
+        torch.testing.assert_close(got, expected, **TOLERANCE)
+        torch.testing.assert_close(got_hidden, expected_hidden, **TOLERANCE)
+        # fed back, one step at a time, as a streaming caller does
+        for t in range(3, 6):
+            expected, expected_hidden = model(tokens[t:t + 1], expected_hidden)
+            got, got_hidden = fast(tokens[t:t + 1], got_hidden)
+            torch.testing.assert_close(got, expected, **TOLERANCE)
+            torch.testing.assert_close(got_hidden, expected_hidden, **TOLERANCE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_a_bidirectional_projected_tagger_with_layer_norm_runs_whole_sequences(backend):
+    torch.manual_seed(2)
+    model = pruned(Tagger()).eval()
+    tokens = torch.randint(0, 40, (3, 7))
+    fast = sparsify(model, example_inputs=(tokens,), backend=backend)
+    assert fast.engine.program["mode"] == "whole"
+    ops = [op["op"] for op in fast.engine.program["ops"]]
+    assert ops == ["embedding", "rnn", "layer_norm", "relu", "linear", "log_softmax"]
+    with torch.no_grad():
+        for length in (7, 4, 11):  # any length; each call a sequence of its own
+            sequence = tokens.repeat(1, 2)[:, :length]
+            torch.testing.assert_close(fast(sequence), model(sequence), **TOLERANCE)
+    with pytest.raises(ValueError, match="whole sequences only"):
+        fast.engine.stream([np.zeros((2, 1, 3), np.int64)])
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_features_in_and_the_ops_besides_products(backend):
+    torch.manual_seed(3)
+    model = Mixer().eval()
+    features = torch.randn(2, 6, 8)
+    fast = sparsify(model, example_inputs=(features[:, :4],), backend=backend)
+    ops = {op["op"] for op in fast.engine.program["ops"]}
+    assert {"copy", "tanh", "mul", "sub", "div", "sigmoid", "add", "softmax"} <= ops
+    with torch.no_grad():
+        expected = model(features)
+        torch.testing.assert_close(fast(features), expected, **TOLERANCE)
+        fast.reset()
+        steps = [fast(step) for step in features.split(1, dim=1)]
+    for k in range(2):
+        torch.testing.assert_close(torch.cat([s[k] for s in steps], dim=1), expected[k], **TOLERANCE)
+
+
+class Unknown(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(4, 6)
+        self.head = nn.Linear(6, 3)
+
+    def forward(self, x):
+        hidden, _ = self.rnn(x)
+        return self.head(torch.cumsum(hidden, dim=-1))
+
+
+def test_an_unknown_op_names_itself_and_its_module_and_strict_false_falls_back():
+    model = Unknown().eval()
+    x = torch.randn(5, 2, 4)
+    with pytest.raises(LoweringError, match=r"\(the model's own forward\): aten.cumsum.default: operation"):
+        sparsify(model, example_inputs=(x,))
+    with pytest.warns(UserWarning, match="cumsum.*module by module"):
+        fast = sparsify(model, example_inputs=(x,), strict=False)
+    assert not isinstance(fast, SparseProgram)
+    with torch.no_grad():
+        torch.testing.assert_close(fast(x), model(x), **TOLERANCE)
+
+
+def test_example_inputs_whose_time_and_batch_agree_are_refused():
+    with pytest.raises(LoweringError, match="time length and batch size are both 3"):
+        sparsify(WordLM().eval(), example_inputs=(torch.zeros(3, 3, dtype=torch.long),))
+
+
+def test_engine_stream_equals_run_and_the_state_resets():
+    torch.manual_seed(4)
+    model = pruned(WordLM(nn.GRU)).eval()
+    tokens = torch.randint(0, 40, (8, 1))
+    engine = sparsify(model, example_inputs=(tokens,)).engine
+    ids = tokens.numpy()[:, None, :]  # (T, 1, n)
+    streamed = engine.stream([ids])[0]
+    engine.reset()
+    whole = engine.run([ids])[0]
+    np.testing.assert_allclose(streamed, whole, **TOLERANCE)
+    with torch.no_grad():
+        np.testing.assert_allclose(whole.transpose(0, 2, 1), model(tokens).numpy(), **TOLERANCE)
+
+
+# -- the program in the file ------------------------------------------------------------------------
+
+def test_a_saved_program_loads_with_and_without_the_model_class(tmp_path):
+    torch.manual_seed(5)
+    model = pruned(RNNModel()).eval()
+    tokens = torch.randint(0, 40, (6, 1))
+    hidden = (torch.zeros(2, 1, 16), torch.zeros(2, 1, 16))
+    path = tmp_path / "lm.safetensors"
+    save_sparse(model, path, example_inputs=(tokens, hidden))
+    loaded = load_sparse(RNNModel(), path)
+    assert isinstance(loaded, SparseProgram)
+    with torch.no_grad():
+        expected = model(tokens, hidden)
+        torch.testing.assert_close(loaded(tokens, hidden), expected, **TOLERANCE)
+    engine = ProgramEngine.from_file(path)
+    logits = engine.stream([tokens.numpy()[:, None, :], None, None])[0]  # (T*B, V) rows per step
+    np.testing.assert_allclose(logits.reshape(6, -1), expected[0].numpy(), **TOLERANCE)
+
+
+def _rewrite(path, edit):
+    """The file at ``path`` with its metadata changed by ``edit`` and the digest made to match again."""
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = json.loads(handle.metadata()["sparsernn"])
+    tensors = load_file(str(path))
+    edit(metadata)
+    metadata["sha256"] = _digest(tensors, metadata)
+    save_file(tensors, str(path), metadata={"sparsernn": json.dumps(metadata)})
+
+
+def test_format_2_files_still_load_and_the_program_is_checked(tmp_path):
+    model = pruned(WordLM(nn.GRU)).eval()
+    tokens = torch.randint(0, 40, (6, 1))
+    path = tmp_path / "lm.safetensors"
+    save_sparse(model, path)  # no program
+    _rewrite(path, lambda m: m.update(format=2))
+    with torch.no_grad():
+        torch.testing.assert_close(load_sparse(WordLM(nn.GRU), path)(tokens), model(tokens), **TOLERANCE)
+    save_sparse(model, path, example_inputs=(tokens,))
+    _rewrite(path, lambda m: m["program"]["ops"][2].update(weight="rnn.weight_hh_l0"))
+    with pytest.raises(ExportError, match=r"program: op 2 \('linear', module 'decoder'\): bias decoder.bias "
+                                          r"does not hold 48 values"):
+        load_sparse(WordLM(nn.GRU), path)
+    save_sparse(model, path, example_inputs=(tokens,))
+    _rewrite(path, lambda m: m["program"]["values"].update(linear=7))
+    with pytest.raises(ExportError, match=r"op 2 \('linear'.*holds 7 features, the op computes 40"):
+        ProgramEngine.from_file(path)
+
+
+def test_an_altered_program_fails_the_digest(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    path = tmp_path / "lm.safetensors"
+    save_sparse(pruned(WordLM()).eval(), path, example_inputs=(torch.zeros(4, 1, dtype=torch.long),))
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = json.loads(handle.metadata()["sparsernn"])
+    metadata["program"]["ops"][0]["weight"] = "decoder.weight"
+    save_file(load_file(str(path)), str(path), metadata={"sparsernn": json.dumps(metadata)})
+    with pytest.raises(ExportError, match="SHA-256"):
+        ProgramEngine.from_file(path)
