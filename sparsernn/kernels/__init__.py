@@ -568,8 +568,9 @@ class Program:
         if kind in BINARY:
             _, a, b, y = operation
             _float32("y", y, _float32("a", a, a.shape).shape)
-            inner = a.shape[1] if b.shape == a.shape[:1] and a.ndim == 2 else 1
-            if b.shape not in (a.shape, (1,)) and inner == 1:
+            per_feature = a.ndim == 2 and b.shape == a.shape[:1]  # broadcast over the n columns
+            inner = a.shape[1] if per_feature else 1
+            if b.shape not in (a.shape, (1,)) and not per_feature:
                 raise ValueError(f"{kind}: b of shape {b.shape} does not broadcast to a of shape {a.shape}")
             _float32("b", b, b.shape)
             return (7, a, b, y, BINARY[kind], a.size, b.size, inner) if compiled else None

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from sparsernn import kernels
-from sparsernn.kernels import CELLS, FormatError, SparseMatrix, recurrent, spmm
+from sparsernn.kernels import CELLS, FormatError, SparseMatrix, recurrent, reference, spmm
 
 pytestmark = pytest.mark.skipif(kernels.backend() != "c", reason="compiled kernels not built")
 
@@ -17,6 +17,7 @@ def _on(level):
                               reason=f"this build or CPU has no {level} kernels")
 
 
+BACKENDS = ["reference", "c"]
 #: Every instruction set of the kernels, each skipped where this machine lacks it.
 ISAS = [pytest.param(level, marks=_on(level)) for level in kernels.ISA_LEVELS]
 #: The one-column copy each instruction set uses.
@@ -514,3 +515,75 @@ def test_wrong_activation_shape_is_rejected():
     matrix = SparseMatrix.from_dense(np.ones((4, 4), np.float32))
     with pytest.raises(ValueError, match="x must be"):
         spmm(matrix, np.ones((3, 1), np.float32))
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("n", [1, 3])
+def test_program_ops_besides_products_against_torch(backend_name, n):
+    """gather, layer_norm, the elementwise functions, softmax, arithmetic, copy and cell against PyTorch."""
+    import torch
+
+    generator = np.random.default_rng(0)
+    x = generator.standard_normal((12, n)).astype(np.float32) * 3
+    other = generator.standard_normal((12, n)).astype(np.float32)
+    table = generator.standard_normal((7, 12)).astype(np.float32)
+    ids = np.array([4, 0, 6][:n], np.int32)
+    weight, bias = (generator.standard_normal(4).astype(np.float32) for _ in range(2))
+    per_feature = generator.standard_normal(12).astype(np.float32)
+    names = ("gather", "norm", "tanh", "relu", "sigmoid", "softmax", "log_softmax", "add", "mul", "sub", "div",
+             "scale")
+    out = {name: np.zeros((12, n), np.float32) for name in names}
+    cat = np.zeros((18, n), np.float32)
+    kernels.Program([("gather", table, ids, out["gather"]),
+                     ("layer_norm", x, out["norm"], weight, bias, 4, 1e-5),
+                     *[(name, x, out[name]) for name in ("tanh", "relu", "sigmoid")],
+                     ("softmax", x, out["softmax"], 6), ("log_softmax", x, out["log_softmax"], 6),
+                     *[(name, x, other, out[name]) for name in ("add", "mul", "sub", "div")],
+                     ("mul", x, per_feature, out["scale"]),
+                     ("copy", x, cat, 2, 3, 6, 1, 9, 0), ("copy", other, cat, 2, 6, 6, 0, 9, 3)],
+                    backend_name=backend_name)()
+    t = torch.from_numpy(x.T.copy())  # (n, 12): PyTorch's layout, features last
+    groups = t.reshape(n, 3, 4)
+    expected = {
+        "gather": torch.from_numpy(table)[torch.from_numpy(ids).long()],
+        "norm": torch.nn.functional.layer_norm(groups, (4,), torch.from_numpy(weight),
+                                               torch.from_numpy(bias)).reshape(n, 12),
+        "tanh": torch.tanh(t), "relu": torch.relu(t), "sigmoid": torch.sigmoid(t),
+        "softmax": torch.softmax(t.reshape(n, 2, 6), -1).reshape(n, 12),
+        "log_softmax": torch.log_softmax(t.reshape(n, 2, 6), -1).reshape(n, 12),
+        "add": t + torch.from_numpy(other.T), "mul": t * torch.from_numpy(other.T),
+        "sub": t - torch.from_numpy(other.T), "div": t / torch.from_numpy(other.T),
+        "scale": t * torch.from_numpy(per_feature)}
+    for name, value in expected.items():
+        np.testing.assert_allclose(out[name].T, value.numpy(), rtol=1e-5, atol=1e-5, err_msg=name)
+    # two runs of 3 features of x (from feature 1) and of 6 of other, interleaved as a concatenation
+    left, right = x.reshape(2, 6, n)[:, 1:4], other.reshape(2, 6, n)
+    np.testing.assert_array_equal(cat.reshape(2, 9, n), np.concatenate([left, right], axis=1))
+
+
+@pytest.mark.parametrize("backend_name", BACKENDS)
+@pytest.mark.parametrize("cell", ["gru", "lstm", "rnn_tanh"])
+def test_the_cell_operation_equals_the_reference_cell(backend_name, cell):
+    generator = np.random.default_rng(1)
+    hidden, n, gates = 8, 2, kernels.CELLS[cell]
+    xproj, projected = (generator.standard_normal((gates * hidden, n)).astype(np.float32) for _ in range(2))
+    h, c = (generator.standard_normal((hidden, n)).astype(np.float32) for _ in range(2))
+    out = np.zeros((hidden, n), np.float32)
+    lstm = cell == "lstm"
+    expected_h, expected_c = reference.cell_step(cell, xproj, projected, h, c.copy() if lstm else None)
+    state = c.copy()
+    kernels.Program([("cell", cell, xproj, projected, h, state if cell == "lstm" else None, out)],
+                    backend_name=backend_name)()
+    np.testing.assert_allclose(out, expected_h, rtol=1e-5, atol=1e-6)
+    if cell == "lstm":
+        np.testing.assert_allclose(state, expected_c, rtol=1e-5, atol=1e-6)
+
+
+def test_a_gather_outside_its_table_raises_and_bad_copies_are_refused():
+    table, y = np.zeros((3, 4), np.float32), np.zeros((4, 1), np.float32)
+    for backend_name in BACKENDS:
+        program = kernels.Program([("gather", table, np.array([3], np.int32), y)], backend_name=backend_name)
+        with pytest.raises(IndexError, match="outside its embedding table"):
+            program()
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.Program([("copy", y, y, 2, 4, 1, 0, 1, 0)])
