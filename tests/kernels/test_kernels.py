@@ -530,8 +530,8 @@ def test_program_ops_besides_products_against_torch(backend_name, n):
     ids = np.array([4, 0, 6][:n], np.int32)
     weight, bias = (generator.standard_normal(4).astype(np.float32) for _ in range(2))
     per_feature = generator.standard_normal(12).astype(np.float32)
-    names = ("gather", "norm", "tanh", "relu", "sigmoid", "softmax", "log_softmax", "add", "mul", "sub", "div",
-             "scale")
+    names = ("gather", "norm", "tanh", "relu", "sigmoid", "softmax", "log_softmax", "add", "mul", "sub",
+             "div", "scale")
     out = {name: np.zeros((12, n), np.float32) for name in names}
     cat = np.zeros((18, n), np.float32)
     kernels.Program([("gather", table, ids, out["gather"]),
