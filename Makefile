@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 
 .PHONY: run test lint bench clean
 
-$(BIN)/.installed: pyproject.toml setup.py sparsernn/kernels/_kernels.c
+$(BIN)/.installed: pyproject.toml setup.py sparsernn/kernels/_kernels.c $(wildcard runtime/src/*.[ch])
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'

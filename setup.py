@@ -1,4 +1,5 @@
-"""Builds the C kernels (sparsernn.kernels._kernels); everything else is in pyproject.toml.
+"""Builds the C kernels (sparsernn.kernels._kernels: the binding in sparsernn/kernels over the compute core
+in runtime/src, which the C runtime builds too); everything else is in pyproject.toml.
 
 Compiled for the machine that installs (-march=native: AVX2/FMA where present), with OpenMP threads.
 SPARSERNN_PORTABLE=1 drops -march=native for a wheel that runs on other CPUs. The extension is
@@ -17,5 +18,8 @@ flags = ["-O3", "-fno-wrapv", "-fopenmp", "-std=c11"]
 if not os.environ.get("SPARSERNN_PORTABLE"):
     flags.append("-march=native")
 
-setup(ext_modules=[Extension("sparsernn.kernels._kernels", ["sparsernn/kernels/_kernels.c"],
+CORE = ["runtime/src/kernels.c", "runtime/src/ops.c"]
+
+setup(ext_modules=[Extension("sparsernn.kernels._kernels", ["sparsernn/kernels/_kernels.c", *CORE],
+                             include_dirs=["runtime/src"], depends=["runtime/src/kernels.h", "runtime/src/simd.h"],
                              extra_compile_args=flags, extra_link_args=["-fopenmp"], optional=True)])

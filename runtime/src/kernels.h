@@ -1,0 +1,95 @@
+/* sparsernn's compute core, shared by the C runtime (libsparsernn) and the Python extension
+ * (sparsernn.kernels._kernels): block-sparse products, recurrent layers with fused gates, and the other
+ * operations of a model's program. No Python, no allocation but where a function says so.
+ *
+ * Layouts (all float32, C order, feature-major: a vector of F features for N columns is (F, N)):
+ *   matrix  rows x cols in r x c blocks: rowptr[rows/r + 1] (int32), index[nblocks] (uint16 or int32
+ *           block-column numbers), values[nblocks * r * c] (row-major inside a block).
+ *   product X is (cols, N), Y is (rows, N): Y = W X (+ bias per row).
+ *   recurrent  xproj (T, G*H, B): input projections incl. b_ih; out (T, H, B); h, c (H, B) in/out.
+ *   one-column copy  optional second copy of an unstructured uint16 matrix for products with one
+ *           column, in one of two layouts (lanes = 0: none):
+ *     lanes 8, interleaved (SELL-8-sigma, AVX2): rows sorted by length within windows of sigma rows,
+ *           then taken 8 at a time; group g holds slots [ptr[g], ptr[g+1]), slot s the s-th non-zero of
+ *           each of its 8 rows (lanes) in values[8s..8s+8] and index[8s..8s+8] (uint16; zero value,
+ *           index 0 past a row's end), and lane l computes row order[8g + l].
+ *     lanes 16, sliced (AVX-512): columns in slices of SLICE (64); each window of sigma rows, sorted by
+ *           length, split into ceil(sigma/16) groups of 16 rows (lane l of group g computes row
+ *           order[16g + l], -1 for a lane past the window); segment (g, j) = group g's non-zeros in slice j,
+ *           slots [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
+ *           each lane's row: values[16s..16s+16], index[16s..16s+16] (uint8 column within the slice).
+ *     Either layout's values are float32 or, with bf16 = 1, bfloat16 (the upper 16 bits of the float32,
+ *           uint16): the kernels widen them in registers and read half the value bytes. With bf16 = 1
+ *           and no copy (lanes = 0), sell_values holds the matrix's block values in bfloat16, which
+ *           the one-column kernels of 8x1 and 16x1 blocks read instead of values.
+ *
+ * Callers check every size and index before a matrix is made (sr_matrix_check, the file reader, the
+ * Python binding); the kernels trust them.
+ */
+#ifndef SPARSERNN_KERNELS_H
+#define SPARSERNN_KERNELS_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define SLICE 64 /* columns in a slice of the sliced one-column copy; sparsernn.kernels.SLICE */
+
+typedef struct Matrix Matrix;
+/* Block rows [br0, br1) of Y = W X + bias for a fixed number of columns (X row stride ldx, Y row stride ldy). */
+typedef void (*kernel_fn)(const Matrix *, int, int, const float *, long, float *, long, const float *);
+
+struct Matrix {
+    int rows, cols, r, c, wide; /* wide: int32 block-column indices, else uint16 */
+    const int32_t *rowptr;
+    const void *index;
+    const float *values;
+    kernel_fn by_width[3]; /* for 16, 4 and 1 columns, chosen by sr_matrix_kernels (NULL: generic) */
+    int lanes, sigma;      /* the one-column copy's layout (8, 16; 0: none) and window */
+    int sell_bf16;         /* sell_values are bfloat16 (uint16), else float32; without a copy (lanes 0)
+                              they are the block values in bfloat16, for the R x 1 one-column kernels */
+    const int32_t *sell_ptr, *sell_order;
+    const void *sell_index;
+    const void *sell_values;
+};
+
+enum { CELL_TANH = 0, CELL_RELU = 1, CELL_GRU = 2, CELL_LSTM = 3, CELL_CLIPPED_RELU = 4 };
+enum { UNARY_TANH = 0, UNARY_RELU = 1, UNARY_SIGMOID = 2 };
+enum { BINARY_ADD = 0, BINARY_MUL = 1, BINARY_SUB = 2, BINARY_DIV = 3 };
+
+/* ---- instruction sets (kernels.c) ---- */
+int sr_avx2(void);              /* built with AVX2 (-march on an AVX2 machine) */
+int sr_cpu_avx512(void);        /* the CPU (and OS) run AVX-512F, found at the first call */
+int sr_set_avx512(int allowed); /* allow the AVX-512 kernels or not; -1 if asked where the CPU lacks them */
+int sr_use_avx512(void);
+int sr_openmp(void);            /* built with OpenMP threads */
+
+/* ---- products and recurrent layers (kernels.c) ---- */
+/* Chooses m's kernels for 16, 4 and 1 columns, by its layout and the instruction sets allowed now. */
+void sr_matrix_kernels(Matrix *m);
+/* Y = W X + bias over N columns, the block rows split among threads on whole windows. */
+void sr_product(const Matrix *m, const float *X, float *Y, long N, const float *bias, int threads);
+int sr_cell_gates(int cell);
+/* Bytes of scratch sr_recurrent needs for these sizes. */
+size_t sr_recurrent_scratch(int cell, long H, long B, int threads);
+/* One layer and direction over T steps, in place on h (and c); scratch: sr_recurrent_scratch bytes, or
+ * NULL to allocate it here (then -1 when out of memory). */
+int sr_recurrent(int cell, const Matrix *m, const float *bias, const float *xproj, float *out, float *h, float *c,
+                 long T, long B, int reverse, int threads, void *scratch);
+
+/* ---- the other operations (ops.c) ---- */
+/* A cell's equations on units q in [q0, q1) (q = j * B + b): gates = W_hh h + b_hh (G*H, B), x = xproj[t];
+ * h_next, c and out (H, B) written. */
+void sr_pointwise(int cell, long H, long B, long q0, long q1, const float *x, const float *gates, const float *h,
+                  float *h_next, float *c, float *out);
+void sr_attend(const float *q, const float *keys, const float *memory, const int32_t *lengths, const float *v,
+               float *context, long H, long S, long B, float *scratch);
+void sr_unary(int fn, const float *x, float *y, long count);
+int sr_gather(const float *table, long rows, long width, const int32_t *ids, float *y, long n);
+void sr_layer_norm(const float *x, float *y, const float *weight, const float *bias, long groups, long size,
+                   float eps, long n);
+void sr_softmax(const float *x, float *y, long groups, long size, int log, long n);
+void sr_binary(int fn, const float *a, const float *b, float *y, long count, long b_count, long inner);
+void sr_copy_features(const float *x, float *y, long outer, long length, long x_stride, long x_offset,
+                      long y_stride, long y_offset, long n);
+
+#endif
