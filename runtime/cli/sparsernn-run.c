@@ -1,0 +1,204 @@
+/* sparsernn-run: run a sparsernn model file (format 3, with a program) on a sequence, without Python.
+ *
+ *   sparsernn-run MODEL.safetensors --input IN.npy --output OUT.npy [--whole] [--threads N]
+ *   sparsernn-run MODEL.safetensors --info
+ *
+ * IN holds token ids (T,) as int32 or int64, or features (T, F) as float32. OUT (T, F_out) float32 holds
+ * the model's first output for each step, streamed one step per row from a fresh state, or with --whole
+ * computed over the sequence at once (needed for bidirectional models). Errors: one line, exit status 2. */
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "sparsernn.h"
+
+static int fail(const char *message) {
+    fprintf(stderr, "sparsernn-run: %s\n", message);
+    return 2;
+}
+
+/* A .npy file (format 1 or 2, little-endian, C order) of int32, int64 or float32, one or two dimensions. */
+typedef struct {
+    char kind;  /* 'i' or 'f' */
+    int size;   /* bytes a value */
+    long shape[2];
+    int rank;
+    void *data;
+} array;
+
+static int read_npy(const char *path, array *a, char *error, size_t error_size) {
+    FILE *file = fopen(path, "rb");
+    if (!file) return snprintf(error, error_size, "%s: cannot open the file", path), -1;
+    unsigned char magic[10];
+    int status = -1;
+    char *header = NULL;
+    if (fread(magic, 1, 10, file) != 10 || memcmp(magic, "\x93NUMPY", 6) || (magic[6] != 1 && magic[6] != 2)) {
+        snprintf(error, error_size, "%s: not a .npy file", path);
+        goto done;
+    }
+    size_t length = magic[8] | (size_t)magic[9] << 8;
+    if (magic[6] == 2) {
+        unsigned char more[2];
+        if (fread(more, 1, 2, file) != 2) goto truncated;
+        length |= (size_t)more[0] << 16 | (size_t)more[1] << 24;
+    }
+    if (length > 1 << 20 || !(header = calloc(length + 1, 1)) || fread(header, 1, length, file) != length) goto truncated;
+    const char *descr = strstr(header, "'descr':"), *order = strstr(header, "'fortran_order':"),
+               *shape = strstr(header, "'shape':");
+    if (!descr || !order || !shape) {
+        snprintf(error, error_size, "%s: .npy header without descr, fortran_order or shape", path);
+        goto done;
+    }
+    descr = strchr(descr + 8, '\'');
+    if (!descr || (strncmp(descr, "'<i4'", 5) && strncmp(descr, "'<i8'", 5) && strncmp(descr, "'<f4'", 5))) {
+        snprintf(error, error_size, "%s: values must be int32, int64 or float32 (little-endian)", path);
+        goto done;
+    }
+    a->kind = descr[2], a->size = descr[3] - '0';
+    if (strncmp(order + 16, " False", 6)) {
+        snprintf(error, error_size, "%s: Fortran order is not supported; save a C-order array", path);
+        goto done;
+    }
+    const char *p = strchr(shape, '(');
+    a->rank = 0;
+    while (p && *++p && *p != ')') {
+        char *end;
+        const long n = strtol(p, &end, 10);
+        if (end == p) break;
+        if (a->rank == 2 || n < 0) {
+            snprintf(error, error_size, "%s: the array must have one or two dimensions", path);
+            goto done;
+        }
+        a->shape[a->rank++] = n;
+        p = end;
+        if (*p != ',') break;
+    }
+    if (a->rank < 1 || (a->kind == 'i' && a->rank != 1) || (a->kind == 'f' && a->rank != 2)) {
+        snprintf(error, error_size, "%s: token ids must be (T,) int32/int64, features (T, F) float32", path);
+        goto done;
+    }
+    const size_t count = (size_t)a->shape[0] * (size_t)(a->rank == 2 ? a->shape[1] : 1);
+    if (!(a->data = malloc(count * (size_t)a->size + 1)) || fread(a->data, (size_t)a->size, count, file) != count) goto truncated;
+    status = 0;
+    goto done;
+truncated:
+    snprintf(error, error_size, "%s: truncated .npy file", path);
+done:
+    free(header);
+    fclose(file);
+    return status;
+}
+
+static int write_npy(const char *path, const float *data, long rows, long columns) {
+    char header[128];
+    int n = snprintf(header, sizeof header, "{'descr': '<f4', 'fortran_order': False, 'shape': (%ld, %ld), }", rows,
+                     columns);
+    const int total = ((10 + n + 1 + 63) / 64) * 64; /* header padded with spaces, ending in a newline */
+    memset(header + n, ' ', (size_t)(total - 10 - n - 1));
+    header[total - 10 - 1] = '\n';
+    unsigned char magic[10] = {0x93, 'N', 'U', 'M', 'P', 'Y', 1, 0, (unsigned char)((total - 10) & 0xff),
+                               (unsigned char)((total - 10) >> 8)};
+    FILE *file = fopen(path, "wb");
+    if (!file) return -1;
+    const int ok = fwrite(magic, 1, 10, file) == 10 && fwrite(header, 1, (size_t)(total - 10), file) == (size_t)(total - 10) &&
+                   fwrite(data, sizeof(float), (size_t)(rows * columns), file) == (size_t)(rows * columns);
+    return fclose(file) || !ok ? -1 : 0;
+}
+
+int main(int argc, char **argv) {
+    const char *model_path = NULL, *input = NULL, *output = NULL;
+    int whole = 0, info = 0, threads = 1;
+    for (int i = 1; i < argc; ++i) {
+        if (!strcmp(argv[i], "--input") && i + 1 < argc) input = argv[++i];
+        else if (!strcmp(argv[i], "--output") && i + 1 < argc) output = argv[++i];
+        else if (!strcmp(argv[i], "--threads") && i + 1 < argc) threads = atoi(argv[++i]);
+        else if (!strcmp(argv[i], "--whole")) whole = 1;
+        else if (!strcmp(argv[i], "--info")) info = 1;
+        else if (!strcmp(argv[i], "-h") || !strcmp(argv[i], "--help")) {
+            puts("usage: sparsernn-run MODEL.safetensors --input IN.npy --output OUT.npy [--whole] [--threads N]\n"
+                 "       sparsernn-run MODEL.safetensors --info");
+            return 0;
+        } else if (argv[i][0] != '-' && !model_path) model_path = argv[i];
+        else {
+            char message[300];
+            snprintf(message, sizeof message, "unknown argument %s (see --help)", argv[i]);
+            return fail(message);
+        }
+    }
+    if (!model_path || (!info && (!input || !output)))
+        return fail("usage: sparsernn-run MODEL.safetensors --input IN.npy --output OUT.npy [--whole] [--threads N]");
+    if (threads < 1) return fail("--threads must be at least 1");
+    char error[512];
+    sr_model *model;
+    if (sr_model_from_file(model_path, &model, error, sizeof error)) return fail(error);
+    if (info) {
+        const size_t n = sr_model_describe(model, NULL, 0);
+        char *text = malloc(n + 1);
+        if (text) sr_model_describe(model, text, n + 1), fputs(text, stdout);
+        free(text);
+        sr_model_free(model);
+        return 0;
+    }
+    array in = {0};
+    int status = 2;
+    float *out = NULL;
+    void *memory = NULL;
+    if (read_npy(input, &in, error, sizeof error)) goto failed;
+    const long T = in.shape[0], features = (long)sr_model_input_size(model), out_size = (long)sr_model_output_size(model);
+    if (sr_model_input_ids(model) != (in.kind == 'i') || (in.kind == 'f' && in.shape[1] != features)) {
+        if (sr_model_input_ids(model)) snprintf(error, sizeof error, "%s: the model takes token ids: (T,) int32 or int64", input);
+        else snprintf(error, sizeof error, "%s: the model takes (T, %ld) float32 features", input, features);
+        goto failed;
+    }
+    if (in.kind == 'i' && in.size == 8) { /* int64 ids to int32, each checked */
+        int32_t *ids = (int32_t *)in.data;
+        for (long t = 0; t < T; ++t) {
+            int64_t id;
+            memcpy(&id, (char *)in.data + 8 * t, 8);
+            if (id < INT32_MIN || id > INT32_MAX) {
+                snprintf(error, sizeof error, "%s: token id %lld at row %ld does not fit int32", input, (long long)id, t);
+                goto failed;
+            }
+            ids[t] = (int32_t)id;
+        }
+        in.size = 4;
+    }
+    out = malloc(sizeof(float) * (size_t)(T * out_size + 1));
+    if (!out) goto memory;
+    if (whole || sr_model_whole(model)) {
+        if (!whole) {
+            snprintf(error, sizeof error, "%s: the model has a bidirectional layer: run it with --whole", model_path);
+            goto failed;
+        }
+        const size_t size = sr_run_size(model, T, threads);
+        if (!(memory = malloc(size))) goto memory;
+        if (T && sr_run(model, T, in.data, out, memory, size, threads, error, sizeof error)) goto failed;
+    } else {
+        const size_t size = sr_state_size(model, threads);
+        sr_state *state;
+        if (!(memory = malloc(size))) goto memory;
+        if (sr_state_init(model, memory, size, threads, &state)) {
+            snprintf(error, sizeof error, "--threads %d: this build runs one thread (make runtime OPENMP=1)", threads);
+            goto failed;
+        }
+        for (long t = 0; t < T; ++t)
+            if (sr_step(state, (char *)in.data + (size_t)t * (size_t)in.size * (size_t)(in.kind == 'i' ? 1 : features),
+                        out + t * out_size, error, sizeof error))
+                goto failed;
+    }
+    if (write_npy(output, out, T, out_size)) {
+        snprintf(error, sizeof error, "%s: cannot write the file", output);
+        goto failed;
+    }
+    status = 0;
+    goto done;
+memory:
+    snprintf(error, sizeof error, "out of memory");
+failed:
+    fail(error);
+done:
+    free(in.data), free(out), free(memory);
+    sr_model_free(model);
+    return status;
+}

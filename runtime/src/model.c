@@ -1,0 +1,366 @@
+/* Reading a model file: the safetensors container, the sparsernn metadata, the digest, every tensor and
+ * sparse matrix checked before use (docs/FORMAT.md). */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "internal.h"
+#include "sha256.h"
+
+#define MAX_HEADER (100u << 20) /* safetensors' own limit on the JSON header */
+
+static const struct {
+    const char *name, *numpy; /* safetensors dtype, numpy's dtype.str (the digest names it) */
+    int size;
+} DTYPES[] = {{"F32", "<f4", 4}, {"F16", "<f2", 2}, {"U16", "<u2", 2}, {"I32", "<i4", 4}, {"I64", "<i8", 8},
+              {"U8", "|u1", 1},  {"I8", "|i1", 1},  {"I16", "<i2", 2}, {"U32", "<u4", 4}, {"U64", "<u8", 8},
+              {"F64", "<f8", 8}, {"BOOL", "|b1", 1}};
+
+const char *sr_status_name(sr_status status) {
+    static const char *names[] = {"ok", "cannot read the file", "not a valid sparsernn file", "digest mismatch",
+                                  "bad program", "out of memory", "bad argument"};
+    return (unsigned)status < sizeof names / sizeof *names ? names[status] : "unknown error";
+}
+
+static void *aligned(size_t bytes) {
+    void *p = NULL;
+    return posix_memalign(&p, 64, bytes ? bytes : 64) ? NULL : p;
+}
+
+static float half_to_float(uint16_t h) {
+    const uint32_t sign = (uint32_t)(h >> 15) << 31;
+    uint32_t exponent = (h >> 10) & 0x1f, mantissa = h & 0x3ff, bits;
+    if (exponent == 0x1f) {
+        bits = sign | 0x7f800000u | mantissa << 13;
+    } else if (exponent) {
+        bits = sign | (exponent + 112) << 23 | mantissa << 13;
+    } else if (mantissa) { /* subnormal: normalise */
+        exponent = 113;
+        while (!(mantissa & 0x400)) mantissa <<= 1, exponent--;
+        bits = sign | exponent << 23 | (mantissa & 0x3ff) << 13;
+    } else {
+        bits = sign;
+    }
+    float f;
+    memcpy(&f, &bits, 4);
+    return f;
+}
+
+static const tensor *find_tensor(const sr_model *model, const char *name) {
+    for (int i = 0; i < model->tensor_count; ++i)
+        if (!strcmp(model->tensors[i].name, name)) return &model->tensors[i];
+    return NULL;
+}
+
+const weight *sr_find_weight(const sr_model *model, const char *name) {
+    for (int i = 0; name && i < model->weight_count; ++i)
+        if (!strcmp(model->weights[i].name, name)) return &model->weights[i];
+    return NULL;
+}
+
+static int compare_names(const void *a, const void *b) {
+    return strcmp(((const tensor *)a)->name, ((const tensor *)b)->name);
+}
+
+static void hash_write(void *context, const void *data, size_t size) { sha256_update(context, data, size); }
+
+/* The digest of docs/FORMAT.md: every tensor (sorted by name) as "name:dtype:shape;" and its bytes, then
+ * the metadata without sha256 as canonical JSON. */
+static void digest(const sr_model *model, char hex[65]) {
+    sha256 s;
+    sha256_init(&s);
+    for (int i = 0; i < model->tensor_count; ++i) {
+        const tensor *t = &model->tensors[i];
+        char head[512];
+        int n = snprintf(head, sizeof head, "%s:%s:(", t->name, DTYPES[t->dtype].numpy);
+        sha256_update(&s, head, (size_t)n);
+        for (int d = 0; d < t->rank; ++d) {
+            n = snprintf(head, sizeof head, d + 1 < t->rank ? "%lld, " : t->rank == 1 ? "%lld," : "%lld", t->shape[d]);
+            sha256_update(&s, head, (size_t)n);
+        }
+        sha256_update(&s, ");", 2);
+        sha256_update(&s, t->data, t->count * (size_t)DTYPES[t->dtype].size);
+    }
+    json_canonical(model->metadata, "sha256", hash_write, &s);
+    unsigned char bytes[32];
+    sha256_final(&s, bytes);
+    for (int i = 0; i < 32; ++i) snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
+}
+
+/* The safetensors container: the header's tensors, each checked against the data section and copied. */
+static sr_status read_container(sr_model *model, const unsigned char *file, size_t size, json **metadata_text,
+                                char *error, size_t error_size) {
+    if (size < 8) return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "not a safetensors file (%zu bytes)", size);
+    uint64_t header_size = 0;
+    for (int i = 7; i >= 0; --i) header_size = header_size << 8 | file[i];
+    if (header_size > MAX_HEADER || header_size > size - 8)
+        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "truncated or not a safetensors file (header of %" PRIu64
+                       " bytes in a file of %zu)", header_size, size);
+    char reason[160];
+    json *header = json_parse((const char *)file + 8, (size_t)header_size, reason, sizeof reason);
+    if (!header || header->kind != JSON_OBJECT) {
+        json_free(header);
+        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "safetensors header is not a JSON object (%s)",
+                       header ? "another value" : reason);
+    }
+    const unsigned char *data = file + 8 + header_size;
+    const size_t data_size = size - 8 - (size_t)header_size;
+    model->tensors = calloc(header->count + 1, sizeof(tensor));
+    if (!model->tensors) {
+        json_free(header);
+        return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+    }
+    sr_status status = SR_OK;
+    for (json *entry = header->child; entry && !status; entry = entry->next) {
+        if (!strcmp(entry->key, "__metadata__")) {
+            const char *text = json_string(json_get(entry, "sparsernn"));
+            if (!text) {
+                status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "no sparsernn metadata; not a sparsernn model file");
+                break;
+            }
+            *metadata_text = json_parse(text, strlen(text), reason, sizeof reason);
+            if (!*metadata_text || (*metadata_text)->kind != JSON_OBJECT)
+                status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "metadata is not a JSON object (%s)",
+                                 *metadata_text ? "another value" : reason);
+            continue;
+        }
+        tensor *t = &model->tensors[model->tensor_count];
+        const char *dtype = json_string(json_get(entry, "dtype"));
+        const json *shape = json_get(entry, "shape"), *offsets = json_get(entry, "data_offsets");
+        t->dtype = -1;
+        for (size_t d = 0; dtype && d < sizeof DTYPES / sizeof *DTYPES; ++d)
+            if (!strcmp(dtype, DTYPES[d].name)) t->dtype = (int)d;
+        long long begin, end;
+        if (t->dtype < 0 || !shape || shape->kind != JSON_ARRAY || shape->count > 8 || !offsets ||
+            offsets->kind != JSON_ARRAY || offsets->count != 2 || json_integer(json_at(offsets, 0), 0, (long long)data_size, &begin) ||
+            json_integer(json_at(offsets, 1), begin, (long long)data_size, &end)) {
+            status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: bad dtype, shape or data_offsets "
+                             "(or outside the file's %zu data bytes)", entry->key, data_size);
+            break;
+        }
+        t->rank = (int)shape->count;
+        t->count = 1;
+        for (int d = 0; d < t->rank && !status; ++d) {
+            if (json_integer(json_at(shape, (size_t)d), 0, 1LL << 40, &t->shape[d]) ||
+                (t->shape[d] && t->count > (SIZE_MAX / 8) / (size_t)t->shape[d]))
+                status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: bad shape", entry->key);
+            t->count *= (size_t)t->shape[d];
+        }
+        if (status) break;
+        if ((size_t)(end - begin) != t->count * (size_t)DTYPES[t->dtype].size) {
+            status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: %lld bytes for %zu %s values",
+                             entry->key, end - begin, t->count, DTYPES[t->dtype].name);
+            break;
+        }
+        t->name = strdup(entry->key);
+        t->data = aligned((size_t)(end - begin));
+        if (!t->name || !t->data) {
+            free(t->name), free(t->data);
+            status = SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+            break;
+        }
+        memcpy(t->data, data + begin, (size_t)(end - begin));
+        model->tensor_count++;
+    }
+    json_free(header);
+    if (!status && !*metadata_text) status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "no sparsernn metadata; not a sparsernn model file");
+    return status;
+}
+
+static const char *shape_text(const long long *shape, int rank, char *text, size_t size) {
+    size_t n = (size_t)snprintf(text, size, "(");
+    for (int d = 0; d < rank && n < size; ++d) n += (size_t)snprintf(text + n, size - n, d ? ", %lld" : "%lld", shape[d]);
+    if (n < size) snprintf(text + n, size - n, ")");
+    return text;
+}
+
+/* A sparse matrix's three tensors checked as sparsernn.kernels.SparseMatrix.validate does, values decoded. */
+static sr_status read_sparse(sr_model *model, weight *w, const json *info, char *error, size_t error_size) {
+    const json *block = json_get(info, "block");
+    const char *kind = json_string(json_get(info, "values"));
+    long long r, c;
+    const long long rows = w->shape[0], cols = w->shape[1];
+    if (w->rank != 2 || !block || block->count != 2 || json_integer(json_at(block, 0), 1, 64, &r) ||
+        json_integer(json_at(block, 1), 1, 64, &c) || rows % r || cols % c || rows >= INT32_MAX || cols >= INT32_MAX)
+        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: block does not tile its shape", w->name);
+    if (!kind || (strcmp(kind, "fp32") && strcmp(kind, "fp16") && strcmp(kind, "bf16")))
+        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: unknown value type", w->name);
+    char name[600];
+    snprintf(name, sizeof name, "%s.rowptr", w->name);
+    const tensor *rowptr = find_tensor(model, name);
+    snprintf(name, sizeof name, "%s.index", w->name);
+    const tensor *index = find_tensor(model, name);
+    snprintf(name, sizeof name, "%s.values", w->name);
+    const tensor *values = find_tensor(model, name);
+    const long long block_rows = rows / r;
+    if (!rowptr || rowptr->dtype != DT_I32 || rowptr->rank != 1 || rowptr->shape[0] != block_rows + 1)
+        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: rowptr missing or not int32 of length %lld",
+                       w->name, block_rows + 1);
+    const int32_t *ptr = rowptr->data;
+    if (ptr[0] != 0) return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: rowptr must start at 0", w->name);
+    for (long long i = 0; i < block_rows; ++i)
+        if (ptr[i + 1] < ptr[i]) return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: rowptr decreases", w->name);
+    const long long nblocks = ptr[block_rows];
+    if (!index || index->rank != 1 || index->shape[0] != nblocks || (index->dtype != DT_U16 && index->dtype != DT_I32))
+        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: index missing or not uint16/int32 of length "
+                       "%lld", w->name, nblocks);
+    for (long long k = 0; k < nblocks; ++k) {
+        const long long column = index->dtype == DT_U16 ? ((const uint16_t *)index->data)[k]
+                                                        : ((const int32_t *)index->data)[k];
+        if (column < 0 || column >= cols / c)
+            return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: column index %lld out of range [0, %lld)",
+                           w->name, column, cols / c);
+    }
+    const int want = !strcmp(kind, "fp32") ? DT_F32 : !strcmp(kind, "fp16") ? DT_F16 : DT_U16;
+    if (!values || values->dtype != want || values->rank != 3 || values->shape[0] != nblocks || values->shape[1] != r ||
+        values->shape[2] != c)
+        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: values missing or not (%lld, %lld, %lld) %s",
+                       w->name, nblocks, r, c, kind);
+    float *decoded = values->data;
+    if (want != DT_F32) {
+        decoded = aligned(values->count * sizeof(float));
+        if (!decoded) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+        const uint16_t *bits = values->data;
+        for (size_t i = 0; i < values->count; ++i) {
+            if (want == DT_F16) {
+                decoded[i] = half_to_float(bits[i]);
+            } else {
+                const uint32_t wide = (uint32_t)bits[i] << 16;
+                memcpy(&decoded[i], &wide, 4);
+            }
+        }
+        w->owned[0] = decoded;
+    }
+    w->matrix = (Matrix){.rows = (int)rows, .cols = (int)cols, .r = (int)r, .c = (int)c,
+                         .wide = index->dtype == DT_I32, .rowptr = ptr, .index = index->data, .values = decoded};
+    sr_matrix_kernels(&w->matrix);
+    w->stored_bytes = rowptr->count * 4 + index->count * (index->dtype == DT_I32 ? 4 : 2) +
+                      values->count * (want == DT_F32 ? 4 : 2);
+    return SR_OK;
+}
+
+static sr_status read_weights(sr_model *model, char *error, size_t error_size) {
+    const json *matrices = json_get(model->metadata, "matrices"), *ties = json_get(model->metadata, "ties");
+    if (!matrices || matrices->kind != JSON_OBJECT)
+        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "metadata has no matrices");
+    const size_t tie_count = ties && ties->kind == JSON_OBJECT ? ties->count : 0;
+    model->weights = calloc(matrices->count + tie_count + 1, sizeof(weight));
+    if (!model->weights) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+    for (const json *info = matrices->child; info; info = info->next) {
+        weight *w = &model->weights[model->weight_count++];
+        w->name = strdup(info->key);
+        const char *storage = json_string(json_get(info, "storage"));
+        const json *shape = json_get(info, "shape");
+        if (!w->name) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+        if (!storage || !shape || shape->kind != JSON_ARRAY || shape->count > 8)
+            return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: storage or shape missing", w->name);
+        long long dims[8];
+        w->rank = (int)shape->count;
+        for (int d = 0; d < w->rank; ++d)
+            if (json_integer(json_at(shape, (size_t)d), 0, 1LL << 40, &dims[d]))
+                return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: bad shape", w->name);
+        for (int d = 0; d < 2 && d < w->rank; ++d) w->shape[d] = dims[d];
+        json_integer(json_get(info, "nonzeros"), 0, 1LL << 50, &w->nonzeros);
+        if (!strcmp(storage, "dense")) {
+            const tensor *t = find_tensor(model, w->name);
+            char a[96], b[96];
+            if (!t || t->rank != w->rank || (t->rank && memcmp(t->shape, dims, sizeof(long long) * (size_t)t->rank)))
+                return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: missing or of shape %s, metadata says %s",
+                               w->name, t ? shape_text(t->shape, t->rank, a, sizeof a) : "none",
+                               shape_text(dims, w->rank, b, sizeof b));
+            if (t->dtype == DT_F32) w->dense = t->data;
+            w->stored_bytes = t->count * (size_t)DTYPES[t->dtype].size;
+        } else if (!strcmp(storage, "csr") || !strcmp(storage, "blocks")) {
+            const sr_status status = read_sparse(model, w, info, error, error_size);
+            if (status) return status;
+        } else {
+            return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: unknown storage %s", w->name, storage);
+        }
+    }
+    for (const json *tie = ties ? ties->child : NULL; tie && tie_count; tie = tie->next) {
+        const weight *stored = sr_find_weight(model, json_string(tie));
+        if (!stored) return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tie %s names no stored tensor", tie->key);
+        weight *w = &model->weights[model->weight_count++];
+        *w = *stored; /* the same arrays, owned by the stored weight */
+        memset(w->owned, 0, sizeof w->owned);
+        w->name = strdup(tie->key);
+        if (!w->name) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+    }
+    return SR_OK;
+}
+
+sr_status sr_model_from_buffer(const void *data, size_t size, sr_model **out, char *error, size_t error_size) {
+    char scratch[8];
+    if (!error || !error_size) error = scratch, error_size = sizeof scratch;
+    *out = NULL;
+    sr_model *model = calloc(1, sizeof(sr_model));
+    if (!model) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+    model->file_bytes = (long long)size;
+    sr_status status = read_container(model, data, size, &model->metadata, error, error_size);
+    long long format = 0;
+    if (!status && json_integer(json_get(model->metadata, "format"), 0, 1000, &format))
+        status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "metadata has no format version");
+    if (!status && format != 2 && format != 3)
+        status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "format version %lld; this runtime reads 2 and 3 "
+                         "(export the model again)", format);
+    if (!status) {
+        qsort(model->tensors, (size_t)model->tensor_count, sizeof(tensor), compare_names);
+        char hex[65];
+        digest(model, hex);
+        const char *expected = json_string(json_get(model->metadata, "sha256"));
+        if (!expected || strcmp(hex, expected))
+            status = SR_FAIL(SR_ERROR_DIGEST, error, error_size, "tensors or metadata do not match the file's "
+                             "SHA-256; the file was altered or damaged");
+    }
+    if (!status) status = read_weights(model, error, error_size);
+    if (!status) {
+        const json *program = json_get(model->metadata, "program");
+        status = program ? sr_program_load(model, program, error, error_size)
+                         : SR_FAIL(SR_ERROR_PROGRAM, error, error_size, "no program in this file; save it with "
+                                   "sparsernn.save_sparse(model, path, example_inputs=...)");
+    }
+    if (status) {
+        sr_model_free(model);
+        return status;
+    }
+    *out = model;
+    return SR_OK;
+}
+
+sr_status sr_model_from_file(const char *path, sr_model **model, char *error, size_t error_size) {
+    char scratch[8];
+    if (!error || !error_size) error = scratch, error_size = sizeof scratch;
+    *model = NULL;
+    FILE *file = fopen(path, "rb");
+    if (!file) return SR_FAIL(SR_ERROR_IO, error, error_size, "%s: cannot open the file", path);
+    unsigned char *data = NULL;
+    long size = -1;
+    if (!fseek(file, 0, SEEK_END)) size = ftell(file);
+    if (size >= 0 && !fseek(file, 0, SEEK_SET)) data = malloc((size_t)size + 1);
+    const int read = data && fread(data, 1, (size_t)size, file) == (size_t)size;
+    fclose(file);
+    if (!read) {
+        free(data);
+        return data || size < 0 ? SR_FAIL(SR_ERROR_IO, error, error_size, "%s: cannot read the file", path)
+                                : SR_FAIL(SR_ERROR_MEMORY, error, error_size, "%s: out of memory", path);
+    }
+    char reason[400];
+    const sr_status status = sr_model_from_buffer(data, (size_t)size, model, reason, sizeof reason);
+    free(data);
+    if (status) snprintf(error, error_size, "%s: %s", path, reason);
+    return status;
+}
+
+void sr_model_free(sr_model *model) {
+    if (!model) return;
+    sr_program_free(model);
+    for (int i = 0; i < model->weight_count; ++i) {
+        for (int j = 0; j < 4; ++j) free(model->weights[i].owned[j]);
+        free(model->weights[i].name);
+    }
+    for (int i = 0; i < model->tensor_count; ++i) free(model->tensors[i].name), free(model->tensors[i].data);
+    free(model->weights), free(model->tensors);
+    json_free(model->metadata);
+    free(model);
+}
