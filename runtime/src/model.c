@@ -309,9 +309,13 @@ sr_status sr_model_from_buffer(const void *data, size_t size, sr_model **out, ch
         char hex[65];
         digest(model, hex);
         const char *expected = json_string(json_get(model->metadata, "sha256"));
+#ifndef FUZZING_BUILD_MODE_UNSAFE_FOR_PRODUCTION /* the fuzzer's mutations must reach the later checks */
         if (!expected || strcmp(hex, expected))
             status = SR_FAIL(SR_ERROR_DIGEST, error, error_size, "tensors or metadata do not match the file's "
                              "SHA-256; the file was altered or damaged");
+#else
+        (void)expected;
+#endif
     }
     if (!status) status = read_weights(model, error, error_size);
     if (!status) {

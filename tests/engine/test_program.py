@@ -15,7 +15,16 @@ from sparsernn import kernels, load_sparse, save_sparse, sparsify
 from sparsernn.engine import LoweringError, ProgramEngine, SparseProgram
 from sparsernn.export import ExportError, _digest
 
-from .test_modules import pruned
+
+
+def pruned(model: nn.Module, keep: float = 0.1, seed: int = 0) -> nn.Module:
+    """``model`` with about ``1 - keep`` of every weight matrix zeroed at random (embeddings included)."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.rpartition(".")[2].startswith("weight") and p.dim() == 2:
+                p.mul_((torch.rand(p.shape, generator=generator) < keep).float())
+    return model
 
 BACKENDS = ["reference"] + (["c"] if kernels.backend() == "c" else [])
 TOLERANCE = {"atol": 1e-5, "rtol": 1e-5}
