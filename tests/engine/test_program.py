@@ -16,7 +16,6 @@ from sparsernn.engine import LoweringError, ProgramEngine, SparseProgram
 from sparsernn.export import ExportError, _digest
 
 
-
 def pruned(model: nn.Module, keep: float = 0.1, seed: int = 0) -> nn.Module:
     """``model`` with about ``1 - keep`` of every weight matrix zeroed at random (embeddings included)."""
     generator = torch.Generator().manual_seed(seed)
