@@ -29,7 +29,7 @@ typedef struct {
     long long shape[2];
     Matrix matrix;      /* rows > 0 when the weight is a matrix the kernels can multiply by */
     float *dense;       /* all values as float32 when stored dense; NULL for a sparse matrix */
-    void *owned[4];     /* arrays made at load: block layout, decoded values */
+    void *owned[8];     /* arrays made at load: decoded values, a dense one's block layout, the one-column copy */
     long long nonzeros; /* as the metadata counts them */
     size_t stored_bytes;
 } weight;

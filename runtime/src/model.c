@@ -360,7 +360,7 @@ void sr_model_free(sr_model *model) {
     if (!model) return;
     sr_program_free(model);
     for (int i = 0; i < model->weight_count; ++i) {
-        for (int j = 0; j < 4; ++j) free(model->weights[i].owned[j]);
+        for (int j = 0; j < 8; ++j) free(model->weights[i].owned[j]);
         free(model->weights[i].name);
     }
     for (int i = 0; i < model->tensor_count; ++i) free(model->tensors[i].name), free(model->tensors[i].data);

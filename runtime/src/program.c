@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "internal.h"
+#include "layouts.h"
 
 static const char *const OP_NAMES[OP_COUNT] = {"embedding", "linear", "rnn", "layer_norm", "tanh", "relu", "sigmoid",
                                                "softmax", "log_softmax", "add", "mul", "sub", "div", "copy"};
@@ -80,6 +81,10 @@ static sr_status as_matrix(loader *l, const weight *cw, long rows_unit, const ch
     if (w->rank != 2) return FAIL(l, "%s %s is not a matrix", key, w->name);
     if (w->matrix.rows) {
         if (rows_unit % w->matrix.r) return FAIL(l, "%s %s: blocks of %d rows straddle its gates", key, w->name, w->matrix.r);
+        /* an unstructured matrix's one-column copy for the AVX2 or AVX-512 kernels (streaming products) */
+        if (sr_avx2() && !w->matrix.lanes && sr_one_column_copy(&w->matrix, rows_unit, sr_use_avx512() ? 16 : 8,
+                                                                w->owned + 4) < 0)
+            return SR_FAIL(SR_ERROR_MEMORY, l->error, l->error_size, "out of memory");
         return SR_OK;
     }
     if (!w->dense) return FAIL(l, "%s %s is not float32", key, w->name);

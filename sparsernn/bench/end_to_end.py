@@ -4,10 +4,17 @@ PyTorch, ONNX Runtime and OpenVINO (the peers: :mod:`sparsernn.bench.peers`), al
 Two modes: streaming (one token per call, state carried, as a deployed model serves) and the whole
 sequence in one call. Every row gives tokens per second, the speed-up against dense PyTorch and against
 the best dense runtime measured in the same run and mode.
+
+Each exported file runs three ways: the built-in family's engine (``sparsernn_*``), the file's program
+loaded into the user's own module class with :func:`~sparsernn.load_sparse` (``program_*``: what
+``sparsify(model, example_inputs=...)`` gives any model), and the C runtime's ``sparsernn-run`` (``c_*``,
+where ``make runtime`` has built it), timed as the difference between a run of the whole input and a
+run of one token, so that its start and the file's loading are left out.
 """
 
 from __future__ import annotations
 
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -16,7 +23,7 @@ import torch
 
 from sparsernn.bench.peers import BF16_PEERS, PEERS, PeerLanguageModel, export_language_model, missing
 from sparsernn.config import ModelConfig
-from sparsernn.engine import LanguageModelEngine
+from sparsernn.engine import LanguageModelEngine, load_sparse
 from sparsernn.export import lm_architecture, load_exported, save_sparse
 from sparsernn.models.lm import LanguageModel
 from sparsernn.prune import OneShotSchedule, Pruner
@@ -103,6 +110,42 @@ def _engine_calls(engine: LanguageModelEngine, tokens: dict[str, np.ndarray]) ->
     return {"streaming": streaming, "sequence": sequence}
 
 
+#: The C runtime's command-line tool, as `make runtime` builds it in the repository.
+C_RUNTIME = Path(__file__).resolve().parents[2] / "build" / "runtime" / "sparsernn-run"
+
+
+def _program_calls(module, tokens: dict[str, np.ndarray]) -> dict:
+    """The file's program in the user's module (:class:`~sparsernn.engine.SparseProgram`), as the user
+    calls it: one token per call, then the whole sequence."""
+    stream, whole = (torch.from_numpy(tokens[mode]) for mode in ("streaming", "sequence"))
+
+    def streaming():
+        module.reset()
+        for t in range(stream.shape[0]):
+            module(stream[t:t + 1])
+
+    def sequence():
+        module.reset()
+        module(whole)
+
+    return {"streaming": torch.no_grad()(streaming), "sequence": torch.no_grad()(sequence)}
+
+
+def _c_calls(path: str, tokens: dict[str, np.ndarray], directory: Path) -> tuple[dict, dict]:
+    """``sparsernn-run`` on each mode's tokens (streamed; the sequence with --whole), and the same on one
+    token (its start and loading, subtracted in the rows)."""
+    def command(ids: np.ndarray, name: str, whole: bool):
+        np.save(directory / f"{name}.npy", ids.reshape(-1))
+        arguments = [str(C_RUNTIME), path, "--input", str(directory / f"{name}.npy"), "--output",
+                     str(directory / f"{name}.out.npy"), *(["--whole"] if whole else [])]
+        return lambda: subprocess.run(arguments, check=True, capture_output=True)
+
+    modes = ("streaming", "sequence")
+    full = {mode: command(tokens[mode], mode, mode == "sequence") for mode in modes}
+    start = {mode: command(tokens[mode][:1], f"{mode}1", mode == "sequence") for mode in modes}
+    return full, start
+
+
 def time_model(name: str, dense_model: LanguageModel, variants: dict[str, str], *, threads: int = 1,
                steps: tuple[int, int] = (200, 2000), rounds: int = 5, progress=print) -> list[dict]:
     """Rows for one model: the dense model in PyTorch and the peers, and each exported ``variants``
@@ -130,16 +173,30 @@ def _time_model(name, dense_model, variants, threads, steps, rounds, progress) -
             if not skipped[peer]:
                 paths = paths or export_language_model(dense_model, Path(tmp), steps[1])
                 calls[peer] = _peer_calls(peer, paths, dense_model, tokens, threads)
+        starts = {}
         for structure, path in variants.items():
             engine = LanguageModelEngine(path, threads=threads)
             calls[f"sparsernn_{structure}"] = _engine_calls(engine, tokens)
+            if "program" in load_exported(path).metadata:
+                user_module = load_sparse(LanguageModel(vocab, dense_model.config), path, threads=threads)
+                calls[f"program_{structure}"] = _program_calls(user_module, tokens)
+                if C_RUNTIME.is_file() and threads == 1:
+                    calls[f"c_{structure}"], starts[f"c_{structure}"] = _c_calls(path, tokens, Path(tmp))
+                else:
+                    skipped[f"c_{structure}"] = (f"{C_RUNTIME} not built (make runtime)" if threads == 1 else
+                                                 "one thread only (built without OpenMP)")
         rows = []
         for mode in ("streaming", "sequence"):
-            timed = measure_in_turns({method: modes[mode] for method, modes in calls.items()}, 0.0, rounds)
+            functions = {method: modes[mode] for method, modes in calls.items()}
+            functions |= {f"{method}:start": modes[mode] for method, modes in starts.items()}
+            timed = measure_in_turns(functions, 0.0, rounds)
             length = tokens[mode].shape[0]
-            rate = {method: length / (us * 1e-6) for method, us in timed.items()}
+            rate = {method: length / (us * 1e-6) for method, us in timed.items() if ":" not in method}
+            for method in starts:  # the C runtime: its start and loading left out
+                rate[method] = (length - 1) / ((timed[method] - timed[f"{method}:start"]) * 1e-6)
             best = max(rate[method] for method in DENSE_METHODS if method in rate)
-            for method in (*DENSE_METHODS, *(m for m in calls if m.startswith("sparsernn"))):
+            ours = [m for m in [*calls, *skipped] if m.startswith(("sparsernn", "program_", "c_"))]
+            for method in (*DENSE_METHODS, *dict.fromkeys(ours)):
                 row = {"model": name, "mode": mode, "tokens": length, "threads": threads, "method": method}
                 if method in rate:
                     row |= {"tokens_per_s": rate[method],
@@ -178,8 +235,9 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
                                                       ("blocks_bf16", block, "bf16")):
                 model, architecture = _pruned_model(shape, shape_of_block)
                 path = str(Path(tmp) / f"{structure}.safetensors")
-                save_sparse(model, path, values=values, extra={
-                    "architecture": architecture, "vocabulary": [str(i) for i in range(shape["vocab"])]})
+                save_sparse(model, path, values=values, example_inputs=(torch.zeros(5, 1, dtype=torch.long),),
+                            extra={"architecture": architecture,
+                                   "vocabulary": [str(i) for i in range(shape["vocab"])]})
                 variants[structure] = path
             # the last pruned model, run densely: a dense runtime's speed does not depend on the zeros
             for count in threads:

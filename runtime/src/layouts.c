@@ -1,0 +1,146 @@
+/* The one-column copies of an unstructured matrix (kernels.h: interleaved for AVX2, sliced for AVX-512),
+ * built from its CSR arrays as sparsernn.kernels.SparseMatrix.interleaved and .sliced build them in numpy:
+ * rows sorted by length (longest first, then by row) within windows of sigma rows. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "layouts.h"
+
+/* The window: a multiple of 8 up to 64 dividing rows_unit; for groups of `lanes` rows, the one that wastes
+ * the fewest lanes, then the largest. 0 when none divides. */
+static int window(long rows_unit, int lanes) {
+    int best = 0;
+    double best_waste = 0.0;
+    for (int w = 64; w >= 8; w -= 8) {
+        if (rows_unit % w) continue;
+        const double waste = (double)((w + lanes - 1) / lanes * lanes) / w;
+        if (!best || waste < best_waste) best = w, best_waste = waste;
+    }
+    return best;
+}
+
+typedef struct {
+    int32_t row, length, window;
+} row_key;
+
+static int by_window_then_length(const void *a, const void *b) {
+    const row_key *x = a, *y = b;
+    if (x->window != y->window) return x->window < y->window ? -1 : 1;
+    if (x->length != y->length) return x->length > y->length ? -1 : 1;
+    return x->row < y->row ? -1 : x->row > y->row;
+}
+
+/* position[row]: the row's place once sorted within its window; NULL when out of memory. */
+static int32_t *positions(const Matrix *m, int sigma) {
+    row_key *keys = malloc(sizeof(row_key) * (size_t)m->rows);
+    int32_t *position = malloc(sizeof(int32_t) * (size_t)m->rows);
+    if (!keys || !position) {
+        free(keys), free(position);
+        return NULL;
+    }
+    for (int32_t i = 0; i < m->rows; ++i)
+        keys[i] = (row_key){i, m->rowptr[i + 1] - m->rowptr[i], i / sigma};
+    qsort(keys, (size_t)m->rows, sizeof(row_key), by_window_then_length);
+    for (int32_t i = 0; i < m->rows; ++i) position[keys[i].row] = i;
+    free(keys);
+    return position;
+}
+
+static void *aligned_zeros(size_t bytes) {
+    void *p = NULL;
+    if (posix_memalign(&p, 64, bytes ? bytes : 64)) return NULL;
+    memset(p, 0, bytes ? bytes : 64);
+    return p;
+}
+
+int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, void *owned[4]) {
+    memset(owned, 0, sizeof(void *) * 4);
+    if (m->r != 1 || m->c != 1 || m->wide || (lanes != 8 && lanes != 16)) return 0;
+    const int sigma = window(rows_unit, lanes);
+    if (!sigma || m->rows % sigma) return 0;
+    int32_t *position = positions(m, sigma);
+    if (!position) return -1;
+    const int32_t rows = m->rows;
+    const uint16_t *column = m->index;
+    int32_t *ptr = NULL, *order = NULL;
+    void *index = NULL;
+    float *values = NULL;
+    if (lanes == 8) {
+        const int32_t groups = rows / 8;
+        ptr = aligned_zeros(sizeof(int32_t) * (size_t)(groups + 1));
+        order = aligned_zeros(sizeof(int32_t) * (size_t)rows);
+        if (!ptr || !order) goto memory;
+        for (int32_t row = 0; row < rows; ++row) order[position[row]] = row;
+        for (int32_t g = 0; g < groups; ++g) {
+            int32_t longest = 0;
+            for (int l = 0; l < 8; ++l) {
+                const int32_t row = order[8 * g + l], n = m->rowptr[row + 1] - m->rowptr[row];
+                longest = n > longest ? n : longest;
+            }
+            ptr[g + 1] = ptr[g] + longest;
+        }
+        index = aligned_zeros(sizeof(uint16_t) * 8 * (size_t)ptr[groups]);
+        values = aligned_zeros(sizeof(float) * 8 * (size_t)ptr[groups]);
+        if (!index || !values) goto memory;
+        for (int32_t row = 0; row < rows; ++row)
+            for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) {
+                const size_t at = 8 * (size_t)(ptr[position[row] / 8] + k - m->rowptr[row]) + (size_t)(position[row] % 8);
+                ((uint16_t *)index)[at] = column[k];
+                values[at] = m->values[k];
+            }
+    } else {
+        const int per_window = (sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
+        const int32_t groups = rows / sigma * per_window;
+        const size_t segments = (size_t)groups * (size_t)slices;
+        ptr = aligned_zeros(sizeof(int32_t) * (segments + 1));
+        order = aligned_zeros(sizeof(int32_t) * (size_t)groups * 16);
+        int32_t *group = malloc(sizeof(int32_t) * (size_t)rows), *lane = malloc(sizeof(int32_t) * (size_t)rows);
+        if (!ptr || !order || !group || !lane) {
+            free(group), free(lane);
+            goto memory;
+        }
+        for (size_t i = 0; i < (size_t)groups * 16; ++i) order[i] = -1;
+        for (int32_t row = 0; row < rows; ++row) {
+            const int32_t within = position[row] % sigma;
+            group[row] = position[row] / sigma * per_window + within / 16, lane[row] = within % 16;
+            order[16 * group[row] + lane[row]] = row;
+        }
+        /* segment lengths: a segment runs as long as its longest row's share of the slice */
+        for (int32_t row = 0; row < rows; ++row) {
+            int32_t rank = 0, slice = -1;
+            for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) {
+                const int32_t s = column[k] / SLICE;
+                rank = s == slice ? rank + 1 : 0, slice = s;
+                int32_t *length = &ptr[(size_t)group[row] * (size_t)slices + (size_t)s + 1];
+                *length = rank + 1 > *length ? rank + 1 : *length;
+            }
+        }
+        for (size_t s = 0; s < segments; ++s) ptr[s + 1] += ptr[s];
+        index = aligned_zeros(16 * (size_t)ptr[segments]);
+        values = aligned_zeros(sizeof(float) * 16 * (size_t)ptr[segments]);
+        if (!index || !values) {
+            free(group), free(lane);
+            goto memory;
+        }
+        for (int32_t row = 0; row < rows; ++row) {
+            int32_t rank = 0, slice = -1;
+            for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) { /* columns ascend within a row */
+                const int32_t s = column[k] / SLICE;
+                rank = s == slice ? rank + 1 : 0, slice = s;
+                const size_t at = 16 * (size_t)(ptr[(size_t)group[row] * (size_t)slices + (size_t)s] + rank) + (size_t)lane[row];
+                ((uint8_t *)index)[at] = (uint8_t)(column[k] % SLICE);
+                values[at] = m->values[k];
+            }
+        }
+        free(group), free(lane);
+    }
+    free(position);
+    m->lanes = lanes, m->sigma = sigma, m->sell_bf16 = 0;
+    m->sell_ptr = ptr, m->sell_order = order, m->sell_index = index, m->sell_values = values;
+    owned[0] = ptr, owned[1] = order, owned[2] = index, owned[3] = values;
+    sr_matrix_kernels(m);
+    return 1;
+memory:
+    free(position), free(ptr), free(order), free(index), free(values);
+    return -1;
+}

@@ -1,0 +1,14 @@
+/* The one-column copies of an unstructured matrix, built in C (the runtime) as the Python package builds
+ * them in numpy. */
+#ifndef SPARSERNN_LAYOUTS_H
+#define SPARSERNN_LAYOUTS_H
+
+#include "kernels.h"
+
+/* Adds to m (CSR with uint16 indices) its one-column copy with `lanes` (8: interleaved, 16: sliced), windows
+ * dividing rows_unit, and chooses its kernels again; the arrays it allocates go to owned (free them with
+ * the matrix). 1 when made, 0 when the matrix has no such copy (blocks, int32 indices, no window), -1 when
+ * out of memory. */
+int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, void *owned[4]);
+
+#endif
