@@ -15,6 +15,7 @@ batch columns, a sequence's ``(T, features, n)``; token ids are ``(n,)`` per ste
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import torch
@@ -143,15 +144,15 @@ class ProgramEngine:
         steps, batch = sequences[0].shape[0], sequences[0].shape[-1]
         if not self._streams:
             self.reset()
-        self._ensure(batch)
+        if self._state is None or self._batch != batch:
+            self._ensure(batch)
         for k in self._state_inputs:
             if inputs[k] is not None:
                 self._set_state(self.inputs[k]["state"], inputs[k])
         if steps == 1 and self._streams and self.backend == "c":
-            values = self._compiled_step(sequences)
-        else:
-            values = self._whole(sequences, steps, batch)
-        return [self._get_state(spec["state"]) if "state" in spec else values[spec["name"]]
+            return self._compiled_step(sequences)
+        values = self._whole(sequences, steps, batch)
+        return [values[spec["name"]] if "state" not in spec else self._get_state(spec["state"])
                 for spec in self.outputs]
 
     def stream(self, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
@@ -167,15 +168,16 @@ class ProgramEngine:
         return [row[-1] if "state" in spec else np.concatenate(row)
                 for spec, row in zip(self.outputs, zip(*rows, strict=True), strict=True)]
 
-    def _compiled_step(self, sequences: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """One step as one compiled call; the program is built once per batch size."""
+    def _compiled_step(self, sequences: list[np.ndarray]) -> list[np.ndarray]:
+        """One step as one compiled call (the program built once per batch size): the outputs."""
         if self._step is None:
             self._step = self._build_step(self._batch)
-        program, inputs, buffers = self._step
+        program, inputs, outputs = self._step
         for buffer, array in zip(inputs, sequences, strict=True):
             buffer[...] = array.reshape(buffer.shape)
         program()
-        return {name: buffer[None].copy() for name, buffer in buffers.items()}
+        return [buffer[None].copy() if buffer is not None else self._get_state(spec["state"])
+                for buffer, spec in zip(outputs, self.outputs, strict=True)]
 
     def _build_step(self, batch: int):
         buffers = {}
@@ -190,7 +192,7 @@ class ProgramEngine:
         for op, prepared, state in zip(self.ops, self._prepared, self._state, strict=True):
             operations += _step_operations(op, prepared, state, buffers)
         program = kernels.Program(operations, threads=self.threads, backend_name=self.backend)
-        outputs = {spec["name"]: buffers[spec["name"]] for spec in self.outputs if "state" not in spec}
+        outputs = [None if "state" in spec else buffers[spec["name"]] for spec in self.outputs]
         return program, [buffers[spec["name"]] for spec in sequence_inputs], outputs
 
     def _whole(self, sequences: list[np.ndarray], steps: int, batch: int) -> dict[str, np.ndarray]:
@@ -244,17 +246,11 @@ def _step_operations(op: dict, prepared, state, buffers: dict) -> list[tuple]:
 
 # -- the drop-in module ----------------------------------------------------------------------------
 
-def to_program(array: np.ndarray, axes: list) -> np.ndarray:
-    """A tensor with the given axes (``"T"``, ``"B"``, feature sizes) as the program takes it:
-    ``(T, features, n)``, or ``(features, n)`` without a time axis."""
-    order, timed, batched = _input_plan(tuple(axes))
-    moved = np.transpose(array, order)
-    batch = moved.shape[-1] if batched else 1
-    return np.ascontiguousarray(moved.reshape(*moved.shape[:1] if timed else (), -1, batch))
-
-
 @functools.cache
 def _input_plan(axes: tuple) -> tuple[list[int], bool, bool]:
+    """The transposition that takes an input with these axes (``"T"``, ``"B"``, feature sizes) to the
+    program's layout ``(T, features, n)`` (``(features, n)`` without time), and whether it has time and
+    batch axes."""
     if "TB" in axes or "BT" in axes:
         raise ValueError("an input with time and batch merged in one axis is not supported")
     order = [axes.index("T")] if "T" in axes else []
@@ -263,17 +259,11 @@ def _input_plan(axes: tuple) -> tuple[list[int], bool, bool]:
     return order, "T" in axes, "B" in axes
 
 
-def from_program(array: np.ndarray, axes: list) -> np.ndarray:
-    """The inverse of :func:`to_program` for an output: ``(T, features, n)`` (or ``(features, n)``) back to
-    the axes the forward returns, time and batch merged where it merged them."""
-    steps = array.shape[0] if array.ndim == 3 else 1
-    full, order, shape = _output_plan(tuple(axes), steps, array.shape[-1])
-    return np.ascontiguousarray(np.transpose(array.reshape(full), order).reshape(shape))
-
-
 @functools.cache
 def _output_plan(axes: tuple, steps: int, batch: int) -> tuple[tuple, list[int], tuple]:
-    """The reshape, transposition and final shape that take ``(T, features, n)`` to ``axes``."""
+    """The reshape, transposition and final shape that take an output in the program's layout, ``(T,
+    features, n)`` (a state: ``(features, n)``, ``steps`` 1), back to the forward's ``axes``, time and batch
+    merged where it merged them."""
     features = [axis for axis in axes if isinstance(axis, int)]
     logical = ["T", *range(len(features)), "B"]
     wanted, feature = [], iter(range(len(features)))
@@ -301,11 +291,15 @@ class SparseProgram(nn.Module):
         # a forward of plain tensor arguments needs no flattening
         self._build = _builder(self.out_spec)
         self._flat_inputs = self.in_spec == pytree.tree_structure(tuple(range(len(engine.inputs))))
-        self._features = [[k for k, axis in enumerate(entry["axes"]) if isinstance(axis, int)]
-                          for entry in engine.inputs]
+        self._plans: dict[tuple, tuple] = {}
 
     def reset(self) -> None:
         self.engine.reset()
+
+    def __call__(self, *args):
+        """The forward, called directly: nn.Module's call machinery (hooks) costs about 5 us, a fifth of a
+        streamed token of a small model; a program has no submodules or hooks to run."""
+        return self.forward(*args)
 
     def extra_repr(self) -> str:
         ops = [op["op"] for op in self.engine.ops]
@@ -318,22 +312,41 @@ class SparseProgram(nn.Module):
             raise TypeError(f"the program was lowered for inputs shaped {self.in_spec}, got "
                             f"{pytree.tree_structure(args)}")
         arrays = []
-        for leaf, entry, features in zip(leaves, self.engine.inputs, self._features, strict=True):
+        for leaf, entry in zip(leaves, self.engine.inputs, strict=True):
             if not isinstance(leaf, torch.Tensor):
                 raise TypeError(f"input {entry['name']} must be a tensor")
             if leaf.requires_grad and torch.is_grad_enabled():
                 raise RuntimeError("sparsified programs run inference only; call under torch.no_grad() or "
                                    "torch.inference_mode()")
-            array = leaf.detach().cpu().numpy()
-            if [array.shape[k] for k in features] != [entry["axes"][k] for k in features] or \
-                    array.ndim != len(entry["axes"]):
-                raise ValueError(f"input {entry['name']} of shape {tuple(array.shape)} does not match the "
-                                 f"example's axes {entry['axes']}")
-            arrays.append(to_program(array, entry["axes"]))
-        outputs = self.engine.run(arrays)
-        tensors = [torch.from_numpy(from_program(out, spec["axes"]))
-                   for out, spec in zip(outputs, self.engine.outputs, strict=True)]
-        return self._build(tensors)
+            arrays.append(leaf.detach().numpy() if leaf.device.type == "cpu" else leaf.detach().cpu().numpy())
+        key = tuple(array.shape for array in arrays)
+        plan = self._plans.get(key) or self._plan(key)
+        outputs = self.engine.run([np.transpose(array, order).reshape(shape)
+                                   for array, (order, shape) in zip(arrays, plan[0], strict=True)])
+        return self._build([torch.from_numpy(np.ascontiguousarray(np.transpose(out.reshape(full), order))
+                                             .reshape(shape))
+                            for out, (full, order, shape) in zip(outputs, plan[1], strict=True)])
+
+    def _plan(self, shapes: tuple) -> tuple[list, list]:
+        """For inputs of these shapes, checked against the example's axes: the transposition and shape that
+        take each input to the program's layout, and those that take each output back (kept per shape)."""
+        inputs, steps, batch = [], None, None
+        for shape, entry in zip(shapes, self.engine.inputs, strict=True):
+            axes = entry["axes"]
+            if len(shape) != len(axes) or any(isinstance(a, int) and a != n
+                                              for a, n in zip(axes, shape, strict=True)):
+                raise ValueError(f"input {entry['name']} of shape {tuple(shape)} does not match the "
+                                 f"example's axes {axes}")
+            order, timed, batched = _input_plan(tuple(axes))
+            sizes = {axis: n for axis, n in zip(axes, shape, strict=True)}
+            steps = sizes.get("T", steps)
+            batch = sizes.get("B", batch)
+            features = math.prod(n for axis, n in zip(axes, shape, strict=True) if isinstance(axis, int))
+            inputs.append((order, ((sizes["T"],) if timed else ()) + (features, sizes.get("B", 1))))
+        outputs = [_output_plan(tuple(spec["axes"]), 1 if "state" in spec else steps or 1, batch or 1)
+                   for spec in self.engine.outputs]
+        self._plans[shapes] = inputs, outputs
+        return inputs, outputs
 
 
 def _builder(spec: pytree.TreeSpec):
