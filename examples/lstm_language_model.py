@@ -4,8 +4,11 @@
 
 1. An ordinary word-level LSTM language model and training loop (Adam, gradient clipping,
    ``batch_first``), with two added lines: the Pruner, and ``pruner.step()`` after each optimizer step.
-2. ``sparsernn.sparsify(model)``: a copy that runs on the sparse kernels, same calls, same outputs.
-3. ``sparsernn.save_sparse(model, path)``: one compact file.
+2. ``sparsernn.sparsify(model)``: a copy that runs on the sparse kernels, same calls, same outputs; and
+   ``sparsernn.sparsify(model, example_inputs=...)``: the whole forward as one program, a streamed token
+   in one compiled call (the program carries the LSTM state from call to call itself).
+3. ``sparsernn.save_sparse(model, path, example_inputs=...)``: one compact file, with the program, which
+   the C runtime runs too (``examples/c/generate.c`` writes text with it, no Python).
 4. ``sparsernn.load_sparse(Model(...), path)``: that file into a fresh instance of the class.
 5. Speed against the PyTorch model, in turns, one thread: streaming one token per call at batch 1
    (state carried, as a deployed model generates) and whole sequences at batch 16 x 35.
@@ -65,11 +68,20 @@ def batches(data, batch_size, length):
         yield chunk[:, :-1], chunk[:, 1:]
 
 
+def call(model, inputs, state):
+    """PyTorch's model takes its state back; a program carries it from call to call itself."""
+    if isinstance(model, sparsernn.engine.SparseProgram):
+        return model(inputs)[0], None
+    return model(inputs, state)
+
+
 @torch.no_grad()
 def perplexity(model, data, batch_size=16, length=35):
     total, count, state = 0.0, 0, None
+    if isinstance(model, sparsernn.engine.SparseProgram):
+        model.reset()
     for inputs, targets in batches(data, batch_size, length):
-        logits, state = model(inputs, state)
+        logits, state = call(model, inputs, state)
         total += functional.cross_entropy(logits.flatten(0, 1), targets.flatten(), reduction="sum").item()
         count += targets.numel()
     return math.exp(total / count)
@@ -110,13 +122,22 @@ def speed(models, tokens, batch_size=16, length=35, seconds=4.0):
     def streaming(model):
         def run():
             state = None
+            if isinstance(model, sparsernn.engine.SparseProgram):
+                model.reset()
             for t in range(stream.shape[1]):
-                _, state = model(stream[:, t:t + 1], state)
+                _, state = call(model, stream[:, t:t + 1], state)
+        return run
+
+    def whole(model):
+        def run():
+            if isinstance(model, sparsernn.engine.SparseProgram):
+                model.reset()
+            call(model, sequences, None)
         return run
 
     with torch.inference_mode():
         streamed = measure_in_turns({name: streaming(m) for name, m in models.items()}, seconds)
-        whole = measure_in_turns({name: (lambda m=m: m(sequences)) for name, m in models.items()}, seconds)
+        whole = measure_in_turns({name: whole(m) for name, m in models.items()}, seconds)
     return ({name: stream.numel() / us * 1e6 for name, us in streamed.items()},
             {name: sequences.numel() / us * 1e6 for name, us in whole.items()})
 
@@ -140,24 +161,30 @@ def main(argv=None):
     model.eval()
 
     fast = sparsernn.sparsify(model, threads=1)
+    example = data["test"][:16].view(1, -1)  # (B, T): a sequence, as the forward takes it
+    program = sparsernn.sparsify(model, threads=1, example_inputs=(example,))
     with tempfile.TemporaryDirectory() as temporary:
-        path = Path(args.out or temporary) / "lm.safetensors"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        saved = sparsernn.save_sparse(model, path)
+        folder = Path(args.out or temporary)
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / "lm.safetensors"
+        saved = sparsernn.save_sparse(model, path, example_inputs=(example,))
+        (folder / "vocabulary.txt").write_text("\n".join(vocabulary) + "\n")  # for examples/c/generate.c
         loaded = sparsernn.load_sparse(WordLM(len(vocabulary), args.hidden, args.hidden), path)
     ppl = {name: perplexity(m, data["test"]) for name, m in
-           (("pytorch", model), ("sparsified", fast), ("loaded from file", loaded))}
-    streaming, sequences = speed({"pytorch": model, "sparsified": fast}, data["test"], seconds=args.seconds)
+           (("pytorch", model), ("sparsified", fast), ("program", program), ("loaded from file", loaded))}
+    streaming, sequences = speed({"pytorch": model, "sparsified": fast, "program": program}, data["test"],
+                                 seconds=args.seconds)
 
     print(f"\nLSTM {args.hidden} x 2, vocabulary {len(vocabulary)}, {args.steps} steps; "
           f"sparsity reached {reached:.1%} (asked {args.sparsity:.0%})")
     print("test perplexity: " + ", ".join(f"{name} {value:.2f}" for name, value in ppl.items()))
     print(f"file: {saved['bytes'] / 1e6:.2f} MB, {saved['bytes'] / saved['dense_fp32_bytes']:.1%} of the "
           f"dense fp32 state ({saved['dense_fp32_bytes'] / 1e6:.2f} MB)")
-    print("\n| one thread | PyTorch tokens/s | sparsified tokens/s | ratio |\n|---|---|---|---|")
+    print("\n| one thread | PyTorch tokens/s | sparsified tokens/s | program tokens/s |\n|---|---|---|---|")
     for label, rates in (("streaming, batch 1", streaming), ("whole sequences, 16 x 35", sequences)):
-        print(f"| {label} | {rates['pytorch']:,.0f} | {rates['sparsified']:,.0f} | "
-              f"{rates['sparsified'] / rates['pytorch']:.2f}x |")
+        print(f"| {label} | {rates['pytorch']:,.0f} | {rates['sparsified']:,.0f} "
+              f"({rates['sparsified'] / rates['pytorch']:.2f}x) | {rates['program']:,.0f} "
+              f"({rates['program'] / rates['pytorch']:.2f}x) |")
     return {"sparsity": reached, "perplexity": ppl, "file": saved, "streaming": streaming,
             "sequences": sequences}
 

@@ -3,10 +3,14 @@ sparsifies, saves, loads into a fresh instance and times, and all three copies a
 
 import importlib.util
 import random
+import shutil
+import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
+from sparsernn.engine import ProgramEngine
 from tests.conftest import WORDS, write_corpus
 
 EXAMPLES = Path(__file__).parents[2] / "examples"
@@ -25,9 +29,10 @@ def test_lstm_language_model(tmp_path):
                                                 "--seconds", "0.05", "--out", str(tmp_path / "out")])
     assert result["sparsity"] == pytest.approx(0.9, abs=0.01)
     values = list(result["perplexity"].values())
-    assert values[0] < 18 and values == pytest.approx([values[0]] * 3, rel=1e-4)
+    assert values[0] < 18 and values == pytest.approx([values[0]] * 4, rel=1e-4)
     assert (tmp_path / "out/lm.safetensors").stat().st_size == result["file"]["bytes"]
-    assert set(result["streaming"]) == set(result["sequences"]) == {"pytorch", "sparsified"}
+    assert (tmp_path / "out/vocabulary.txt").read_text().split("\n")[0] == "<unk>"
+    assert set(result["streaming"]) == set(result["sequences"]) == {"pytorch", "sparsified", "program"}
 
 
 def test_gru_tagger(tmp_path):
@@ -40,3 +45,25 @@ def test_gru_tagger(tmp_path):
     assert result["sparsity"] == pytest.approx(0.9, abs=0.01)
     scores = list(result["f1"].values())
     assert scores[0] > 0.5 and scores == pytest.approx([scores[0]] * 3, abs=1e-6)
+
+
+@pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
+                    reason="no C compiler or make")
+def test_c_example_generates_the_words_python_does(tmp_path):
+    """examples/c/generate on the file lstm_language_model.py writes: with temperature 0 each next word is
+    the most likely one, as the Python program engine computes it."""
+    corpus = write_corpus(tmp_path / "corpus", lines=(400, 40, 150))
+    load("lstm_language_model").main(["--data", str(corpus), "--hidden", "16", "--steps", "40",
+                                      "--seconds", "0.01", "--out", str(tmp_path / "out")])
+    subprocess.run(["make", "-s", "-C", str(EXAMPLES / "c")], check=True, capture_output=True)
+    words = subprocess.run([str(EXAMPLES / "c" / "generate"), str(tmp_path / "out/lm.safetensors"),
+                            str(tmp_path / "out/vocabulary.txt"), "12", "the", "0"],
+                           capture_output=True, text=True, check=True).stdout.split()
+    vocabulary = (tmp_path / "out/vocabulary.txt").read_text().split("\n")[:-1]
+    engine = ProgramEngine.from_file(tmp_path / "out/lm.safetensors")
+    expected, word = ["the"], vocabulary.index("the")
+    for _ in range(12):
+        logits = engine.run([np.array([[[word]]])])[0]
+        word = int(logits[0, :, 0].argmax())
+        expected.append(vocabulary[word])
+    assert words == [w for w in expected if w != "<eos>"]  # <eos> prints as a line break
