@@ -30,7 +30,8 @@ typedef struct {
     Matrix matrix;      /* rows > 0 when the weight is a matrix the kernels can multiply by */
     float *dense;       /* all values as float32 when stored dense; NULL for a sparse matrix */
     void *owned[8];     /* arrays made at load: decoded values, a dense one's block layout, the one-column copy */
-    long long nonzeros; /* as the metadata counts them */
+    const uint16_t *bf16; /* a bf16 file's values as stored (read by the one-column kernels), else NULL */
+    long long nonzeros;   /* as the metadata counts them */
     size_t stored_bytes;
 } weight;
 

@@ -46,6 +46,17 @@ static int32_t *positions(const Matrix *m, int sigma) {
     return position;
 }
 
+/* A value into a copy: float32, or its upper 16 bits (exact for a value read from a bf16 file). */
+static void store(void *values, size_t at, float value, int bf16) {
+    if (bf16) {
+        uint32_t bits;
+        memcpy(&bits, &value, 4);
+        ((uint16_t *)values)[at] = (uint16_t)(bits >> 16);
+    } else {
+        ((float *)values)[at] = value;
+    }
+}
+
 static void *aligned_zeros(size_t bytes) {
     void *p = NULL;
     if (posix_memalign(&p, 64, bytes ? bytes : 64)) return NULL;
@@ -53,7 +64,7 @@ static void *aligned_zeros(size_t bytes) {
     return p;
 }
 
-int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, void *owned[4]) {
+int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *owned[4]) {
     memset(owned, 0, sizeof(void *) * 4);
     if (m->r != 1 || m->c != 1 || m->wide || (lanes != 8 && lanes != 16)) return 0;
     const int sigma = window(rows_unit, lanes);
@@ -63,8 +74,8 @@ int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, void *owned[4]) {
     const int32_t rows = m->rows;
     const uint16_t *column = m->index;
     int32_t *ptr = NULL, *order = NULL;
-    void *index = NULL;
-    float *values = NULL;
+    void *index = NULL, *values = NULL;
+    const size_t value_size = bf16 ? 2 : 4;
     if (lanes == 8) {
         const int32_t groups = rows / 8;
         ptr = aligned_zeros(sizeof(int32_t) * (size_t)(groups + 1));
@@ -80,13 +91,13 @@ int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, void *owned[4]) {
             ptr[g + 1] = ptr[g] + longest;
         }
         index = aligned_zeros(sizeof(uint16_t) * 8 * (size_t)ptr[groups]);
-        values = aligned_zeros(sizeof(float) * 8 * (size_t)ptr[groups]);
+        values = aligned_zeros(value_size * 8 * (size_t)ptr[groups]);
         if (!index || !values) goto memory;
         for (int32_t row = 0; row < rows; ++row)
             for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) {
                 const size_t at = 8 * (size_t)(ptr[position[row] / 8] + k - m->rowptr[row]) + (size_t)(position[row] % 8);
                 ((uint16_t *)index)[at] = column[k];
-                values[at] = m->values[k];
+                store(values, at, m->values[k], bf16);
             }
     } else {
         const int per_window = (sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
@@ -117,7 +128,7 @@ int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, void *owned[4]) {
         }
         for (size_t s = 0; s < segments; ++s) ptr[s + 1] += ptr[s];
         index = aligned_zeros(16 * (size_t)ptr[segments]);
-        values = aligned_zeros(sizeof(float) * 16 * (size_t)ptr[segments]);
+        values = aligned_zeros(value_size * 16 * (size_t)ptr[segments]);
         if (!index || !values) {
             free(group), free(lane);
             goto memory;
@@ -129,13 +140,13 @@ int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, void *owned[4]) {
                 rank = s == slice ? rank + 1 : 0, slice = s;
                 const size_t at = 16 * (size_t)(ptr[(size_t)group[row] * (size_t)slices + (size_t)s] + rank) + (size_t)lane[row];
                 ((uint8_t *)index)[at] = (uint8_t)(column[k] % SLICE);
-                values[at] = m->values[k];
+                store(values, at, m->values[k], bf16);
             }
         }
         free(group), free(lane);
     }
     free(position);
-    m->lanes = lanes, m->sigma = sigma, m->sell_bf16 = 0;
+    m->lanes = lanes, m->sigma = sigma, m->sell_bf16 = bf16;
     m->sell_ptr = ptr, m->sell_order = order, m->sell_index = index, m->sell_values = values;
     owned[0] = ptr, owned[1] = order, owned[2] = index, owned[3] = values;
     sr_matrix_kernels(m);

@@ -6,9 +6,10 @@
 #include "kernels.h"
 
 /* Adds to m (CSR with uint16 indices) its one-column copy with `lanes` (8: interleaved, 16: sliced), windows
- * dividing rows_unit, and chooses its kernels again; the arrays it allocates go to owned (free them with
- * the matrix). 1 when made, 0 when the matrix has no such copy (blocks, int32 indices, no window), -1 when
- * out of memory. */
-int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, void *owned[4]);
+ * dividing rows_unit, its values in bfloat16 when bf16 is set (m's values are then bfloat16 numbers, as
+ * read from a bf16 file), and chooses its kernels again; the arrays it allocates go to owned (free them
+ * with the matrix). 1 when made, 0 when the matrix has no such copy (blocks, int32 indices, no window), -1
+ * when out of memory. */
+int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *owned[4]);
 
 #endif

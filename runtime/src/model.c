@@ -234,6 +234,11 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
     }
     w->matrix = (Matrix){.rows = (int)rows, .cols = (int)cols, .r = (int)r, .c = (int)c,
                          .wide = index->dtype == DT_I32, .rowptr = ptr, .index = index->data, .values = decoded};
+    if (!strcmp(kind, "bf16")) {
+        w->bf16 = values->data;
+        if ((r == 8 || r == 16) && c == 1) /* the R x 1 one-column kernels read the values in bfloat16 */
+            w->matrix.sell_values = w->bf16, w->matrix.sell_bf16 = 1;
+    }
     sr_matrix_kernels(&w->matrix);
     w->stored_bytes = rowptr->count * 4 + index->count * (index->dtype == DT_I32 ? 4 : 2) +
                       values->count * (want == DT_F32 ? 4 : 2);

@@ -150,7 +150,7 @@ static sr_status load(const void *data, size_t size, char *error) {
 static void errors(const char *directory) {
     char path[512], error[256];
     snprintf(path, sizeof path, "%s/lstm.safetensors", directory);
-    size_t size;
+    size_t size = 0;
     unsigned char *data = read_file(path, &size);
     CHECK(data && load(data, size, error) == SR_OK, "the fixture loads from a buffer");
     CHECK(load(data, size - 1, error) == SR_ERROR_FORMAT && strstr(error, "tensor"), "truncated: %s", error);

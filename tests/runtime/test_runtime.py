@@ -46,7 +46,7 @@ def relative(a, b):
 
 @pytest.mark.parametrize(("cell", "block", "values"), [(nn.LSTM, None, "fp32"), (nn.GRU, None, "fp32"),
                                                        (nn.RNN, None, "fp32"), (nn.GRU, (8, 1), "fp32"),
-                                                       (nn.LSTM, None, "bf16")])
+                                                       (nn.LSTM, None, "bf16"), (nn.GRU, (8, 1), "bf16")])
 def test_c_equals_the_python_engine_and_pytorch(cli, tmp_path, cell, block, values):
     torch.manual_seed(0)
     model = WordLM(cell, vocab=304, layers=2).eval()
