@@ -8,12 +8,12 @@ the best dense runtime measured in the same run and mode.
 Each exported file runs three ways: the built-in family's engine (``sparsernn_*``), the file's program
 loaded into the user's own module class with :func:`~sparsernn.load_sparse` (``program_*``: what
 ``sparsify(model, example_inputs=...)`` gives any model), and the C runtime's ``sparsernn-run`` (``c_*``,
-where ``make runtime`` has built it), timed as the difference between a run of the whole input and a
-run of one token, so that its start and the file's loading are left out.
+where ``make runtime`` has built it), by the time it reports for the steps (:func:`_c_calls`).
 """
 
 from __future__ import annotations
 
+import statistics
 import subprocess
 import tempfile
 from pathlib import Path
@@ -131,25 +131,22 @@ def _program_calls(module, tokens: dict[str, np.ndarray]) -> dict:
     return {"streaming": torch.no_grad()(streaming), "sequence": torch.no_grad()(sequence)}
 
 
-#: The C runtime streams this many times the streaming tokens per timed run, so that its start and the
-#: model's loading (subtracted) are small beside the tokens.
-C_STREAM_REPEATS = 10
+def _c_calls(path: str, tokens: dict[str, np.ndarray], directory: Path, timings: dict) -> dict:
+    """``sparsernn-run --time`` on each mode's tokens (streamed; the sequence with --whole), each call's
+    reported microseconds a token appended to ``timings[mode]``: the steps alone, as a C program that
+    loads the model once and consumes each output would see them (not the process start, the loading or
+    writing every step's logits to a file, which the command's wall time includes)."""
+    def command(mode: str):
+        np.save(directory / f"{mode}.npy", tokens[mode].reshape(-1))
+        arguments = [str(C_RUNTIME), path, "--input", str(directory / f"{mode}.npy"), "--time",
+                     *(["--whole"] if mode == "sequence" else [])]
 
+        def run():
+            report = subprocess.run(arguments, check=True, capture_output=True, text=True).stdout
+            timings.setdefault(mode, []).append(float(report.split(",")[-1].split()[0]))
+        return run
 
-def _c_calls(path: str, tokens: dict[str, np.ndarray], directory: Path) -> tuple[dict, dict]:
-    """``sparsernn-run`` on each mode's tokens (streamed, :data:`C_STREAM_REPEATS` times over; the sequence
-    with --whole), and the same on one token (its start and loading, subtracted in the rows)."""
-    def command(ids: np.ndarray, name: str, whole: bool):
-        np.save(directory / f"{name}.npy", ids.reshape(-1))
-        arguments = [str(C_RUNTIME), path, "--input", str(directory / f"{name}.npy"), "--output",
-                     str(directory / f"{name}.out.npy"), *(["--whole"] if whole else [])]
-        return lambda: subprocess.run(arguments, check=True, capture_output=True)
-
-    modes = ("streaming", "sequence")
-    full = {"streaming": command(np.tile(tokens["streaming"], (C_STREAM_REPEATS, 1)), "streaming", False),
-            "sequence": command(tokens["sequence"], "sequence", True)}
-    start = {mode: command(tokens[mode][:1], f"{mode}1", mode == "sequence") for mode in modes}
-    return full, start
+    return {mode: command(mode) for mode in ("streaming", "sequence")}
 
 
 def time_model(name: str, dense_model: LanguageModel, variants: dict[str, str], *, threads: int = 1,
@@ -179,7 +176,7 @@ def _time_model(name, dense_model, variants, threads, steps, rounds, progress) -
             if not skipped[peer]:
                 paths = paths or export_language_model(dense_model, Path(tmp), steps[1])
                 calls[peer] = _peer_calls(peer, paths, dense_model, tokens, threads)
-        starts = {}
+        c_timings = {}
         for structure, path in variants.items():
             engine = LanguageModelEngine(path, threads=threads)
             calls[f"sparsernn_{structure}"] = _engine_calls(engine, tokens)
@@ -187,20 +184,18 @@ def _time_model(name, dense_model, variants, threads, steps, rounds, progress) -
                 user_module = load_sparse(LanguageModel(vocab, dense_model.config), path, threads=threads)
                 calls[f"program_{structure}"] = _program_calls(user_module, tokens)
                 if C_RUNTIME.is_file() and threads == 1:
-                    calls[f"c_{structure}"], starts[f"c_{structure}"] = _c_calls(path, tokens, Path(tmp))
+                    c_timings[f"c_{structure}"] = {}
+                    calls[f"c_{structure}"] = _c_calls(path, tokens, Path(tmp), c_timings[f"c_{structure}"])
                 else:
                     skipped[f"c_{structure}"] = (f"{C_RUNTIME} not built (make runtime)" if threads == 1 else
                                                  "one thread only (built without OpenMP)")
         rows = []
         for mode in ("streaming", "sequence"):
-            functions = {method: modes[mode] for method, modes in calls.items()}
-            functions |= {f"{method}:start": modes[mode] for method, modes in starts.items()}
-            timed = measure_in_turns(functions, 0.0, rounds)
+            timed = measure_in_turns({method: modes[mode] for method, modes in calls.items()}, 0.0, rounds)
             length = tokens[mode].shape[0]
-            rate = {method: length / (us * 1e-6) for method, us in timed.items() if ":" not in method}
-            for method in starts:  # the C runtime: its start and loading left out
-                count = length * (C_STREAM_REPEATS if mode == "streaming" else 1)
-                rate[method] = (count - 1) / ((timed[method] - timed[f"{method}:start"]) * 1e-6)
+            rate = {method: length / (us * 1e-6) for method, us in timed.items()}
+            for method, timings in c_timings.items():  # the C runtime: the steps' own time, timed rounds only
+                rate[method] = 1e6 / statistics.median(timings[mode][-rounds:])
             best = max(rate[method] for method in DENSE_METHODS if method in rate)
             ours = [m for m in [*calls, *skipped] if m.startswith(("sparsernn", "program_", "c_"))]
             for method in (*DENSE_METHODS, *dict.fromkeys(ours)):
