@@ -78,8 +78,8 @@ struct sr_model {
     op *ops;
     int op_count;
     int whole, input, input_ids, output; /* mode; the sequence input and first output (value indices) */
-    size_t value_floats, state_floats, scratch_floats; /* per step */
-    long max_gates, max_hidden, max_out;                 /* of the rnn ops, for scratch */
+    size_t value_floats, state_floats;   /* per step: every value; every rnn op's h and c */
+    long max_gates, max_hidden, max_out; /* of the rnn ops, for their work space (run.c) */
     long long file_bytes;
 };
 

@@ -331,9 +331,6 @@ sr_status sr_program_load(sr_model *model, const json *program, char *error, siz
         if (model->output < 0 || !l.defined[model->output] || json_get(json_at(outputs, 0), "state"))
             s = FAIL(&l, "the first output %s is not computed", name ? name : "(none)");
     }
-    /* scratch a step needs: xproj and gates (2 x max gates), a projected cell's output and next h (2 x max
-     * hidden), two layer outputs (2 x max out), the recurrent kernel's scratch (as floats, generously) */
-    model->scratch_floats = (size_t)(2 * model->max_gates + 2 * model->max_hidden + 2 * model->max_out) + 64;
     free(l.defined);
     return s;
 }

@@ -112,8 +112,13 @@ class ProgramEngine:
 
     # -- state -----------------------------------------------------------------------------------
     def reset(self) -> None:
-        """Zero state: the next call starts a new sequence."""
-        self._state, self._batch, self._step = None, 0, None
+        """Zero state: the next call starts a new sequence (the compiled step is kept)."""
+        for layers in self._state or ():
+            for pair in layers or ():
+                for h, c in pair:
+                    h.fill(0)
+                    if c is not None:
+                        c.fill(0)
 
     def _ensure(self, batch: int) -> None:
         if self._state is None or self._batch != batch:
@@ -176,7 +181,7 @@ class ProgramEngine:
         for buffer, array in zip(inputs, sequences, strict=True):
             buffer[...] = array.reshape(buffer.shape)
         program()
-        return [buffer[None].copy() if buffer is not None else self._get_state(spec["state"])
+        return [buffer[None].copy() if "state" not in spec else buffer.copy()
                 for buffer, spec in zip(outputs, self.outputs, strict=True)]
 
     def _build_step(self, batch: int):
@@ -192,7 +197,7 @@ class ProgramEngine:
         for op, prepared, state in zip(self.ops, self._prepared, self._state, strict=True):
             operations += _step_operations(op, prepared, state, buffers)
         program = kernels.Program(operations, threads=self.threads, backend_name=self.backend)
-        outputs = [None if "state" in spec else buffers[spec["name"]] for spec in self.outputs]
+        outputs = [buffers[spec["name"]] for spec in self.outputs]  # states copied there by the program
         return program, [buffers[spec["name"]] for spec in sequence_inputs], outputs
 
     def _whole(self, sequences: list[np.ndarray], steps: int, batch: int) -> dict[str, np.ndarray]:
@@ -229,6 +234,11 @@ def _step_operations(op: dict, prepared, state, buffers: dict) -> list[tuple]:
         return [("product", matrix, x, y, bias)]
     if kind == "rnn":
         operations, _ = prepared.step_operations(x, state, out=y)
+        for part, name in enumerate((op.get("hn"), op.get("cn"))):  # the final state, where it is returned
+            if name is not None:
+                pieces = [pair[part] for layer in state for pair in layer]
+                operations += [("copy", piece, buffers[name], 1, len(piece), 0, 0, 0, k * len(piece))
+                               for k, piece in enumerate(pieces)]
         return operations
     if kind == "layer_norm":
         weight, bias = prepared
@@ -311,25 +321,39 @@ class SparseProgram(nn.Module):
                                                       pytree.tree_structure(args) != self.in_spec):
             raise TypeError(f"the program was lowered for inputs shaped {self.in_spec}, got "
                             f"{pytree.tree_structure(args)}")
-        arrays = []
         for leaf, entry in zip(leaves, self.engine.inputs, strict=True):
             if not isinstance(leaf, torch.Tensor):
                 raise TypeError(f"input {entry['name']} must be a tensor")
             if leaf.requires_grad and torch.is_grad_enabled():
                 raise RuntimeError("sparsified programs run inference only; call under torch.no_grad() or "
                                    "torch.inference_mode()")
-            arrays.append(leaf.detach().numpy() if leaf.device.type == "cpu" else leaf.detach().cpu().numpy())
-        key = tuple(array.shape for array in arrays)
-        plan = self._plans.get(key) or self._plan(key)
+        key = tuple(leaf.shape for leaf in leaves)
+        plan = self._plans.get(key)
+        if plan is None or (plan[2] is not None and plan[2][0] is not self.engine._step):  # new, or stale
+            plan = self._plan(key)
+        if plan[2] is not None:  # a streamed step: the inputs into the buffers, one call, the outputs copied
+            step, inputs, outputs = plan[2]
+            for view, leaf, (order, shape), entry in zip(inputs, leaves, plan[0], self.engine.inputs,
+                                                         strict=True):
+                if view is not None:
+                    view.copy_(leaf)
+                else:  # a state the forward takes
+                    state = np.transpose(leaf.cpu().numpy(), order).reshape(shape)
+                    self.engine._set_state(entry["state"], state)
+            step[0]()
+            return self._build([view.clone(memory_format=torch.contiguous_format) for view in outputs])
+        arrays = [leaf.detach().cpu().numpy() for leaf in leaves]
         outputs = self.engine.run([np.transpose(array, order).reshape(shape)
                                    for array, (order, shape) in zip(arrays, plan[0], strict=True)])
         return self._build([torch.from_numpy(np.ascontiguousarray(np.transpose(out.reshape(full), order))
                                              .reshape(shape))
                             for out, (full, order, shape) in zip(outputs, plan[1], strict=True)])
 
-    def _plan(self, shapes: tuple) -> tuple[list, list]:
+    def _plan(self, shapes: tuple) -> tuple[list, list, tuple | None]:
         """For inputs of these shapes, checked against the example's axes: the transposition and shape that
-        take each input to the program's layout, and those that take each output back (kept per shape)."""
+        take each input to the program's layout, those that take each output back, and for a streamed
+        step the engine's compiled step with torch views of its buffers in the forward's layouts, through
+        which a call writes its inputs and reads its outputs (kept per shape)."""
         inputs, steps, batch = [], None, None
         for shape, entry in zip(shapes, self.engine.inputs, strict=True):
             axes = entry["axes"]
@@ -345,8 +369,35 @@ class SparseProgram(nn.Module):
             inputs.append((order, ((sizes["T"],) if timed else ()) + (features, sizes.get("B", 1))))
         outputs = [_output_plan(tuple(spec["axes"]), 1 if "state" in spec else steps or 1, batch or 1)
                    for spec in self.engine.outputs]
-        self._plans[shapes] = inputs, outputs
-        return inputs, outputs
+        step = self._step_views(batch or 1) if steps == 1 else None
+        self._plans[shapes] = inputs, outputs, step
+        return inputs, outputs, step
+
+    def _step_views(self, batch: int) -> tuple | None:
+        """The engine's compiled step for ``batch`` columns (built here), with torch views of its input
+        buffers (None for a state input) and output buffers in the forward's layouts; None where a step is
+        not one compiled call or a layout is not a view."""
+        engine = self.engine
+        if not engine._streams or engine.backend != "c":
+            return None
+        engine._ensure(batch)
+        if engine._step is None:
+            engine._step = engine._build_step(batch)
+        _, buffers, results = engine._step
+
+        def view(buffer: np.ndarray, axes: list) -> torch.Tensor:
+            full, order, shape = _output_plan(tuple(axes), 1, batch)
+            return torch.from_numpy(buffer).reshape(full).permute(order).view(shape)
+
+        try:
+            sequence = iter(buffers)
+            inputs = [None if "state" in entry else view(next(sequence), entry["axes"])
+                      for entry in engine.inputs]
+            outputs = [view(buffer, spec["axes"])
+                       for buffer, spec in zip(results, engine.outputs, strict=True)]
+        except RuntimeError:  # a layout that is not a view of the buffer
+            return None
+        return engine._step, inputs, outputs
 
 
 def _builder(spec: pytree.TreeSpec):
