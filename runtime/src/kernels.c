@@ -31,7 +31,10 @@ int sr_cpu_avx512(void) {
     if (cpu_avx512 < 0) {
 #ifdef __AVX2__
         __builtin_cpu_init();
-        cpu_avx512 = use_avx512 = !!__builtin_cpu_supports("avx512f");
+        cpu_avx512 = !!__builtin_cpu_supports("avx512f");
+        /* SPARSERNN_ISA=avx2 keeps the AVX-512 kernels off (benchmarks of the AVX2 path) */
+        const char *isa = getenv("SPARSERNN_ISA");
+        use_avx512 = cpu_avx512 && !(isa && !strcmp(isa, "avx2"));
 #else
         cpu_avx512 = 0;
 #endif

@@ -512,7 +512,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     PyObject *mod = PyModule_Create(&module);
     if (!mod) return NULL;
     PyModule_AddIntConstant(mod, "avx2", sr_avx2());
-    PyModule_AddIntConstant(mod, "avx512", sr_avx2() && sr_cpu_avx512());
+    PyModule_AddIntConstant(mod, "avx512", sr_avx2() && sr_use_avx512()); /* SPARSERNN_ISA=avx2: off */
     PyModule_AddIntConstant(mod, "SLICE", SLICE);
     PyModule_AddIntConstant(mod, "openmp", sr_openmp());
     return mod;

@@ -1,0 +1,70 @@
+"""The whole model as one program, streamed one token per call at batch 1 on one thread, with the AVX-512
+kernels and with the AVX2 ones only: the Python engine (`sparsify(model, example_inputs=...)`) and the C
+runtime (`sparsernn-run --time`, the steps' own time), in turns, on the two language models of
+`sparsernn bench --end-to-end` (GRU 2x1024 and LSTM 2x200, vocabulary 10,000, 90% pruned at random).
+
+    make runtime && python benchmarks/runtime_isa.py [--rounds 5]
+
+The C runtime takes the instruction set from SPARSERNN_ISA (avx2: AVX-512 off), the Python engine from
+sparsernn.kernels.set_isa.
+"""
+
+import argparse
+import os
+import statistics
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from sparsernn import kernels, sparsify
+from sparsernn.bench.end_to_end import C_RUNTIME, SHAPES, _pruned_model
+from sparsernn.export import save_sparse
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--tokens", type=int, default=1000)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    levels = [level for level in ("avx512", "avx2") if level in kernels.isa_levels()]
+    print("| model | structure | instruction set | Python program tokens/s | C runtime tokens/s "
+          "| C / Python |\n|---|---|---|---|---|---|")
+    with tempfile.TemporaryDirectory() as tmp:
+        ids = np.random.default_rng(0).integers(0, 10000, args.tokens)
+        np.save(Path(tmp) / "ids.npy", ids)
+        tokens = torch.from_numpy(ids).view(-1, 1)
+        for shape in SHAPES.values():
+            for structure, block in (("unstructured", (1, 1)), ("8x1 blocks", (8, 1))):
+                model, _ = _pruned_model(shape, block)
+                path = Path(tmp) / "model.safetensors"
+                example = (torch.zeros(5, 1, dtype=torch.long),)
+                save_sparse(model, path, example_inputs=example)
+                for level in levels:
+                    kernels.set_isa(level)
+                    program = sparsify(model, example_inputs=example)
+                    python, c = [], []
+                    for _ in range(args.rounds):  # in turns
+                        program.reset()
+                        start = time.perf_counter()
+                        with torch.no_grad():
+                            for t in range(args.tokens):
+                                program(tokens[t:t + 1])
+                        python.append((time.perf_counter() - start) / args.tokens)
+                        command = [str(C_RUNTIME), str(path), "--input", str(Path(tmp) / "ids.npy"), "--time"]
+                        report = subprocess.run(command, check=True, capture_output=True, text=True,
+                                                env=os.environ | {"SPARSERNN_ISA": level}).stdout
+                        c.append(float(report.split(",")[-1].split()[0]) * 1e-6)
+                    rate = 1 / statistics.median(python), 1 / statistics.median(c)
+                    model_name = f"{shape['cell']} {shape['layers']}x{shape['hidden_size']}"
+                    print(f"| {model_name} | {structure} | {level} | {rate[0]:,.0f} | {rate[1]:,.0f} "
+                          f"| {rate[1] / rate[0]:.2f}x |", flush=True)
+                kernels.set_isa(None)
+
+
+if __name__ == "__main__":
+    main()
