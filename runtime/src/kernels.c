@@ -625,6 +625,10 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
             if (nn_slot == 0 && !m->wide && s == 0) return use_avx512 ? csr_tile16_avx512 : csr_tile16_u16;
             if (nn_slot == 1 && !m->wide && s == 0) return csr_tile4_u16;
 #endif
+#if defined(__aarch64__) && defined(__ARM_NEON)
+            if (nn_slot == 2 && !m->wide && s == 0) return sr_neon_csr_u16;
+            if (nn_slot == 2 && !m->wide && (s == 2 || s == 3)) return sr_neon_column_blocks;
+#endif
             return kernels[m->wide ? 1 : 0][nn_slot][s];
         }
     return NULL;

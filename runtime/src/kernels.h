@@ -76,6 +76,14 @@ size_t sr_recurrent_scratch(int cell, long H, long B, int threads);
 int sr_recurrent(int cell, const Matrix *m, const float *bias, const float *xproj, float *out, float *h, float *c,
                  long T, long B, int reverse, int threads, void *scratch);
 
+#if defined(__aarch64__) && defined(__ARM_NEON)
+/* ---- aarch64 (kernels_neon.c): one-column products of CSR and of 8x1 / 16x1 blocks ---- */
+void sr_neon_csr_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                     const float *bias);
+void sr_neon_column_blocks(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                           const float *bias);
+#endif
+
 /* ---- the other operations (ops.c) ---- */
 /* A cell's equations on units q in [q0, q1) (q = j * B + b): gates = W_hh h + b_hh (G*H, B), x = xproj[t];
  * h_next, c and out (H, B) written. */
