@@ -32,7 +32,8 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SLICE 64 /* columns in a slice of the sliced one-column copy; sparsernn.kernels.SLICE */
+#define SLICE 64  /* columns in a slice of the sliced one-column copy; sparsernn.kernels.SLICE */
+#define NSHAPES 9 /* block shapes with kernels: 1x1, 4x1, 8x1, 16x1, 1x4, 1x8, 1x16, 4x4, 8x8 (kernels.c) */
 
 typedef struct Matrix Matrix;
 /* Block rows [br0, br1) of Y = W X + bias for a fixed number of columns (X row stride ldx, Y row stride ldy). */
@@ -76,6 +77,20 @@ size_t sr_recurrent_scratch(int cell, long H, long B, int threads);
 int sr_recurrent(int cell, const Matrix *m, const float *bias, const float *xproj, float *out, float *h, float *c,
                  long T, long B, int reverse, int threads, void *scratch);
 
+/* ---- the kernels of each instruction set, for the dispatch in kernels.c ---- */
+/* The portable kernel of m's shape for 16, 4 or 1 columns (nn_slot 0, 1, 2), or the generic one: what an
+ * instruction set's kernel falls back to (a strided column). */
+kernel_fn sr_portable_kernel(const Matrix *m, int nn_slot);
+/* A tile's `width` columns of X side by side, in a buffer the caller frees; NULL, with X and ldx unchanged,
+ * where they already are side by side or no memory was free. */
+float *sr_pack_tile(const Matrix *m, const float **X, long *ldx, int width);
+#ifdef __AVX2__
+/* kernels_avx2.c and kernels_avx512.c: the kernel for this shape (shape_table index) and width, or NULL */
+kernel_fn sr_avx2_kernel(const Matrix *m, int nn_slot, int shape);
+kernel_fn sr_avx512_kernel(const Matrix *m, int nn_slot, int shape);
+void sr_avx2_csr_gather_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                            const float *bias);
+#endif
 #if defined(__aarch64__) && defined(__ARM_NEON)
 /* ---- aarch64 (kernels_neon.c): one-column products of CSR and of 8x1 / 16x1 blocks ---- */
 void sr_neon_csr_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
