@@ -331,8 +331,18 @@ class SparseProgram(nn.Module):
         plan = self._plans.get(key)
         if plan is None or (plan[2] is not None and plan[2][0] is not self.engine._step):  # new, or stale
             plan = self._plan(key)
+        if plan[2] is not None and plan[2][3] is not None and all(leaf.dtype == dtype for leaf, dtype in
+                                                                 zip(leaves, plan[2][3][0], strict=True)):
+            # a streamed step of one column: the inputs copied in, the program run, the outputs copied out,
+            # in one call of the extension
+            step, buffers, results, shapes = plan[2][0], *plan[2][3][1:]
+            sources = [(np.ascontiguousarray(leaf.numpy()), buffer)
+                       for leaf, buffer in zip(leaves, buffers, strict=True)]
+            arrays = kernels._compiled().step(step[0]._program, sources, results)
+            return self._build([torch.from_numpy(array.reshape(shape))
+                                for array, shape in zip(arrays, shapes, strict=True)])
         if plan[2] is not None:  # a streamed step: the inputs into the buffers, one call, the outputs copied
-            step, inputs, outputs = plan[2]
+            step, inputs, outputs, _ = plan[2]
             for view, leaf, (order, shape), entry in zip(inputs, leaves, plan[0], self.engine.inputs,
                                                          strict=True):
                 if view is not None:
@@ -397,7 +407,13 @@ class SparseProgram(nn.Module):
                        for buffer, spec in zip(results, engine.outputs, strict=True)]
         except RuntimeError:  # a layout that is not a view of the buffer
             return None
-        return engine._step, inputs, outputs
+        direct = None
+        if batch == 1 and not engine._state_inputs and engine.backend == "c":
+            # one column: every buffer holds its value in the forward's own order
+            dtypes = [getattr(torch, entry["dtype"]) for entry in engine.inputs]
+            shapes = [tuple(view.shape) for view in outputs]
+            direct = dtypes, buffers, results, shapes
+        return engine._step, inputs, outputs, direct
 
 
 def _builder(spec: pytree.TreeSpec):

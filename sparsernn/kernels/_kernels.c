@@ -439,12 +439,9 @@ fail:
     return NULL;
 }
 
-static PyObject *py_run(PyObject *self, PyObject *capsule) {
-    (void)self;
-    Program *p = PyCapsule_GetPointer(capsule, PROGRAM);
-    if (!p) return NULL;
+/* Every operation of p in order; 0, 2 for an id outside its table, -1 out of memory. */
+static int run_program(const Program *p) {
     int status = 0;
-    Py_BEGIN_ALLOW_THREADS;
     for (int i = 0; i < p->count && !status; ++i) {
         const Op *op = &p->ops[i];
         const long *z = op->size;
@@ -468,13 +465,72 @@ static PyObject *py_run(PyObject *self, PyObject *capsule) {
             break;
         }
     }
+    return status;
+}
+
+/* run_program's status as a Python exception: -1 with one set, else 0. */
+static int program_error(int status) {
+    if (status == 2) PyErr_SetString(PyExc_IndexError, "program: an id is outside its embedding table");
+    else if (status) PyErr_NoMemory();
+    return status ? -1 : 0;
+}
+
+static PyObject *py_run(PyObject *self, PyObject *capsule) {
+    (void)self;
+    Program *p = PyCapsule_GetPointer(capsule, PROGRAM);
+    if (!p) return NULL;
+    int status;
+    Py_BEGIN_ALLOW_THREADS;
+    status = run_program(p);
     Py_END_ALLOW_THREADS;
-    if (status == 2) {
-        PyErr_SetString(PyExc_IndexError, "program: an id is outside its embedding table");
-        return NULL;
-    }
-    if (status) return PyErr_NoMemory();
+    if (program_error(status)) return NULL;
     Py_RETURN_NONE;
+}
+
+/* step(program, inputs, outputs): a streamed step of one column in one call. inputs: (source, buffer) pairs,
+ * each source copied into its buffer (int64 ids narrowed to an int32 buffer, an id beyond int32 becoming -1,
+ * which the gather refuses); the program run; returns a copy of each of the outputs (numpy arrays). */
+static PyObject *py_step(PyObject *self, PyObject *args) {
+    (void)self;
+    PyObject *capsule, *inputs, *outputs;
+    if (!PyArg_ParseTuple(args, "OO!O!", &capsule, &PyList_Type, &inputs, &PyList_Type, &outputs)) return NULL;
+    Program *p = PyCapsule_GetPointer(capsule, PROGRAM);
+    if (!p) return NULL;
+    for (Py_ssize_t i = 0; i < PyList_GET_SIZE(inputs); ++i) {
+        Py_buffer source, target;
+        if (!PyArg_ParseTuple(PyList_GET_ITEM(inputs, i), "y*w*", &source, &target)) return NULL;
+        int ok = 1;
+        if (source.len == target.len) {
+            memcpy(target.buf, source.buf, (size_t)source.len);
+        } else if (source.len == 2 * target.len && target.len % 4 == 0) { /* int64 ids into int32 */
+            const int64_t *from = source.buf;
+            int32_t *to = target.buf;
+            for (Py_ssize_t k = 0; k < target.len / 4; ++k)
+                to[k] = from[k] >= INT32_MIN && from[k] <= INT32_MAX ? (int32_t)from[k] : -1;
+        } else {
+            ok = 0;
+        }
+        PyBuffer_Release(&source), PyBuffer_Release(&target);
+        if (!ok) {
+            PyErr_SetString(PyExc_ValueError, "step: an input does not fit its buffer");
+            return NULL;
+        }
+    }
+    int status;
+    Py_BEGIN_ALLOW_THREADS;
+    status = run_program(p);
+    Py_END_ALLOW_THREADS;
+    if (program_error(status)) return NULL;
+    PyObject *result = PyList_New(PyList_GET_SIZE(outputs));
+    for (Py_ssize_t i = 0; result && i < PyList_GET_SIZE(outputs); ++i) {
+        PyObject *copy = PyObject_CallMethod(PyList_GET_ITEM(outputs, i), "copy", NULL);
+        if (!copy) {
+            Py_CLEAR(result);
+            break;
+        }
+        PyList_SET_ITEM(result, i, copy);
+    }
+    return result;
 }
 
 static PyObject *py_set_avx512(PyObject *self, PyObject *args) {
@@ -502,6 +558,8 @@ static PyMethodDef methods[] = {
      "n), unary functions, gathers, norms, softmax, elementwise arithmetic, copies and cells (3 to 9: see the "
      "comment above Op), compiled to run in order by run(program)"},
     {"run", py_run, METH_O, "run(program): every operation of the program, in order"},
+    {"step", py_step, METH_VARARGS, "step(program, [(source, buffer), ...], [output, ...]): inputs copied into the "
+     "program's buffers, the program run, copies of the outputs returned"},
     {NULL, NULL, 0, NULL},
 };
 

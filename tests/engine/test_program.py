@@ -119,19 +119,32 @@ def test_a_user_lm_runs_whole_and_streamed_as_pytorch(cell, options, backend):
     torch.testing.assert_close(torch.cat([first, second]), expected, **TOLERANCE)
 
 
-def test_a_streamed_step_is_one_compiled_call(monkeypatch):
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_streamed_step_is_one_compiled_call(monkeypatch, batch):
     if "c" not in BACKENDS:
         pytest.skip("the compiled kernels are not built")
     model = pruned(WordLM(nn.GRU)).eval()
-    fast = sparsify(model, example_inputs=(torch.zeros(5, 1, dtype=torch.long),))
+    fast = sparsify(model, example_inputs=(torch.zeros(5, batch + 1, dtype=torch.long),))
+    compiled, calls = kernels._compiled(), []
+
+    class Counting:
+        """The extension, its entry points that compute counted."""
+
+        def __getattr__(self, name):
+            attribute = getattr(compiled, name)
+            if name not in ("run", "step", "spmm", "recurrent"):
+                return attribute
+            return lambda *arguments: calls.append(name) or attribute(*arguments)
+
     with torch.no_grad():
-        fast(torch.zeros(1, 1, dtype=torch.long))  # builds the step program
-        calls = []
-        monkeypatch.setattr(kernels.Program, "__call__", lambda self: calls.append("program") or None)
-        monkeypatch.setattr(kernels, "spmm", lambda *a, **k: calls.append("spmm"))
-        monkeypatch.setattr(kernels, "recurrent", lambda *a, **k: calls.append("recurrent"))
-        fast(torch.ones(1, 1, dtype=torch.long))
-    assert calls == ["program"]
+        first = fast(torch.zeros(1, batch, dtype=torch.long))  # builds the step program
+        monkeypatch.setattr(kernels, "_compiled", Counting)
+        second = fast(torch.ones(1, batch, dtype=torch.long))
+    assert calls == ["step" if batch == 1 else "run"]
+    fast.reset()
+    with torch.no_grad():
+        expected = model(torch.tensor([[0] * batch, [1] * batch]))
+    torch.testing.assert_close(torch.cat([first, second]), expected, **TOLERANCE)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
