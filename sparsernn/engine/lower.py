@@ -17,6 +17,7 @@ feature axes only, one step at a time, which is what streaming needs.
 
 from __future__ import annotations
 
+import itertools
 import math
 import operator
 import warnings
@@ -110,7 +111,7 @@ def _find_axes(model, args, base, size_of, what: str, fixed: list[int | None] | 
     candidates = [[None] + [axis for axis, n in enumerate(leaf.shape) if n == size
                             and (fixed is None or axis != fixed[i])] for i, leaf in enumerate(leaves)]
     # prefer moving as many inputs as possible (a state input moves with the tokens' batch)
-    choices = sorted(_product(candidates), key=lambda axes: sum(a is None for a in axes))
+    choices = sorted(itertools.product(*candidates), key=lambda axes: sum(a is None for a in axes))
     for axes in choices[:64]:
         if all(axis is None for axis in axes):
             continue
@@ -124,13 +125,6 @@ def _find_axes(model, args, base, size_of, what: str, fixed: list[int | None] | 
     raise LoweringError(f"could not find the {what} axis of the example inputs: the first recurrent layer's "
                         f"{what} size is {size}; give example inputs whose time length and batch size differ "
                         "from each other and from the feature sizes")
-
-
-def _product(candidates: list[list]) -> list[tuple]:
-    out = [()]
-    for options in candidates:
-        out = [prefix + (option,) for prefix in out for option in options]
-    return out
 
 
 def _labels(base, longer, wider, steps: int, batch: int) -> dict[str, list]:
@@ -456,13 +450,13 @@ def lower(model: nn.Module, example_inputs: tuple) -> dict:
         raise LoweringError(f"the example inputs' time length and batch size are both {steps}: give "
                             "different sizes so the two can be told apart")
     time_axes, longer = _find_axes(model, example_inputs, base, lambda n: _time_batch(n)[0], "time")
-    batch_axes, wider = _find_axes(model, example_inputs, base, lambda n: _time_batch(n)[1], "batch",
-                                   fixed=list(time_axes))
+    _, wider = _find_axes(model, example_inputs, base, lambda n: _time_batch(n)[1], "batch",
+                          fixed=list(time_axes))
     labels = _labels(base, longer, wider, steps, batch)
     _merged_order(base, labels)
     lowering = _Lowering(base, labels)
     lowering.run()
-    leaves = [leaf for leaf in pytree.tree_leaves(example_inputs)]
+    leaves = pytree.tree_leaves(example_inputs)
     signature = base.graph_signature
     if len(leaves) != len(signature.user_inputs):
         raise LoweringError("the example inputs must be tensors only (no other arguments)")
@@ -511,4 +505,4 @@ def _merged_order(exported, labels: dict[str, list]) -> None:
             if "T" in source and "B" in source:
                 order = "TB" if source.index("T") < source.index("B") else "BT"
                 break
-        labels[node.name] = [order or "TB" if a == "TB" else a for a in axes]
+        labels[node.name] = [(order or "TB") if a == "TB" else a for a in axes]

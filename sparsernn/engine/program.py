@@ -26,17 +26,6 @@ from sparsernn import kernels
 from sparsernn.engine.stack import Direction, RecurrentStack, as_kernel_matrix
 from sparsernn.kernels import SparseMatrix
 
-#: The ops of a program and the fields each names (besides "op", "module", "x" and "y").
-OPS = {
-    "embedding": ("weight",), "linear": ("weight", "bias"),
-    "rnn": ("cell", "layers", "bidirectional", "hidden_size", "proj_size", "weights", "h0", "c0", "hn", "cn"),
-    "layer_norm": ("size", "weight", "bias", "eps"), "tanh": (), "relu": (), "sigmoid": (),
-    "softmax": ("size",), "log_softmax": ("size",),
-    "add": ("other", "weight", "scalar"), "mul": ("other", "weight", "scalar"),
-    "sub": ("other", "weight", "scalar"), "div": ("other", "weight", "scalar"),
-    "copy": ("outer", "length", "x_stride", "x_offset", "y_stride", "y_offset"),
-}
-
 
 def _dense(tensor: SparseMatrix | np.ndarray) -> np.ndarray:
     array = tensor.to_dense() if isinstance(tensor, SparseMatrix) else tensor
@@ -305,11 +294,6 @@ class SparseProgram(nn.Module):
 
     def reset(self) -> None:
         self.engine.reset()
-
-    def __call__(self, *args):
-        """The forward, called directly: nn.Module's call machinery (hooks) costs about 5 us, a fifth of a
-        streamed token of a small model; a program has no submodules or hooks to run."""
-        return self.forward(*args)
 
     def extra_repr(self) -> str:
         ops = [op["op"] for op in self.engine.ops]

@@ -1,0 +1,60 @@
+"""Where a streamed token's time goes when a model runs as one program from Python: the compiled step
+alone, the step as the extension runs it with the copies in and out, the whole `SparseProgram` call,
+the same through `nn.Module.__call__`, and the family engine on the same file; the PTB-shaped LSTM LM
+(2x200, vocabulary 10,000, 90% pruned at random), batch 1, one thread, best of five runs of 3,000 calls.
+
+    python benchmarks/program_overhead.py
+"""
+
+import tempfile
+import timeit
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from sparsernn import kernels, load_sparse, save_sparse
+from sparsernn.bench.end_to_end import SHAPES, _pruned_model
+from sparsernn.config import ModelConfig
+from sparsernn.engine import LanguageModelEngine
+from sparsernn.models.lm import LanguageModel
+
+
+def microseconds(call, number=3000) -> float:
+    return min(timeit.repeat(call, number=number, repeat=5)) / number * 1e6
+
+
+def main() -> None:
+    torch.set_num_threads(1)
+    shape = SHAPES["ptb"]
+    model, architecture = _pruned_model(shape, (1, 1))
+    token = torch.zeros(1, 1, dtype=torch.long)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "lm.safetensors"
+        vocabulary = [str(i) for i in range(shape["vocab"])]
+        save_sparse(model, path, example_inputs=(torch.zeros(5, 1, dtype=torch.long),),
+                    extra={"architecture": architecture, "vocabulary": vocabulary})
+        config = ModelConfig(cell="lstm", embedding_size=200, hidden_size=200, layers=2, dropout=0.0)
+        program = load_sparse(LanguageModel(shape["vocab"], config), path)
+        engine = LanguageModelEngine(path)
+    with torch.no_grad():
+        program(token)
+        plan = program._plans[(token.shape,)][2]  # the compiled step and, at batch 1, its buffers
+        step, buffers, results = plan[0], plan[3][1], plan[3][2]
+        sources = [(np.ascontiguousarray(token.numpy()), buffers[0])]
+        rows = {
+            "the compiled step alone": microseconds(step[0]),
+            "the extension's step(): token in, step, copies of the 3 outputs": microseconds(
+                lambda: kernels._compiled().step(step[0]._program, sources, results)),
+            "SparseProgram called (what a user calls)": microseconds(lambda: program(token)),
+            "the same through nn.Module.__call__": microseconds(lambda: nn.Module.__call__(program, token)),
+            "LanguageModelEngine on the same file (logits only)": microseconds(lambda: engine(token.numpy())),
+        }
+    print("| one streamed token, LSTM 2x200 LM | us |\n|---|---|")
+    for name, us in rows.items():
+        print(f"| {name} | {us:.1f} |")
+
+
+if __name__ == "__main__":
+    main()
