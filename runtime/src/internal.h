@@ -83,6 +83,9 @@ struct sr_model {
     long long file_bytes;
 };
 
+extern const char *const SR_OP_NAMES[OP_COUNT]; /* program.c: the ops' names in the file */
+extern const char *const SR_CELL_NAMES[4];       /* rnn_tanh, rnn_relu, gru, lstm, by cell code */
+
 /* model.c */
 const weight *sr_find_weight(const sr_model *model, const char *name);
 /* program.c: the program's ops from the metadata, checked against the weights; SR_OK or the error */

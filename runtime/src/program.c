@@ -8,10 +8,9 @@
 #include "internal.h"
 #include "layouts.h"
 
-static const char *const OP_NAMES[OP_COUNT] = {"embedding", "linear", "rnn", "layer_norm", "tanh", "relu", "sigmoid",
-                                               "softmax", "log_softmax", "add", "mul", "sub", "div", "copy"};
-static const char *const CELL_NAMES[] = {"rnn_tanh", "rnn_relu", "gru", "lstm"};
-static const int CELL_CODES[] = {CELL_TANH, CELL_RELU, CELL_GRU, CELL_LSTM};
+const char *const SR_OP_NAMES[OP_COUNT] = {"embedding", "linear", "rnn", "layer_norm", "tanh", "relu", "sigmoid",
+                                           "softmax", "log_softmax", "add", "mul", "sub", "div", "copy"};
+const char *const SR_CELL_NAMES[4] = {"rnn_tanh", "rnn_relu", "gru", "lstm"}; /* by cell code (kernels.h) */
 
 typedef struct {
     sr_model *model;
@@ -124,7 +123,7 @@ static sr_status load_rnn(loader *l, const json *node, op *o) {
     const char *cell = json_string(json_get(node, "cell"));
     o->cell = -1;
     for (int i = 0; i < 4; ++i)
-        if (cell && !strcmp(cell, CELL_NAMES[i])) o->cell = CELL_CODES[i];
+        if (cell && !strcmp(cell, SR_CELL_NAMES[i])) o->cell = i;
     if (o->cell < 0) return FAIL(l, "cell must be rnn_tanh, rnn_relu, gru or lstm");
     long layers, hidden, proj;
     sr_status s;
@@ -185,7 +184,7 @@ static sr_status load_op(loader *l, const json *node, op *o) {
     const char *kind = json_string(json_get(node, "op"));
     o->kind = -1, o->other = -1, o->hn = o->cn = -1;
     for (int k = 0; kind && k < OP_COUNT; ++k)
-        if (!strcmp(kind, OP_NAMES[k])) o->kind = k;
+        if (!strcmp(kind, SR_OP_NAMES[k])) o->kind = k;
     if (o->kind < 0) return FAIL(l, "unknown op %s", kind ? kind : "(none)");
     if (o->kind == OP_RNN) return load_rnn(l, node, o);
     sr_status s = use(l, node, "x", &o->x);

@@ -248,13 +248,11 @@ size_t sr_model_describe(const sr_model *model, char *text, size_t size) {
         model->whole ? "whole (bidirectional: run with --whole)" : "stream", model->values[model->input].name,
         model->values[model->input].size, model->values[model->output].name, model->values[model->output].size,
         model->op_count);
-    static const char *const names[OP_COUNT] = {"embedding", "linear", "rnn", "layer_norm", "tanh", "relu", "sigmoid",
-                                                "softmax", "log_softmax", "add", "mul", "sub", "div", "copy"};
     for (int i = 0; i < model->op_count; ++i) {
         const op *o = &model->ops[i];
-        PUT("  %2d %-11s %-24s", i, names[o->kind], o->module ? o->module : "");
+        PUT("  %2d %-11s %-24s", i, SR_OP_NAMES[o->kind], o->module ? o->module : "");
         if (o->kind == OP_RNN)
-            PUT(" %s, %d layer(s), %s, hidden %d%s", (const char *[]){"rnn_tanh", "rnn_relu", "gru", "lstm"}[o->cell],
+            PUT(" %s, %d layer(s), %s, hidden %d%s", SR_CELL_NAMES[o->cell],
                 o->layers, o->directions == 2 ? "bidirectional" : "one direction", o->hidden,
                 o->out != o->hidden ? ", projected" : "");
         else if (o->weight)
