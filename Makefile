@@ -55,7 +55,7 @@ runtime: build/runtime/libsparsernn.a build/runtime/sparsernn-run
 runtime-aarch64: build/aarch64/libsparsernn.a build/aarch64/sparsernn-run
 
 # The runtime's tests with make and a C compiler alone: the fixtures against PyTorch's outputs, no
-# allocation in a step, the errors; the same under qemu-aarch64 as a Cortex-A53 (NEON, no dotprod) and as
+# allocation in a step, the errors (with the widest instruction set, and with AVX2 only); the same under qemu-aarch64 as a Cortex-A53 (NEON, no dotprod) and as
 # -cpu max (where the cross compiler and qemu are installed); and the loader fuzzed with ASan + UBSan
 # (FUZZ mutations of each fixture).
 FUZZ ?= 2000
@@ -73,6 +73,7 @@ build/fuzz/fuzz: runtime/tests/fuzz.c $(RUNTIME_SOURCES) $(RUNTIME_HEADERS)
 
 runtime-test: build/runtime/test_runtime build/runtime/sparsernn-run build/fuzz/fuzz
 	build/runtime/test_runtime runtime/tests/fixtures
+	SPARSERNN_ISA=avx2 build/runtime/test_runtime runtime/tests/fixtures  # the AVX2 kernels where AVX-512 runs
 	@if command -v $(AARCH64_CC) >/dev/null && command -v $(QEMU) >/dev/null; then \
 		$(MAKE) --no-print-directory build/aarch64/test_runtime build/aarch64/sparsernn-run && \
 		for cpu in cortex-a53 max; do echo "qemu-aarch64 -cpu $$cpu:"; \
