@@ -18,8 +18,9 @@ flags = ["-O3", "-fno-wrapv", "-fopenmp", "-std=c11"]
 if not os.environ.get("SPARSERNN_PORTABLE"):
     flags.append("-march=native")
 
-CORE = ["runtime/src/kernels.c", "runtime/src/kernels_avx2.c", "runtime/src/kernels_avx512.c", "runtime/src/ops.c"]
+CORE = ["runtime/src/kernels.c", "runtime/src/kernels_avx2.c", "runtime/src/kernels_avx512.c", "runtime/src/ops.c",
+        "runtime/src/layouts.c"]
 
 setup(ext_modules=[Extension("sparsernn.kernels._kernels", ["sparsernn/kernels/_kernels.c", *CORE],
-                             include_dirs=["runtime/src"], depends=["runtime/src/kernels.h", "runtime/src/simd.h"],
+                             include_dirs=["runtime/src"], depends=["runtime/src/kernels.h", "runtime/src/simd.h", "runtime/src/layouts.h"],
                              extra_compile_args=flags, extra_link_args=["-fopenmp"], optional=True)])

@@ -1,6 +1,9 @@
 /* The one-column copies of an unstructured matrix (kernels.h: interleaved for AVX2, sliced for AVX-512),
  * built from its CSR arrays as sparsernn.kernels.SparseMatrix.interleaved and .sliced build them in numpy:
  * rows sorted by length (longest first, then by row) within windows of sigma rows. */
+#ifndef _POSIX_C_SOURCE
+#define _POSIX_C_SOURCE 200809L /* posix_memalign */
+#endif
 #include <stdlib.h>
 #include <string.h>
 

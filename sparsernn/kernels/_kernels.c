@@ -13,6 +13,7 @@
 #include <string.h>
 
 #include "kernels.h"
+#include "layouts.h"
 
 /* ---- Python bindings ---------------------------------------------------------------------------- */
 
@@ -533,6 +534,52 @@ static PyObject *py_step(PyObject *self, PyObject *args) {
     return result;
 }
 
+/* one_column(rows, cols, rowptr, index, values, lanes, rows_unit, bf16): the one-column copy of a CSR
+ * matrix with uint16 indices (layouts.c, as the C runtime builds it) as (sigma, ptr, order, index, values),
+ * each array as bytes; None where it has none. */
+static PyObject *py_one_column(PyObject *self, PyObject *args) {
+    (void)self;
+    int rows, cols, lanes, bf16;
+    long unit;
+    Py_buffer rowptr, index, values;
+    if (!PyArg_ParseTuple(args, "iiy*y*y*ili", &rows, &cols, &rowptr, &index, &values, &lanes, &unit, &bf16))
+        return NULL;
+    PyObject *result = NULL;
+    if (rows < 1 || cols < 1 || cols > 65536 || check_len(&rowptr, ((Py_ssize_t)rows + 1) * 4, "rowptr")) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "one_column: bad shape");
+        goto done;
+    }
+    const int32_t *ptr = rowptr.buf;
+    if (ptr[0] != 0 || check_len(&index, (Py_ssize_t)ptr[rows] * 2, "index") ||
+        check_len(&values, (Py_ssize_t)ptr[rows] * 4, "values")) {
+        if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "one_column: rowptr must start at 0");
+        goto done;
+    }
+    Matrix m = {.rows = rows, .cols = cols, .r = 1, .c = 1, .rowptr = ptr, .index = index.buf, .values = values.buf};
+    void *owned[4];
+    const int made = sr_one_column_copy(&m, unit, lanes, bf16, owned);
+    if (made < 0) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    if (!made) {
+        result = Py_None;
+        Py_INCREF(result);
+        goto done;
+    }
+    const Py_ssize_t groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / m.sigma) * ((m.sigma + 15) / 16);
+    const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + SLICE - 1) / SLICE);
+    const Py_ssize_t slots = m.sell_ptr[segments];
+    result = Py_BuildValue("iy#y#y#y#", m.sigma, (const char *)m.sell_ptr, (segments + 1) * 4,
+                           (const char *)m.sell_order, groups * lanes * 4, (const char *)m.sell_index,
+                           slots * lanes * (lanes == 8 ? 2 : 1), (const char *)m.sell_values,
+                           slots * lanes * (bf16 ? 2 : 4));
+    for (int i = 0; i < 4; ++i) free(owned[i]);
+done:
+    PyBuffer_Release(&rowptr), PyBuffer_Release(&index), PyBuffer_Release(&values);
+    return result;
+}
+
 static PyObject *py_set_avx512(PyObject *self, PyObject *args) {
     (void)self;
     int flag;
@@ -558,6 +605,8 @@ static PyMethodDef methods[] = {
      "n), unary functions, gathers, norms, softmax, elementwise arithmetic, copies and cells (3 to 9: see the "
      "comment above Op), compiled to run in order by run(program)"},
     {"run", py_run, METH_O, "run(program): every operation of the program, in order"},
+    {"one_column", py_one_column, METH_VARARGS, "one_column(rows, cols, rowptr, index, values, lanes, rows_unit, "
+     "bf16): a CSR matrix's one-column copy (sigma, ptr, order, index, values as bytes), or None"},
     {"step", py_step, METH_VARARGS, "step(program, [(source, buffer), ...], [output, ...]): inputs copied into the "
      "program's buffers, the program run, copies of the outputs returned"},
     {NULL, NULL, 0, NULL},

@@ -1,5 +1,6 @@
 """The compiled kernels against the scipy/numpy reference and against dense numpy."""
 
+import dataclasses
 import itertools
 
 import numpy as np
@@ -587,3 +588,28 @@ def test_a_gather_outside_its_table_raises_and_bad_copies_are_refused():
             program()
     with pytest.raises(ValueError, match="do not fit"):
         kernels.Program([("copy", y, y, 2, 4, 1, 0, 1, 0)])
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize(("shape", "rows_unit", "density"), [((64, 64), None, 0.3), ((96, 200), 32, 0.1),
+                                                             ((400, 130), 200, 0.05), ((24, 8), None, 0.5)])
+def test_the_c_runtime_builds_the_same_one_column_copies(shape, rows_unit, density, bf16):
+    """The C runtime builds its one-column copies at load (runtime/src/layouts.c); the Python package
+    builds them in numpy: the same arrays, so both run the kernels on the same layout."""
+    rng = np.random.default_rng(7)
+    _, matrix = random_sparse(rng, shape, (1, 1), density)
+    matrix = dataclasses.replace(matrix, rows_unit=rows_unit)
+    matrix = matrix.to_bf16() if bf16 else matrix
+    unit = rows_unit or np.gcd(*shape)
+    for lanes, python in ((8, matrix.interleaved), (16, matrix.sliced)):
+        made = kernels._compiled().one_column(*shape, matrix.rowptr, matrix.index, matrix.values, lanes, unit,
+                                               int(bf16))
+        if python is None:
+            assert made is None
+            continue
+        sigma, ptr, order, index, values = made
+        assert sigma == python.sigma
+        np.testing.assert_array_equal(np.frombuffer(ptr, np.int32), python.ptr)
+        np.testing.assert_array_equal(np.frombuffer(order, np.int32), python.order)
+        for got, expected in ((index, python.index), (values, python.values)):
+            np.testing.assert_array_equal(np.frombuffer(got, expected.dtype).reshape(-1, lanes), expected)
