@@ -430,11 +430,18 @@ class _Lowering:
 def lower(model: nn.Module, example_inputs: tuple) -> dict:
     """The program (see :mod:`sparsernn.engine.program` and docs/FORMAT.md) that computes ``model``'s
     forward on inputs shaped like ``example_inputs`` (a whole sequence: the forward's positional
-    arguments), step by step. Raises :class:`LoweringError` naming the operation and the module it
-    cannot lower."""
+    arguments), step by step; the model is exported in eval mode and left in the mode it had. Raises
+    :class:`LoweringError` naming the operation and the module it cannot lower."""
     if not isinstance(example_inputs, tuple):
         example_inputs = (example_inputs,)
-    model = model.eval()
+    was_training = model.training
+    try:
+        return _lower(model.eval(), example_inputs)
+    finally:
+        model.train(was_training)
+
+
+def _lower(model: nn.Module, example_inputs: tuple) -> dict:
     try:
         base = _export(model, example_inputs)
     except Exception as error:  # noqa: BLE001 (export raises many kinds; its message is what helps)

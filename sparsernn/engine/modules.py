@@ -270,17 +270,14 @@ def sparsify(model: nn.Module, *, threads: int = 1, backend: str = "auto",
 
 def _lowered(model: nn.Module, example_inputs, strict: bool) -> dict | None:
     """The model's program, or with ``strict=False`` None (and a warning) where it cannot be lowered."""
-    was_training = model.training
     try:
-        return lower(model, example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
+        return lower(model, example_inputs)
     except LoweringError as error:
         if strict:
             raise
         warnings.warn(f"{error}; running the model module by module instead (PyTorch between the sparse "
                       "modules, slower when streaming)", stacklevel=3)
         return None
-    finally:
-        model.train(was_training)
 
 
 def load_sparse(model: nn.Module, path: str | Path | ExportedModel, *, threads: int = 1,

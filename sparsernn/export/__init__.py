@@ -153,11 +153,7 @@ def save_sparse(model: nn.Module, path: str | Path, *, values: str = "fp32",
     if example_inputs is not None:
         from sparsernn.engine.lower import lower
 
-        was_training = model.training
-        try:
-            program = lower(model, example_inputs if isinstance(example_inputs, tuple) else (example_inputs,))
-        finally:
-            model.train(was_training)
+        program = lower(model, example_inputs)
     units = gate_rows(model)
     tensors, matrices, ties, seen, dense_bytes = {}, {}, {}, {}, 0
     for name, tensor in model.state_dict().items():
