@@ -1,6 +1,6 @@
 """Where a streamed token's time goes when a model runs as one program from Python: the compiled step
 alone, the step as the extension runs it with the copies in and out, the whole `SparseProgram` call,
-the same through `nn.Module.__call__`, and the family engine on the same file; the PTB-shaped LSTM LM
+and the family engine on the same file; the PTB-shaped LSTM LM
 (2x200, vocabulary 10,000, 90% pruned at random), batch 1, one thread, best of five runs of 3,000 calls.
 
     python benchmarks/program_overhead.py
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch import nn
 
 from sparsernn import kernels, load_sparse, save_sparse
 from sparsernn.bench.end_to_end import SHAPES, _pruned_model
@@ -40,15 +39,14 @@ def main() -> None:
         engine = LanguageModelEngine(path)
     with torch.no_grad():
         program(token)
-        plan = program._plans[(token.shape,)][2]  # the compiled step and, at batch 1, its buffers
-        step, buffers, results = plan[0], plan[3][1], plan[3][2]
+        plan = program._plans[((token.shape, token.dtype),)]  # the compiled step and its buffers
+        step, buffers, results = plan.step[0], plan.direct, plan.step[2]
         sources = [(np.ascontiguousarray(token.numpy()), buffers[0])]
         rows = {
-            "the compiled step alone": microseconds(step[0]),
+            "the compiled step alone": microseconds(step),
             "the extension's step(): token in, step, copies of the 3 outputs": microseconds(
-                lambda: kernels._compiled().step(step[0]._program, sources, results)),
+                lambda: kernels._compiled().step(step._program, sources, results)),
             "SparseProgram called (what a user calls)": microseconds(lambda: program(token)),
-            "the same through nn.Module.__call__": microseconds(lambda: nn.Module.__call__(program, token)),
             "LanguageModelEngine on the same file (logits only)": microseconds(lambda: engine(token.numpy())),
         }
     print("| one streamed token, LSTM 2x200 LM | us |\n|---|---|")

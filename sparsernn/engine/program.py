@@ -14,6 +14,7 @@ batch columns, a sequence's ``(T, features, n)``; token ids are ``(n,)`` per ste
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import math
 
@@ -311,45 +312,37 @@ class SparseProgram(nn.Module):
             if leaf.requires_grad and torch.is_grad_enabled():
                 raise RuntimeError("sparsified programs run inference only; call under torch.no_grad() or "
                                    "torch.inference_mode()")
-        key = tuple(leaf.shape for leaf in leaves)
+        key = tuple((leaf.shape, leaf.dtype) for leaf in leaves)
         plan = self._plans.get(key)
-        if plan is None or (plan[2] is not None and plan[2][0] is not self.engine._step):  # new, or stale
-            plan = self._plan(key)
-        if plan[2] is not None and plan[2][3] is not None and all(leaf.dtype == dtype for leaf, dtype in
-                                                                 zip(leaves, plan[2][3][0], strict=True)):
-            # a streamed step of one column: the inputs copied in, the program run, the outputs copied out,
-            # in one call of the extension
-            step, buffers, results, shapes = plan[2][0], *plan[2][3][1:]
+        if plan is None or (plan.step is not None and plan.step is not self.engine._step):  # new, or stale
+            plan = self._plans[key] = self._plan(key)
+        if plan.direct is not None:  # a streamed step of one column: in, run and out in one call
             sources = [(np.ascontiguousarray(leaf.numpy()), buffer)
-                       for leaf, buffer in zip(leaves, buffers, strict=True)]
-            arrays = kernels._compiled().step(step[0]._program, sources, results)
+                       for leaf, buffer in zip(leaves, plan.direct, strict=True)]
+            arrays = kernels._compiled().step(plan.step[0]._program, sources, plan.step[2])
             return self._build([torch.from_numpy(array.reshape(shape))
-                                for array, shape in zip(arrays, shapes, strict=True)])
-        if plan[2] is not None:  # a streamed step: the inputs into the buffers, one call, the outputs copied
-            step, inputs, outputs, _ = plan[2]
-            for view, leaf, (order, shape), entry in zip(inputs, leaves, plan[0], self.engine.inputs,
-                                                         strict=True):
+                                for array, (_, _, shape) in zip(arrays, plan.outputs, strict=True)])
+        if plan.step is not None:  # a streamed step: the inputs into views of its buffers, one call
+            for view, leaf, (order, shape), entry in zip(plan.views_in, leaves, plan.inputs,
+                                                         self.engine.inputs, strict=True):
                 if view is not None:
                     view.copy_(leaf)
                 else:  # a state the forward takes
                     state = np.transpose(leaf.cpu().numpy(), order).reshape(shape)
                     self.engine._set_state(entry["state"], state)
-            step[0]()
-            return self._build([view.clone(memory_format=torch.contiguous_format) for view in outputs])
+            plan.step[0]()
+            return self._build([view.clone(memory_format=torch.contiguous_format) for view in plan.views_out])
         arrays = [leaf.detach().cpu().numpy() for leaf in leaves]
         outputs = self.engine.run([np.transpose(array, order).reshape(shape)
-                                   for array, (order, shape) in zip(arrays, plan[0], strict=True)])
+                                   for array, (order, shape) in zip(arrays, plan.inputs, strict=True)])
         return self._build([torch.from_numpy(np.ascontiguousarray(np.transpose(out.reshape(full), order))
                                              .reshape(shape))
-                            for out, (full, order, shape) in zip(outputs, plan[1], strict=True)])
+                            for out, (full, order, shape) in zip(outputs, plan.outputs, strict=True)])
 
-    def _plan(self, shapes: tuple) -> tuple[list, list, tuple | None]:
-        """For inputs of these shapes, checked against the example's axes: the transposition and shape that
-        take each input to the program's layout, those that take each output back, and for a streamed
-        step the engine's compiled step with torch views of its buffers in the forward's layouts, through
-        which a call writes its inputs and reads its outputs (kept per shape)."""
+    def _plan(self, key: tuple) -> _Plan:
+        """For inputs of these shapes and dtypes, checked against the example's axes: see :class:`_Plan`."""
         inputs, steps, batch = [], None, None
-        for shape, entry in zip(shapes, self.engine.inputs, strict=True):
+        for (shape, _), entry in zip(key, self.engine.inputs, strict=True):
             axes = entry["axes"]
             if len(shape) != len(axes) or any(isinstance(a, int) and a != n
                                               for a, n in zip(axes, shape, strict=True)):
@@ -363,17 +356,19 @@ class SparseProgram(nn.Module):
             inputs.append((order, ((sizes["T"],) if timed else ()) + (features, sizes.get("B", 1))))
         outputs = [_output_plan(tuple(spec["axes"]), 1 if "state" in spec else steps or 1, batch or 1)
                    for spec in self.engine.outputs]
-        step = self._step_views(batch or 1) if steps == 1 else None
-        self._plans[shapes] = inputs, outputs, step
-        return inputs, outputs, step
+        plan = _Plan(inputs, outputs)
+        if steps == 1:
+            self._step_views(plan, batch or 1, [dtype for _, dtype in key])
+        return plan
 
-    def _step_views(self, batch: int) -> tuple | None:
-        """The engine's compiled step for ``batch`` columns (built here), with torch views of its input
-        buffers (None for a state input) and output buffers in the forward's layouts; None where a step is
-        not one compiled call or a layout is not a view."""
+    def _step_views(self, plan: _Plan, batch: int, dtypes: list) -> None:
+        """The engine's compiled step for ``batch`` columns (built here) into ``plan``, with torch views of
+        its input buffers (None for a state input) and output buffers in the forward's layouts, and at
+        batch 1 with inputs of the dtypes the program takes, the buffers the extension's step() copies
+        into; nothing where a step is not one compiled call or a layout is not a view."""
         engine = self.engine
         if not engine._streams or engine.backend != "c":
-            return None
+            return
         engine._ensure(batch)
         if engine._step is None:
             engine._step = engine._build_step(batch)
@@ -385,19 +380,34 @@ class SparseProgram(nn.Module):
 
         try:
             sequence = iter(buffers)
-            inputs = [None if "state" in entry else view(next(sequence), entry["axes"])
-                      for entry in engine.inputs]
-            outputs = [view(buffer, spec["axes"])
-                       for buffer, spec in zip(results, engine.outputs, strict=True)]
+            plan.views_in = [None if "state" in entry else view(next(sequence), entry["axes"])
+                             for entry in engine.inputs]
+            plan.views_out = [view(buffer, spec["axes"])
+                              for buffer, spec in zip(results, engine.outputs, strict=True)]
         except RuntimeError:  # a layout that is not a view of the buffer
-            return None
-        direct = None
-        if batch == 1 and not engine._state_inputs and engine.backend == "c":
-            # one column: every buffer holds its value in the forward's own order
-            dtypes = [getattr(torch, entry["dtype"]) for entry in engine.inputs]
-            shapes = [tuple(view.shape) for view in outputs]
-            direct = dtypes, buffers, results, shapes
-        return engine._step, inputs, outputs, direct
+            return
+        plan.step = engine._step
+        # one column: every buffer holds its value in the forward's own order
+        taken = [getattr(torch, entry["dtype"]) for entry in engine.inputs]
+        if batch == 1 and not engine._state_inputs and dtypes == taken:
+            plan.direct = buffers
+
+
+@dataclasses.dataclass
+class _Plan:
+    """How a call with inputs of given shapes and dtypes runs. ``inputs``: per input the transposition and
+    shape that take it to the program's layout; ``outputs``: per output the reshape, transposition and
+    shape that take it back. For a streamed step (one time step, mode stream, compiled): ``step``, the
+    engine's compiled step (program, input buffers, output buffers); ``views_in`` and ``views_out``,
+    torch views of those buffers in the forward's layouts; ``direct``, at batch 1, the input buffers that
+    the extension's ``step()`` copies the inputs into."""
+
+    inputs: list
+    outputs: list
+    step: tuple | None = None
+    views_in: list | None = None
+    views_out: list | None = None
+    direct: list | None = None
 
 
 def _builder(spec: pytree.TreeSpec):
