@@ -185,8 +185,11 @@ class _Lowering:
         if not isinstance(node, torch.fx.Node):
             raise LoweringError(f"expected a tensor, got {node!r}")
         name = self.alias.get(node.name, node.name)
-        if name in self.weights.values() or node.name in self.weights:
+        if node.name in self.weights:
             raise _fail(node, "a weight used as an activation is not supported")
+        if name in self.state_outputs:
+            raise _fail(node, "an operation on a recurrent layer's final state is not supported (a program "
+                              "runs step by step; return the state instead)")
         if name not in self.values:
             raise _fail(node, "this tensor is not computed by a supported operation")
         return name
@@ -198,8 +201,9 @@ class _Lowering:
             raise _fail(owner, "expected a parameter or buffer of the model here")
         return self.weights[node.name]
 
-    def define(self, node: torch.fx.Node, size: int | None = None) -> str:
-        self.values[node.name] = _size(self.labels[node.name]) if size is None else size
+    def define(self, node: torch.fx.Node) -> str:
+        """A new value: the node's tensor, its features per step from its axes."""
+        self.values[node.name] = _size(self.labels[node.name])
         return node.name
 
     def axes(self, node: torch.fx.Node) -> list:

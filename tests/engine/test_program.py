@@ -306,3 +306,18 @@ def test_an_altered_program_fails_the_digest(tmp_path):
     save_file(load_file(str(path)), str(path), metadata={"sparsernn": json.dumps(metadata)})
     with pytest.raises(ExportError, match="SHA-256"):
         ProgramEngine.from_file(path)
+
+
+class UsesFinalState(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.rnn = nn.GRU(4, 6)
+
+    def forward(self, x):
+        output, hidden = self.rnn(x)
+        return output + hidden[-1]  # the final state broadcast over the steps: not a step-by-step program
+
+
+def test_an_op_on_the_final_state_is_refused():
+    with pytest.raises(LoweringError, match="final state is not supported"):
+        sparsify(UsesFinalState().eval(), example_inputs=(torch.randn(5, 2, 4),))
