@@ -318,11 +318,9 @@ static void write_string(const char *s, size_t n, void (*write)(void *, const vo
                              : code == '\t' ? "\\t" : code == '\b' ? "\\b" : code == '\f' ? "\\f" : NULL;
         if (simple) {
             write(context, simple, 2);
-        } else if (code >= 0x20 && code < 0x7f) {
+        } else if (code >= 0x20 && code < 0x7f) { /* Python escapes all else, DEL included */
             buffer[0] = (char)code;
             write(context, buffer, 1);
-        } else if (code == 0x7f) {
-            write(context, "\x7f", 1);
         } else if (code < 0x10000) {
             snprintf(buffer, sizeof buffer, "\\u%04x", code);
             write(context, buffer, 6);

@@ -134,3 +134,16 @@ def test_the_committed_fixtures_are_what_make_fixtures_writes(tmp_path):
     for committed in sorted(FIXTURES.glob("*.safetensors")):
         assert ProgramEngine.from_file(tmp_path / committed.name).program == \
             ProgramEngine.from_file(committed).program, committed.name
+
+
+def test_the_c_reader_computes_pythons_digest_over_any_metadata(cli, tmp_path):
+    """The digest covers the metadata as Python's json.dumps writes it (sorted keys, ASCII escapes); the
+    C reader writes it again from its parse: non-ASCII, astral (surrogate pairs), control characters,
+    DEL, quotes and backslashes, and numbers as Python wrote them."""
+    path = tmp_path / "lm.safetensors"
+    vocabulary = ["é", "😀", 'a"b\\c', "\x01\t\n\r\b\f", "\x7f", "\x80\x9f", "ü/ß", "日本",
+                  "\ud7ff\ue000\uffff"]
+    save_sparse(pruned(WordLM()).eval(), path, example_inputs=(torch.zeros(5, 1, dtype=torch.long),),
+                extra={"vocabulary": vocabulary, "numbers": [1e-05, 0.1, 2.5e-7, 1.0, -0.0, 1e300, 7]})
+    result = subprocess.run([str(cli), str(path), "--info"], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
