@@ -154,13 +154,17 @@ static sr_status read_container(sr_model *model, const unsigned char *file, size
             break;
         }
         t->name = strdup(entry->key);
-        t->data = aligned((size_t)(end - begin));
+        t->data = (void *)(data + begin);
+        if (t->name && (uintptr_t)t->data % (uintptr_t)DTYPES[t->dtype].size) { /* not aligned: a copy */
+            t->data = aligned((size_t)(end - begin)), t->owned = 1;
+            if (t->data) memcpy(t->data, data + begin, (size_t)(end - begin));
+        }
         if (!t->name || !t->data) {
-            free(t->name), free(t->data);
+            free(t->name);
+            if (t->owned) free(t->data);
             status = SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
             break;
         }
-        memcpy(t->data, data + begin, (size_t)(end - begin));
         model->tensor_count++;
     }
     json_free(header);
@@ -295,14 +299,10 @@ static sr_status read_weights(sr_model *model, char *error, size_t error_size) {
     return SR_OK;
 }
 
-sr_status sr_model_from_buffer(const void *data, size_t size, sr_model **out, char *error, size_t error_size) {
-    char scratch[8];
-    if (!error || !error_size) error = scratch, error_size = sizeof scratch;
-    *out = NULL;
-    sr_model *model = calloc(1, sizeof(sr_model));
-    if (!model) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
-    model->file_bytes = (long long)size;
-    sr_status status = read_container(model, data, size, &model->metadata, error, error_size);
+/* Reads and checks the file held in model->file (file_bytes of it). */
+static sr_status load(sr_model *model, char *error, size_t error_size) {
+    sr_status status = read_container(model, model->file, (size_t)model->file_bytes, &model->metadata, error,
+                                      error_size);
     long long format = 0;
     if (!status && json_integer(json_get(model->metadata, "format"), 0, 1000, &format))
         status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "metadata has no format version");
@@ -329,35 +329,54 @@ sr_status sr_model_from_buffer(const void *data, size_t size, sr_model **out, ch
                          : SR_FAIL(SR_ERROR_PROGRAM, error, error_size, "no program in this file; save it with "
                                    "sparsernn.save_sparse(model, path, example_inputs=...)");
     }
-    if (status) {
-        sr_model_free(model);
-        return status;
-    }
-    *out = model;
-    return SR_OK;
+    return status;
 }
 
-sr_status sr_model_from_file(const char *path, sr_model **model, char *error, size_t error_size) {
+/* A model whose file is `size` bytes, to be read into model->file; NULL when out of memory. */
+static sr_model *new_model(size_t size) {
+    sr_model *model = calloc(1, sizeof(sr_model));
+    if (model && !(model->file = aligned(size))) free(model), model = NULL;
+    if (model) model->file_bytes = (long long)size;
+    return model;
+}
+
+sr_status sr_model_from_buffer(const void *data, size_t size, sr_model **out, char *error, size_t error_size) {
     char scratch[8];
     if (!error || !error_size) error = scratch, error_size = sizeof scratch;
-    *model = NULL;
+    *out = NULL;
+    sr_model *model = new_model(size);
+    if (!model) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+    memcpy(model->file, data, size);
+    const sr_status status = load(model, error, error_size);
+    if (status) sr_model_free(model);
+    else *out = model;
+    return status;
+}
+
+sr_status sr_model_from_file(const char *path, sr_model **out, char *error, size_t error_size) {
+    char scratch[8];
+    if (!error || !error_size) error = scratch, error_size = sizeof scratch;
+    *out = NULL;
     FILE *file = fopen(path, "rb");
     if (!file) return SR_FAIL(SR_ERROR_IO, error, error_size, "%s: cannot open the file", path);
-    unsigned char *data = NULL;
     long size = -1;
     if (!fseek(file, 0, SEEK_END)) size = ftell(file);
-    if (size >= 0 && !fseek(file, 0, SEEK_SET)) data = malloc((size_t)size + 1);
-    const int read = data && fread(data, 1, (size_t)size, file) == (size_t)size;
+    sr_model *model = size >= 0 && !fseek(file, 0, SEEK_SET) ? new_model((size_t)size) : NULL;
+    const int read = model && fread(model->file, 1, (size_t)size, file) == (size_t)size;
     fclose(file);
     if (!read) {
-        free(data);
-        return data || size < 0 ? SR_FAIL(SR_ERROR_IO, error, error_size, "%s: cannot read the file", path)
-                                : SR_FAIL(SR_ERROR_MEMORY, error, error_size, "%s: out of memory", path);
+        sr_model_free(model);
+        return size < 0 || model ? SR_FAIL(SR_ERROR_IO, error, error_size, "%s: cannot read the file", path)
+                                 : SR_FAIL(SR_ERROR_MEMORY, error, error_size, "%s: out of memory", path);
     }
     char reason[400];
-    const sr_status status = sr_model_from_buffer(data, (size_t)size, model, reason, sizeof reason);
-    free(data);
-    if (status) snprintf(error, error_size, "%s: %s", path, reason);
+    const sr_status status = load(model, reason, sizeof reason); /* read in place: no second copy */
+    if (status) {
+        snprintf(error, error_size, "%s: %s", path, reason);
+        sr_model_free(model);
+    } else {
+        *out = model;
+    }
     return status;
 }
 
@@ -368,8 +387,12 @@ void sr_model_free(sr_model *model) {
         for (int j = 0; j < 8; ++j) free(model->weights[i].owned[j]);
         free(model->weights[i].name);
     }
-    for (int i = 0; i < model->tensor_count; ++i) free(model->tensors[i].name), free(model->tensors[i].data);
+    for (int i = 0; i < model->tensor_count; ++i) {
+        free(model->tensors[i].name);
+        if (model->tensors[i].owned) free(model->tensors[i].data);
+    }
     free(model->weights), free(model->tensors);
     json_free(model->metadata);
+    free(model->file);
     free(model);
 }
