@@ -1,6 +1,6 @@
 """Where a streamed token's time goes when a model runs as one program from Python: the compiled step
-alone, the step as the extension runs it with the copies in and out, the whole `SparseProgram` call,
-and the family engine on the same file; the PTB-shaped LSTM LM
+alone, the step as the extension runs it with the copies in and out, the whole `SparseProgram` call (and
+that of a forward returning the logits alone), and the family engine on the same file; the PTB-shaped LSTM LM
 (2x200, vocabulary 10,000, 90% pruned at random), batch 1, one thread, best of five runs of 3,000 calls.
 
     python benchmarks/program_overhead.py
@@ -12,12 +12,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch import nn
 
-from sparsernn import kernels, load_sparse, save_sparse
+from sparsernn import kernels, load_sparse, save_sparse, sparsify
 from sparsernn.bench.end_to_end import SHAPES, _pruned_model
 from sparsernn.config import ModelConfig
 from sparsernn.engine import LanguageModelEngine
 from sparsernn.models.lm import LanguageModel
+
+
+class LogitsOnly(nn.Module):
+    """The same model with a forward that returns the logits alone, as a generating user's may."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens):
+        return self.model(tokens)[0]
 
 
 def microseconds(call, number=3000) -> float:
@@ -37,6 +49,7 @@ def main() -> None:
         config = ModelConfig(cell="lstm", embedding_size=200, hidden_size=200, layers=2, dropout=0.0)
         program = load_sparse(LanguageModel(shape["vocab"], config), path)
         engine = LanguageModelEngine(path)
+    logits_only = sparsify(LogitsOnly(model), example_inputs=(torch.zeros(5, 1, dtype=torch.long),))
     with torch.no_grad():
         program(token)
         plan = program._plans[((token.shape, token.dtype),)]  # the compiled step and its buffers
@@ -47,6 +60,7 @@ def main() -> None:
             "the extension's step(): token in, step, copies of the 3 outputs": microseconds(
                 lambda: kernels._compiled().step(step._program, sources, results)),
             "SparseProgram called (what a user calls)": microseconds(lambda: program(token)),
+            "the same for a forward returning the logits alone": microseconds(lambda: logits_only(token)),
             "LanguageModelEngine on the same file (logits only)": microseconds(lambda: engine(token.numpy())),
         }
     print("| one streamed token, LSTM 2x200 LM | us |\n|---|---|")
