@@ -347,7 +347,7 @@ class _Lowering:
             op = self.recurrent[source.name]
             if index == 0:
                 op["y"] = self.define(node)
-            else:
+            elif node.users:  # a final state the forward uses or returns (else nothing copies it each step)
                 part = "hn" if index == 1 else "cn"
                 op[part] = self.define(node)
                 self.state_outputs[node.name] = {"op": self.ops.index(op), "part": part[0]}
