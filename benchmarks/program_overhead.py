@@ -53,7 +53,7 @@ def main() -> None:
     with torch.no_grad():
         program(token)
         plan = program._plans[((token.shape, token.dtype),)]  # the compiled step and its buffers
-        step, buffers, results = plan.step[0], plan.direct, plan.step[2]
+        step, buffers, results = plan.step[0], plan.direct, plan.direct_out
         sources = [(np.ascontiguousarray(token.numpy()), buffers[0])]
         rows = {
             "the compiled step alone": microseconds(step),

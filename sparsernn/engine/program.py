@@ -319,9 +319,8 @@ class SparseProgram(nn.Module):
         if plan.direct is not None:  # a streamed step of one column: in, run and out in one call
             sources = [(np.ascontiguousarray(leaf.numpy()), buffer)
                        for leaf, buffer in zip(leaves, plan.direct, strict=True)]
-            arrays = kernels._compiled().step(plan.step[0]._program, sources, plan.step[2])
-            return self._build([torch.from_numpy(array.reshape(shape))
-                                for array, (_, _, shape) in zip(arrays, plan.outputs, strict=True)])
+            arrays = kernels._compiled().step(plan.step[0]._program, sources, plan.direct_out)
+            return self._build([torch.from_numpy(array) for array in arrays])
         if plan.step is not None:  # a streamed step: the inputs into views of its buffers, one call
             for view, leaf, (order, shape), entry in zip(plan.views_in, leaves, plan.inputs,
                                                          self.engine.inputs, strict=True):
@@ -391,6 +390,8 @@ class SparseProgram(nn.Module):
         taken = [getattr(torch, entry["dtype"]) for entry in engine.inputs]
         if batch == 1 and not engine._state_inputs and dtypes == taken:
             plan.direct = buffers
+            plan.direct_out = [buffer.reshape(shape) for buffer, (_, _, shape) in zip(results, plan.outputs,
+                                                                                       strict=True)]
 
 
 @dataclasses.dataclass
@@ -400,7 +401,8 @@ class _Plan:
     shape that take it back. For a streamed step (one time step, mode stream, compiled): ``step``, the
     engine's compiled step (program, input buffers, output buffers); ``views_in`` and ``views_out``,
     torch views of those buffers in the forward's layouts; ``direct``, at batch 1, the input buffers that
-    the extension's ``step()`` copies the inputs into."""
+    the extension's ``step()`` copies the inputs into, and ``direct_out``, the output buffers in the
+    forward's shapes, which it copies out."""
 
     inputs: list
     outputs: list
@@ -408,6 +410,7 @@ class _Plan:
     views_in: list | None = None
     views_out: list | None = None
     direct: list | None = None
+    direct_out: list | None = None
 
 
 def _builder(spec: pytree.TreeSpec):
