@@ -12,6 +12,9 @@
 #ifdef _OPENMP
 #include <omp.h>
 #endif
+#if defined(__aarch64__) && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 #include "kernels.h"
 #include "simd.h"
@@ -190,6 +193,51 @@ kernel_fn sr_portable_kernel(const Matrix *m, int nn_slot) {
     return generic_kernel;
 }
 
+const char *sr_int8_kernel(void) {
+#ifdef __AVX2__
+    __builtin_cpu_init();
+    if (sr_use_avx512() && __builtin_cpu_supports("avx512vnni") && __builtin_cpu_supports("avx512vbmi")) return "vnni";
+    return "avx2";
+#elif defined(__aarch64__) && defined(__ARM_NEON) && defined(__linux__)
+    if (getauxval(AT_HWCAP) & (1UL << 20)) return "dotprod"; /* HWCAP_ASIMDDP */
+#elif defined(__aarch64__) && defined(__ARM_FEATURE_DOTPROD)
+    return "dotprod";
+#endif
+    return "portable";
+}
+
+int sr_int8_lanes(void) {
+    const char *name = sr_int8_kernel();
+    return !strcmp(name, "avx2") ? 8 : strcmp(name, "portable") ? 16 : 0;
+}
+
+void sr_quantize(const float *x, long n, int8_t *q, float *scale) {
+    float most = 0.0f;
+    for (long i = 0; i < n; ++i) most = __builtin_fabsf(x[i]) > most ? __builtin_fabsf(x[i]) : most;
+    const float inverse = most > 0.0f ? 127.0f / most : 0.0f;
+    for (long i = 0; i < n; ++i) {
+        const float v = __builtin_rintf(x[i] * inverse); /* within [-127, 127]: |x| <= most */
+        q[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
+    }
+    *scale = most / 127.0f;
+}
+
+void sr_int8_csr(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, const float *bias) {
+    if (ldx != 1) { /* a column of a wider product: the float32 values, as the other columns */
+        k_1x1_1_u16(m, br0, br1, X, ldx, Y, ldy, bias);
+        return;
+    }
+    int8_t xq[m->cols];
+    float xs;
+    sr_quantize(X, m->cols, xq, &xs);
+    const uint16_t *index = m->index;
+    for (int row = br0; row < br1; ++row) {
+        int32_t sum = 0;
+        for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) sum += (int32_t)m->q[k] * xq[index[k]];
+        Y[(size_t)row * ldy] = sr_int8_row(sum, m->scale[row], xs, bias ? bias[row] : 0.0f);
+    }
+}
+
 /* A tile's `width` columns of X side by side (so that the loads of x stay in a few pages instead of one
  * page per input feature), in a buffer the caller frees; NULL, with X and ldx unchanged, where they
  * already are side by side or no memory was free (the kernels then read X at its own stride). */
@@ -210,6 +258,16 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
     for (int s = 0; s < NSHAPES; ++s)
         if (shape_table[s][0] == m->r && shape_table[s][1] == m->c) {
             kernel_fn f = NULL;
+            if (m->q && nn_slot == 2 && s == 0 && !m->wide) { /* int8 values, one column */
+                if (m->sell_int8 && m->lanes == sr_int8_lanes()) {
+#ifdef __AVX2__
+                    return m->lanes == 16 ? sr_avx512_int8_quad : sr_avx2_int8_interleaved;
+#elif defined(__aarch64__) && defined(__ARM_NEON)
+                    return sr_neon_int8_quad;
+#endif
+                }
+                return sr_int8_csr;
+            }
 #ifdef __AVX2__
             if (use_avx512) f = sr_avx512_kernel(m, nn_slot, s);
             if (!f) f = sr_avx2_kernel(m, nn_slot, s);

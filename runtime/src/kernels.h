@@ -18,6 +18,11 @@
  *           order[16g + l], -1 for a lane past the window); segment (g, j) = group g's non-zeros in slice j,
  *           slots [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
  *           each lane's row: values[16s..16s+16], index[16s..16s+16] (uint8 column within the slice).
+ *     With int8 values (sell_int8), lanes 8 is the interleaved layout with int8 values (AVX2), and lanes 16
+ *     quad (the VNNI and NEON dotprod kernels): the sliced layout of 16 lanes with every
+ *           segment a multiple of 4 slots, slots in fours: slot s of lane l at byte 64 (s / 4) + 4 l + s % 4
+ *           of sell_values (int8 q) and of sell_index (uint8 column within the slice), so that one 64-byte
+ *           load holds 4 consecutive slots of all 16 lanes, a dot product of 4 per lane.
  *     Either layout's values are float32 or, with bf16 = 1, bfloat16 (the upper 16 bits of the float32,
  *           uint16): the kernels widen them in registers and read half the value bytes. With bf16 = 1
  *           and no copy (lanes = 0), sell_values holds the matrix's block values in bfloat16, which
@@ -51,6 +56,13 @@ struct Matrix {
     const int32_t *sell_ptr, *sell_order;
     const void *sell_index;
     const void *sell_values;
+    /* int8 values (NULL: none): q[nnz] in CSR order and scale[rows], values holding q * scale. Products
+     * with one column then quantize x per call (sr_quantize) and sum q * xq in int32 (sr_int8_row); with
+     * sell_int8 the one-column copy is the quad copy (layouts.h) and qsum[rows] each row's sum of q. */
+    const int8_t *q;
+    const float *scale;
+    const int32_t *qsum;
+    int sell_int8;
 };
 
 enum { CELL_TANH = 0, CELL_RELU = 1, CELL_GRU = 2, CELL_LSTM = 3, CELL_CLIPPED_RELU = 4 };
@@ -77,6 +89,22 @@ size_t sr_recurrent_scratch(int cell, long H, long B, int threads);
 int sr_recurrent(int cell, const Matrix *m, const float *bias, const float *xproj, float *out, float *h, float *c,
                  long T, long B, int reverse, int threads, void *scratch);
 
+/* ---- int8 products with one column (kernels.c) ---- */
+/* x quantized symmetrically: q[i] = round(x[i] * 127 / max |x|) and *scale = max |x| / 127 (0 when x is 0).
+ * Every kernel quantizes with this one function, so their int32 sums are equal and so are their outputs. */
+void sr_quantize(const float *x, long n, int8_t *q, float *scale);
+/* A row's output from its integer sum: fmaf(sum, row scale * x scale, bias), the same on every path. */
+static inline float sr_int8_row(int32_t sum, float row_scale, float x_scale, float bias) {
+    return __builtin_fmaf((float)sum, row_scale * x_scale, bias);
+}
+/* The int8 one-column kernel that runs here now: "vnni" (the quad copy; AVX-512 VNNI and VBMI, AVX-512
+ * allowed), "avx2" (the interleaved copy), "dotprod" (the quad copy; aarch64 with the dot product
+ * instructions), else "portable" (CSR); and the lanes of the copy it reads (0: none). */
+const char *sr_int8_kernel(void);
+int sr_int8_lanes(void);
+/* The portable int8 kernel (CSR, one contiguous column; other strides run the float32 values). */
+void sr_int8_csr(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, const float *bias);
+
 /* ---- the kernels of each instruction set, for the dispatch in kernels.c ---- */
 /* The portable kernel of m's shape for 16, 4 or 1 columns (nn_slot 0, 1, 2), or the generic one: what an
  * instruction set's kernel falls back to (a strided column). */
@@ -88,6 +116,12 @@ float *sr_pack_tile(const Matrix *m, const float **X, long *ldx, int width);
 /* kernels_avx2.c and kernels_avx512.c: the kernel for this shape (shape_table index) and width, or NULL */
 kernel_fn sr_avx2_kernel(const Matrix *m, int nn_slot, int shape);
 kernel_fn sr_avx512_kernel(const Matrix *m, int nn_slot, int shape);
+/* The int8 kernels of the quad copy (AVX-512 VNNI and VBMI) and of the interleaved copy (AVX2), run where
+ * sr_int8_kernel names them. */
+void sr_avx512_int8_quad(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                         const float *bias);
+void sr_avx2_int8_interleaved(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                              const float *bias);
 void sr_avx2_csr_gather_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                             const float *bias);
 #endif
@@ -95,6 +129,10 @@ void sr_avx2_csr_gather_u16(const Matrix *m, int br0, int br1, const float *X, l
 /* ---- aarch64 (kernels_neon.c): one-column products of CSR and of 8x1 / 16x1 blocks ---- */
 void sr_neon_csr_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                      const float *bias);
+/* The int8 kernel of the quad copy (the dot product instructions of Armv8.2), run where sr_int8_kernel
+ * names it. */
+void sr_neon_int8_quad(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                       const float *bias);
 void sr_neon_column_blocks(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                            const float *bias);
 #endif

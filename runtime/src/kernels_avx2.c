@@ -94,6 +94,54 @@ static inline __attribute__((always_inline)) void interleaved(const Matrix *m, i
         }
     }
 }
+/* The same for int32 x. */
+static inline __m256i gather_w8(const int32_t *X, const uint16_t *i) {
+    uint64_t a, b;
+    memcpy(&a, i, 8);
+    memcpy(&b, i + 4, 8);
+    return _mm256_set_epi32(X[b >> 48], X[(b >> 32) & 0xffff], X[(b >> 16) & 0xffff], X[b & 0xffff], X[a >> 48],
+                            X[(a >> 32) & 0xffff], X[(a >> 16) & 0xffff], X[a & 0xffff]);
+}
+
+/* A slot's 8 products (int32) of int8 values and x held as gather_w8 reads it. */
+static inline __m256i products8(const int8_t *v, const uint16_t *ix, const int32_t *x, size_t at) {
+    return _mm256_madd_epi16(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(v + at))), gather_w8(x, ix + at));
+}
+
+/* int8 values, one contiguous column, from the interleaved copy with int8 values: x quantized and held as
+ * int32 whose upper halves are 0, so that vpmaddwd of it and of the sign-extended q gives each lane its
+ * exact product (x * q + 0 * sign); the int32 sums equal the portable kernel's. */
+void sr_avx2_int8_interleaved(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
+                              const float *bias) {
+    if (ldx != 1 || br0 % m->sigma || br1 % m->sigma) {
+        sr_int8_csr(m, br0, br1, X, ldx, Y, ldy, bias);
+        return;
+    }
+    int8_t xq[m->cols];
+    int32_t xw[m->cols];
+    float xs;
+    sr_quantize(X, m->cols, xq, &xs);
+    for (int i = 0; i < m->cols; ++i) xw[i] = (uint16_t)(int16_t)xq[i];
+    const int8_t *v = m->sell_values;
+    const uint16_t *ix = m->sell_index;
+    for (int g = br0 / 8; g < br1 / 8; ++g) {
+        int32_t s = m->sell_ptr[g];
+        const int32_t end = m->sell_ptr[g + 1];
+        __m256i p0 = _mm256_setzero_si256(), p1 = _mm256_setzero_si256();
+        for (; s + 2 <= end; s += 2) {
+            p0 = _mm256_add_epi32(p0, products8(v, ix, xw, 8 * (size_t)s));
+            p1 = _mm256_add_epi32(p1, products8(v, ix, xw, 8 * (size_t)s + 8));
+        }
+        if (s < end) p0 = _mm256_add_epi32(p0, products8(v, ix, xw, 8 * (size_t)s));
+        int32_t sums[8];
+        _mm256_storeu_si256((__m256i *)sums, _mm256_add_epi32(p0, p1));
+        for (int lane = 0; lane < 8; ++lane) {
+            const int32_t row = m->sell_order[8 * g + lane];
+            Y[(size_t)row * ldy] = sr_int8_row(sums[lane], m->scale[row], xs, bias ? bias[row] : 0.0f);
+        }
+    }
+}
+
 static void interleaved_f32(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                             const float *bias) {
     interleaved(m, br0, br1, X, ldx, Y, ldy, bias, 0);

@@ -67,9 +67,11 @@ static void *aligned_zeros(size_t bytes) {
     return p;
 }
 
-int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *owned[4]) {
+/* The copy with `lanes`; int8: of m->q (the quad copy with 16 lanes). */
+static int one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, int int8, void *owned[4]) {
     memset(owned, 0, sizeof(void *) * 4);
-    if (m->r != 1 || m->c != 1 || m->wide || (lanes != 8 && lanes != 16)) return 0;
+    if (m->r != 1 || m->c != 1 || m->wide || (lanes != 8 && lanes != 16) || (int8 && !m->q)) return 0;
+    const int quad = int8 && lanes == 16;
     const int sigma = window(rows_unit, lanes);
     if (!sigma || m->rows % sigma) return 0;
     int32_t *position = positions(m, sigma);
@@ -78,7 +80,7 @@ int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *own
     const uint16_t *column = m->index;
     int32_t *ptr = NULL, *order = NULL;
     void *index = NULL, *values = NULL;
-    const size_t value_size = bf16 ? 2 : 4;
+    const size_t value_size = int8 ? 1 : bf16 ? 2 : 4;
     if (lanes == 8) {
         const int32_t groups = rows / 8;
         ptr = aligned_zeros(sizeof(int32_t) * (size_t)(groups + 1));
@@ -100,7 +102,10 @@ int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *own
             for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) {
                 const size_t at = 8 * (size_t)(ptr[position[row] / 8] + k - m->rowptr[row]) + (size_t)(position[row] % 8);
                 ((uint16_t *)index)[at] = column[k];
-                store(values, at, m->values[k], bf16);
+                if (int8)
+                    ((int8_t *)values)[at] = m->q[k];
+                else
+                    store(values, at, m->values[k], bf16);
             }
     } else {
         const int per_window = (sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
@@ -129,7 +134,10 @@ int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *own
                 *length = rank + 1 > *length ? rank + 1 : *length;
             }
         }
-        for (size_t s = 0; s < segments; ++s) ptr[s + 1] += ptr[s];
+        for (size_t s = 0; s < segments; ++s) {
+            const int32_t length = quad ? (ptr[s + 1] + 3) / 4 * 4 : ptr[s + 1]; /* quad: whole fours */
+            ptr[s + 1] = ptr[s] + length;
+        }
         index = aligned_zeros(16 * (size_t)ptr[segments]);
         values = aligned_zeros(value_size * 16 * (size_t)ptr[segments]);
         if (!index || !values) {
@@ -141,15 +149,19 @@ int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *own
             for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) { /* columns ascend within a row */
                 const int32_t s = column[k] / SLICE;
                 rank = s == slice ? rank + 1 : 0, slice = s;
-                const size_t at = 16 * (size_t)(ptr[(size_t)group[row] * (size_t)slices + (size_t)s] + rank) + (size_t)lane[row];
+                const size_t slot = (size_t)(ptr[(size_t)group[row] * (size_t)slices + (size_t)s] + rank);
+                const size_t at = quad ? 64 * (slot / 4) + 4 * (size_t)lane[row] + slot % 4 : 16 * slot + (size_t)lane[row];
                 ((uint8_t *)index)[at] = (uint8_t)(column[k] % SLICE);
-                store(values, at, m->values[k], bf16);
+                if (quad)
+                    ((int8_t *)values)[at] = m->q[k];
+                else
+                    store(values, at, m->values[k], bf16);
             }
         }
         free(group), free(lane);
     }
     free(position);
-    m->lanes = lanes, m->sigma = sigma, m->sell_bf16 = bf16;
+    m->lanes = lanes, m->sigma = sigma, m->sell_bf16 = bf16, m->sell_int8 = int8;
     m->sell_ptr = ptr, m->sell_order = order, m->sell_index = index, m->sell_values = values;
     owned[0] = ptr, owned[1] = order, owned[2] = index, owned[3] = values;
     sr_matrix_kernels(m);
@@ -157,4 +169,28 @@ int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *own
 memory:
     free(position), free(ptr), free(order), free(index), free(values);
     return -1;
+}
+
+int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *owned[4]) {
+    return one_column_copy(m, rows_unit, lanes, bf16, 0, owned);
+}
+
+int sr_int8_copy(Matrix *m, long rows_unit, void *owned[5]) {
+    owned[4] = NULL;
+    const int lanes = sr_int8_lanes();
+    if (m->r != 1 || m->c != 1 || m->wide || !m->q || !lanes) return 0;
+    int32_t *qsum = malloc(sizeof(int32_t) * (size_t)m->rows);
+    if (!qsum) return -1;
+    for (int32_t row = 0; row < m->rows; ++row) {
+        qsum[row] = 0;
+        for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) qsum[row] += m->q[k];
+    }
+    const int made = one_column_copy(m, rows_unit, lanes, 0, 1, owned);
+    if (made == 1) {
+        m->qsum = qsum, owned[4] = qsum;
+        sr_matrix_kernels(m);
+    } else {
+        free(qsum);
+    }
+    return made;
 }

@@ -12,4 +12,9 @@
  * when out of memory. */
 int sr_one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, void *owned[4]);
 
+/* Adds to m (CSR with uint16 indices and int8 values q) the one-column copy with int8 values that
+ * sr_int8_kernel reads (lanes 8: interleaved; 16: quad) and qsum, and chooses its kernels again; arrays
+ * to owned (5); returns as sr_one_column_copy (0 also where the portable kernel runs). */
+int sr_int8_copy(Matrix *m, long rows_unit, void *owned[5]);
+
 #endif

@@ -75,7 +75,10 @@ class SparseMatrix:
     ``rowptr`` (int32, ``shape[0] / r + 1``), ``index`` (uint16 or int32 block-column numbers) and
     ``values`` (float32, ``(nblocks, r, c)``) are checked by :meth:`validate`; use :meth:`from_dense`
     to build one from a (masked) dense array. ``bf16``: the values are bfloat16 numbers (see
-    :meth:`to_bf16`), and the one-column copies keep them in 16 bits. ``rows_unit``: rows that are
+    :meth:`to_bf16`), and the one-column copies keep them in 16 bits. ``scales`` (float32, one per row;
+    see :meth:`to_int8`): every value is an integer in [-127, 127] times its row's scale, and products
+    with one column run in int8 (:attr:`int8`), their input quantized per product the same way, with
+    the sums in int32; wider products use the values. ``rows_unit``: rows that are
     computed as one piece (a recurrent matrix's gates: the hidden size; a linear layer's: all its
     rows), which the one-column copies' windows divide; default the gcd of rows and columns, which
     suits a gate-stacked recurrent matrix.
@@ -88,6 +91,7 @@ class SparseMatrix:
     values: np.ndarray
     bf16: bool = False
     rows_unit: int | None = None
+    scales: np.ndarray | None = None
 
     @classmethod
     def from_dense(cls, dense: np.ndarray, block: tuple[int, int] = (1, 1),
@@ -141,10 +145,41 @@ class SparseMatrix:
             raise FormatError(f"rows_unit {self.rows_unit} does not divide the {rows} rows")
         if self.bf16 and np.any(self.values.view(np.uint32) & 0xFFFF):
             raise FormatError("bf16 is set but the values are not all bfloat16 numbers (see to_bf16)")
+        if self.scales is not None:
+            if self.bf16 or self.scales.dtype != np.float32 or self.scales.shape != (rows,):
+                raise FormatError(f"scales must be float32 of length {rows} (and bf16 unset)")
+            if not (np.all(np.isfinite(self.scales)) and np.all(self.scales >= 0)):
+                raise FormatError("scales must be finite and not negative")
+            q = self._quantized()
+            per_value = _per_value(self.scales, self.rowptr, self.values.shape)
+            if np.any(np.abs(q) > 127) or np.any((q * per_value).astype(np.float32) != self.values):
+                raise FormatError("scales are set but the values are not integers in [-127, 127] times "
+                                  "their row's scale (see to_int8)")
 
     def to_bf16(self) -> SparseMatrix:
         """The matrix with its values rounded to bfloat16 (to nearest, ties to even) and ``bf16`` set."""
         return dataclasses.replace(self, values=bf16_values(bf16_bits(self.values)), bf16=True)
+
+    def to_int8(self) -> SparseMatrix:
+        """The matrix with its values rounded to int8 times a scale per row (the largest magnitude of the
+        row over 127, so that it maps to 127): ``scales`` set."""
+        r = self.block[0]
+        block_rows = np.repeat(np.arange(self.shape[0] // r), np.diff(self.rowptr))
+        largest = np.zeros(self.shape[0], dtype=np.float32)
+        np.maximum.at(largest.reshape(-1, r), block_rows, np.abs(self.values).max(axis=2, initial=0))
+        scales = (largest / np.float32(127)).astype(np.float32)
+        per_value = _per_value(scales, self.rowptr, self.values.shape)
+        q = np.clip(_divided(self.values, per_value), -127, 127)
+        return dataclasses.replace(self, bf16=False, scales=scales, values=(q * per_value).astype(np.float32))
+
+    def _quantized(self) -> np.ndarray:
+        """The values over their row scales, rounded (int32; 0 in rows whose scale is 0)."""
+        return _divided(self.values, _per_value(self.scales, self.rowptr, self.values.shape))
+
+    @cached_property
+    def int8(self) -> np.ndarray | None:
+        """The int8 values in storage order (``values`` over the row scales), or None without ``scales``."""
+        return None if self.scales is None else self._quantized().astype(np.int8).reshape(-1)
 
     @property
     def nnz(self) -> int:
@@ -153,7 +188,9 @@ class SparseMatrix:
 
     @property
     def nbytes(self) -> int:
-        """Bytes as stored (a file's bf16 values in 16 bits each)."""
+        """Bytes as stored (a file's bf16 values in 16 bits each, int8 values in 8 and their scales)."""
+        if self.scales is not None:
+            return self.rowptr.nbytes + self.index.nbytes + self.values.size + self.scales.nbytes
         return self.rowptr.nbytes + self.index.nbytes + self.values.nbytes // (2 if self.bf16 else 1)
 
     def _window(self, lanes: int) -> int | None:
@@ -251,6 +288,18 @@ class SparseMatrix:
         return tiles.transpose(0, 2, 1, 3).reshape(rows, cols)
 
 
+def _per_value(scales: np.ndarray, rowptr: np.ndarray, shape: tuple) -> np.ndarray:
+    """Each stored value's row scale, shaped as the values ``(nblocks, r, c)``."""
+    block_rows = np.repeat(np.arange(len(rowptr) - 1), np.diff(rowptr))
+    return np.broadcast_to(scales.reshape(-1, shape[1])[block_rows][:, :, None], shape)
+
+
+def _divided(values: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """``values / scales`` rounded to integers (int32), 0 where the scale is 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(scales > 0, np.rint(values / scales), 0).astype(np.int32)
+
+
 def _cache_aligned(array: np.ndarray) -> np.ndarray:
     """A copy of ``array`` whose data starts on a 64-byte boundary, so that no vector load of a slot or a
     block spans two cache lines. numpy aligns to 16 bytes; 16 bytes off, the 1760-square products at
@@ -346,6 +395,12 @@ def isa() -> str:
     return _isa_limit or isa_levels()[-1]
 
 
+def int8_kernel() -> str:
+    """The kernel that products of one column with an int8 matrix run now: ``"vnni"`` (AVX-512 VNNI and
+    VBMI), ``"dotprod"`` (aarch64's dot product instructions) or ``"portable"``."""
+    return _compiled().int8_kernel() if _compiled() is not None else "portable"
+
+
 def set_isa(level: str | None) -> None:
     """Let the compiled kernels use at most ``level`` (one of :func:`isa_levels`; None: the widest), for
     tests and benchmarks of the narrower paths. AVX-512 adds the sliced one-column layout
@@ -362,13 +417,18 @@ def set_isa(level: str | None) -> None:
 def _matrix_args(matrix: SparseMatrix, one_column: bool) -> tuple:
     """The arguments of the compiled ``matrix`` call: the arrays and, for one column, the copy in the
     layout of the instruction set in use (sliced for AVX-512, interleaved for AVX2)."""
-    level = isa() if one_column else "portable"
+    level = isa() if one_column and matrix.scales is None else "portable"
     copy = matrix.sliced if level == "avx512" else matrix.interleaved if level == "avx2" else None
     lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
     if matrix.bf16 and copy is None and level != "portable" and matrix.block in ((8, 1), (16, 1)):
         values = bf16_bits(matrix.values)  # read by the one-column kernels of these blocks
+    int8 = one_column and matrix.int8 is not None and matrix.block == (1, 1) and matrix.index.dtype == np.uint16
+    if int8:  # its own copy, made in C where a kernel reads it
+        lanes, sigma, ptr, order, index, values = 0, 0, b"", b"", b"", b""
     return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32), matrix.rowptr, matrix.index,
-            matrix.values, lanes, sigma, int(matrix.bf16 and len(values) > 0), ptr, order, index, values)
+            matrix.values, lanes, sigma, int(matrix.bf16 and len(values) > 0), ptr, order, index, values,
+            matrix.int8 if int8 else b"", matrix.scales if int8 else b"",
+            matrix.rows_unit or math.gcd(*matrix.shape))
 
 
 def _compiled_matrix(matrix: SparseMatrix, columns: int):

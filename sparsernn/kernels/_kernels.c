@@ -29,7 +29,8 @@ static int check_len(const Py_buffer *b, Py_ssize_t need, const char *what) {
 /* Fills m from the buffers after checking their sizes against the shape and block shape. */
 static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py_buffer *rowptr, Py_buffer *index,
                        Py_buffer *values, int lanes, int sigma, int bf16, Py_buffer *sell_ptr, Py_buffer *sell_order,
-                       Py_buffer *sell_index, Py_buffer *sell_values) {
+                       Py_buffer *sell_index, Py_buffer *sell_values, Py_buffer *q, Py_buffer *scale, long rows_unit,
+                       void *owned[5]) {
     if (r < 1 || c < 1 || r > 64 || c > 64 || rows % r || cols % c) {
         PyErr_Format(PyExc_ValueError, "block %dx%d does not tile a %dx%d matrix", r, c, rows, cols);
         return -1;
@@ -45,7 +46,8 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
     if (check_len(index, nblocks * (wide ? 4 : 2), "index") ||
         check_len(values, nblocks * r * c * 4, "values"))
         return -1;
-    *m = (Matrix){rows, cols, r, c, wide, ptr, index->buf, values->buf, {NULL, NULL, NULL}, 0, 0, 0, NULL, NULL, NULL, NULL};
+    *m = (Matrix){.rows = rows, .cols = cols, .r = r, .c = c, .wide = wide, .rowptr = ptr, .index = index->buf,
+                  .values = values->buf};
     const int usable = sr_avx2() && (lanes == 8 || (lanes == 16 && sr_use_avx512())); /* else no copy is used */
     if (lanes && !usable) {
         PyErr_Format(PyExc_ValueError, "one-column copy with %d lanes: not built, or AVX-512 not run by this CPU or turned off", lanes);
@@ -76,6 +78,18 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
         if (check_len(sell_values, nblocks * r * c * 2, "bfloat16 values")) return -1;
         m->sell_bf16 = 1, m->sell_values = sell_values->buf;
     }
+    if (q->len) { /* int8 values: the copy that the int8 kernel here reads (made here, in C) */
+        if (r != 1 || c != 1 || wide || lanes || check_len(q, nblocks, "int8 values") ||
+            check_len(scale, (Py_ssize_t)rows * 4, "scales") || rows_unit < 1 || rows % rows_unit) {
+            if (!PyErr_Occurred()) PyErr_SetString(PyExc_ValueError, "int8 values: CSR with uint16 indices only, no copy");
+            return -1;
+        }
+        m->q = q->buf, m->scale = scale->buf;
+        if (sr_int8_copy(m, rows_unit, owned) < 0) {
+            PyErr_NoMemory();
+            return -1;
+        }
+    }
     sr_matrix_kernels(m);
     return 0;
 }
@@ -85,33 +99,37 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
  * parses no layout arguments. */
 typedef struct {
     Matrix m;
-    Py_buffer buffers[7];
+    Py_buffer buffers[9];
+    void *owned[5]; /* the quad copy of int8 values, made in C */
 } Held;
 static const char *const HELD = "sparsernn.kernels.Matrix";
 
 static void held_free(PyObject *capsule) {
     Held *held = PyCapsule_GetPointer(capsule, HELD);
-    for (int i = 0; i < 7; ++i) PyBuffer_Release(&held->buffers[i]);
+    for (int i = 0; i < 9; ++i) PyBuffer_Release(&held->buffers[i]);
+    for (int i = 0; i < 5; ++i) free(held->owned[i]);
     free(held);
 }
 
 static PyObject *py_matrix(PyObject *self, PyObject *args) {
     (void)self;
     int rows, cols, r, c, wide, lanes, sigma, bf16;
+    long rows_unit;
     Held *held = calloc(1, sizeof(Held));
     if (!held) return PyErr_NoMemory();
     Py_buffer *b = held->buffers;
-    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*iiiy*y*y*y*", &rows, &cols, &r, &c, &wide, &b[0], &b[1], &b[2], &lanes,
-                          &sigma, &bf16, &b[3], &b[4], &b[5], &b[6])) {
+    if (!PyArg_ParseTuple(args, "iiiiiy*y*y*iiiy*y*y*y*y*y*l", &rows, &cols, &r, &c, &wide, &b[0], &b[1], &b[2],
+                          &lanes, &sigma, &bf16, &b[3], &b[4], &b[5], &b[6], &b[7], &b[8], &rows_unit)) {
         free(held); /* the parser released what it had taken */
         return NULL;
     }
     PyObject *capsule = NULL;
     if (!make_matrix(&held->m, rows, cols, r, c, wide, &b[0], &b[1], &b[2], lanes, sigma, bf16, &b[3], &b[4], &b[5],
-                     &b[6]))
+                     &b[6], &b[7], &b[8], rows_unit, held->owned))
         capsule = PyCapsule_New(held, HELD, held_free);
     if (!capsule) {
-        for (int i = 0; i < 7; ++i) PyBuffer_Release(&b[i]);
+        for (int i = 0; i < 9; ++i) PyBuffer_Release(&b[i]);
+        for (int i = 0; i < 5; ++i) free(held->owned[i]);
         free(held);
     }
     return capsule;
@@ -580,6 +598,11 @@ done:
     return result;
 }
 
+static PyObject *py_int8_kernel(PyObject *self, PyObject *args) {
+    (void)self, (void)args;
+    return PyUnicode_FromString(sr_int8_kernel());
+}
+
 static PyObject *py_set_avx512(PyObject *self, PyObject *args) {
     (void)self;
     int flag;
@@ -595,8 +618,10 @@ static PyMethodDef methods[] = {
     {"set_avx512", py_set_avx512, METH_VARARGS, "set_avx512(flag): allow the AVX-512 kernels or not"},
     {"matrix", py_matrix, METH_VARARGS,
      "matrix(rows, cols, r, c, wide, rowptr, index, values, lanes, sigma, bf16, sell_ptr, sell_order, sell_index, "
-     "sell_values): the compiled matrix (a capsule holding the buffers), kernels chosen for the instruction set "
-     "allowed now"},
+     "sell_values, q, scales, rows_unit): the compiled matrix (a capsule holding the buffers), kernels chosen for "
+     "the instruction set allowed now; q (int8, or empty) and scales: int8 values"},
+    {"int8_kernel", py_int8_kernel, METH_NOARGS, "int8_kernel(): the int8 one-column kernel that runs now: 'vnni', "
+     "'avx2', 'dotprod' or 'portable'"},
     {"spmm", py_spmm, METH_VARARGS, "spmm(matrix, x, y, bias, n, threads): y = W x + bias"},
     {"recurrent", py_recurrent, METH_VARARGS, "recurrent(cell, matrix, bias_hh, xproj, out, h, c, T, B, reverse, threads)"},
     {"program", py_program, METH_VARARGS,

@@ -22,11 +22,26 @@ def to_scipy(matrix: SparseMatrix) -> scipy.sparse.sparray:
     return scipy.sparse.bsr_array((matrix.values, index, matrix.rowptr), shape=matrix.shape)
 
 
+def quantize(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """``x`` (float32) as int8 numbers (int32 here) and their scale: round(x * 127 / max |x|), as the
+    kernels quantize the input of a product with one column of an int8 matrix."""
+    most = np.abs(x).max(initial=np.float32(0))
+    inverse = np.float32(127) / most if most > 0 else np.float32(0)
+    return np.clip(np.rint(x * inverse), -127, 127).astype(np.int32), most / np.float32(127)
+
+
 def spmm(matrix: SparseMatrix, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    out = np.asarray(to_scipy(matrix) @ x, dtype=np.float32)
-    if bias is not None:
-        out += bias[:, None]
-    return out
+    """``matrix @ x + bias``; for one column of an unstructured int8 matrix, as the kernels compute it: x
+    quantized, the integer sums exact, each scaled by its row's scale times x's."""
+    bias = np.zeros(matrix.shape[0], np.float32) if bias is None else bias
+    if (matrix.int8 is not None and matrix.block == (1, 1) and matrix.index.dtype == np.uint16
+            and x.shape[1] == 1):
+        xq, scale = quantize(x[:, 0])
+        integers = scipy.sparse.csr_array((matrix.int8.astype(np.int64), matrix.index.astype(np.int32),
+                                           matrix.rowptr), shape=matrix.shape)
+        sums = (integers @ xq.astype(np.int64)).astype(np.float64)
+        return (sums * (matrix.scales * scale) + bias).astype(np.float32)[:, None]
+    return np.asarray(to_scipy(matrix) @ x, dtype=np.float32) + bias[:, None]
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:
@@ -77,12 +92,11 @@ def cell_step(cell: str, x: np.ndarray, gates: np.ndarray, h: np.ndarray,
 
 def recurrent(cell: str, weight_hh: SparseMatrix, bias_hh: np.ndarray, xproj: np.ndarray, h: np.ndarray,
               c: np.ndarray | None, *, reverse: bool = False) -> np.ndarray:
-    weight = to_scipy(weight_hh)
     out = np.empty((xproj.shape[0], *h.shape), dtype=np.float32)
     steps = range(xproj.shape[0] - 1, -1, -1) if reverse else range(xproj.shape[0])
     state, cell_state = h.copy(), None if c is None else c.copy()
     for t in steps:
-        gates = weight @ state + bias_hh[:, None]
+        gates = spmm(weight_hh, state, bias_hh)
         state, cell_state = cell_step(cell, xproj[t], gates, state, cell_state)
         state = state.astype(np.float32)
         out[t] = state

@@ -34,6 +34,8 @@ def isa(request):
     kernels.set_isa(None)
 
 BLOCKS = [(1, 1), (4, 1), (8, 1), (16, 1), (1, 4), (1, 8), (4, 4), (8, 8), (2, 3)]
+#: The compiled matrix's trailing arguments without int8 values: q, scales, rows_unit.
+NO_INT8 = (b"", b"", 16)
 
 
 def random_sparse(rng, shape, block, density, index_dtype=None):
@@ -223,14 +225,14 @@ def test_short_one_column_arrays_are_rejected_by_the_compiled_matrix(level, layo
     lanes, sigma, ptr, order, index, values = getattr(matrix, layout)
     csr = (16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values)
     with pytest.raises(ValueError, match="one-column index"):
-        kernels._compiled().matrix(*csr, lanes, sigma, 0, ptr, order, index[:-1], values)
+        kernels._compiled().matrix(*csr, lanes, sigma, 0, ptr, order, index[:-1], values, *NO_INT8)
     with pytest.raises(ValueError, match="one-column order"):
-        kernels._compiled().matrix(*csr, lanes, sigma, 0, ptr, order[:-1], index, values)
+        kernels._compiled().matrix(*csr, lanes, sigma, 0, ptr, order[:-1], index, values, *NO_INT8)
     with pytest.raises(ValueError, match="window 12"):
-        kernels._compiled().matrix(*csr, lanes, 12, 0, ptr, order, index, values)
+        kernels._compiled().matrix(*csr, lanes, 12, 0, ptr, order, index, values, *NO_INT8)
     with pytest.raises(ValueError, match="one-column values"):  # float32 values read as bfloat16 are
         half = kernels.bf16_bits(values)                         # long enough; bfloat16 as float32 not
-        kernels._compiled().matrix(*csr, lanes, sigma, 0, ptr, order, index, half)
+        kernels._compiled().matrix(*csr, lanes, sigma, 0, ptr, order, index, half, *NO_INT8)
 
 
 def test_the_compiled_matrix_keeps_its_arrays_and_calls_check_their_buffers():
@@ -262,7 +264,7 @@ def test_the_sliced_layout_is_refused_without_avx512():
     try:
         with pytest.raises(ValueError, match="16 lanes"):
             kernels._compiled().matrix(16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values,
-                                       *matrix.sliced[:2], 0, *matrix.sliced[2:])
+                                       *matrix.sliced[:2], 0, *matrix.sliced[2:], *NO_INT8)
     finally:
         kernels.set_isa(None)
     if "avx512" not in kernels.isa_levels():
@@ -613,3 +615,86 @@ def test_the_c_runtime_builds_the_same_one_column_copies(shape, rows_unit, densi
         np.testing.assert_array_equal(np.frombuffer(order, np.int32), python.order)
         for got, expected in ((index, python.index), (values, python.values)):
             np.testing.assert_array_equal(np.frombuffer(got, expected.dtype).reshape(-1, lanes), expected)
+
+
+def test_int8_values_are_integers_times_a_scale_per_row():
+    """to_int8: each row's largest magnitude maps to 127, every value is round(v / scale) * scale, the
+    scales are stored per row (blocks too), and a matrix whose values are not such numbers is refused."""
+    dense = np.array([[0.5, 0.0, -1.0, 0.25], [0.0, 0.0, 0.0, 0.0], [3.0, 0.0, 0.0, 1.0]], np.float32)
+    matrix = SparseMatrix.from_dense(dense).to_int8()
+    np.testing.assert_array_equal(matrix.scales, np.float32([1 / 127, 0, 3 / 127]))
+    np.testing.assert_array_equal(matrix.int8, [64, -127, 32, 127, 42])  # 63.5 rounds to even; 42.33 to 42
+    np.testing.assert_array_equal(matrix.values.reshape(-1), np.float32([64, -127, 32, 127, 42]) *
+                                  np.float32([1 / 127] * 3 + [3 / 127] * 2))
+    assert matrix.nbytes == 4 * 4 + 5 * 2 + 5 + 3 * 4
+    blocks = SparseMatrix.from_dense(np.kron(dense, np.ones((2, 1), np.float32)), (2, 1)).to_int8()
+    np.testing.assert_array_equal(blocks.scales, np.repeat(matrix.scales, 2))
+    with pytest.raises(FormatError, match="not integers"):
+        dataclasses.replace(matrix, values=matrix.values * np.float32(1.001))
+    with pytest.raises(FormatError, match="scales must be float32"):
+        dataclasses.replace(matrix, scales=matrix.scales[:2])
+
+
+def test_quantize_as_the_kernels_do():
+    q, scale = reference.quantize(np.float32([0.5, -1.0, 0.25, 0.0]))
+    np.testing.assert_array_equal(q, [64, -127, 32, 0])
+    assert scale == np.float32(1 / 127)
+    q, scale = reference.quantize(np.zeros(3, np.float32))
+    assert not q.any() and scale == 0
+
+
+@pytest.mark.parametrize(("shape", "rows_unit"), [((800, 200), 200), ((10000, 200), None), ((48, 130), None),
+                                                  ((3072, 1024), 1024), ((40, 24), None)])
+def test_int8_products_of_one_column_are_exact_and_alike_on_every_instruction_set(shape, rows_unit):
+    """One column times an int8 matrix: x quantized, integer sums, one scale per row; every kernel's
+    output equals the reference's bit for bit (the sums are exact integers and the last step is one
+    fused multiply-add everywhere), and is within int8's error of the float32 product."""
+    rng = np.random.default_rng(shape[0])
+    dense, matrix = random_sparse(rng, shape, (1, 1), 0.1)
+    matrix = dataclasses.replace(matrix, rows_unit=rows_unit).to_int8()
+    x = rng.standard_normal((shape[1], 1)).astype(np.float32)
+    bias = rng.standard_normal(shape[0]).astype(np.float32)
+    expected = reference.spmm(matrix, x, bias)
+    exact = dense @ x + bias[:, None]
+    assert np.abs(expected - exact).max() < 0.02 * np.abs(dense @ x).max()
+    levels = kernels.isa_levels() if kernels.backend() == "c" else ()
+    for level in levels:
+        kernels.set_isa(level)
+        try:
+            fresh = dataclasses.replace(matrix)  # compiled anew for this instruction set
+            np.testing.assert_array_equal(spmm(fresh, x, bias), expected, err_msg=kernels.int8_kernel())
+        finally:
+            kernels.set_isa(None)
+
+
+def test_int8_products_of_several_columns_and_int8_recurrent_layers(isa):
+    """Wider products use the values (q times scale) in float32; a recurrent layer at batch 1 runs its
+    one-column products in int8, step by step as the reference does."""
+    rng = np.random.default_rng(8)
+    dense, matrix = random_sparse(rng, (96, 48), (1, 1), 0.2)
+    matrix = matrix.to_int8()
+    x = rng.standard_normal((48, 5)).astype(np.float32)
+    np.testing.assert_allclose(spmm(matrix, x), matrix.to_dense() @ x, rtol=1e-5, atol=1e-5)
+    hidden = 32
+    _, weight_hh = random_sparse(rng, (4 * hidden, hidden), (1, 1), 0.3)
+    weight_hh = dataclasses.replace(weight_hh, rows_unit=hidden).to_int8()
+    bias = rng.standard_normal(4 * hidden).astype(np.float32)
+    xproj = rng.standard_normal((6, 4 * hidden, 1)).astype(np.float32)
+    states = [[np.zeros((hidden, 1), np.float32) for _ in range(2)] for _ in range(2)]
+    outs = [recurrent("lstm", weight_hh, bias, xproj, *states[0]),
+            reference.recurrent("lstm", weight_hh, bias, xproj, *states[1])]
+    np.testing.assert_allclose(outs[0], outs[1], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(states[0][1], states[1][1], rtol=1e-5, atol=1e-6)
+
+
+def test_the_compiled_matrix_refuses_int8_values_it_cannot_run():
+    if kernels.backend() != "c":
+        pytest.skip("no compiled kernels")
+    matrix = SparseMatrix.from_dense(np.eye(16, dtype=np.float32)).to_int8()
+    csr = (16, 16, 1, 1, 0, matrix.rowptr, matrix.index, matrix.values, 0, 0, 0, b"", b"", b"", b"")
+    with pytest.raises(ValueError, match="int8 values"):
+        kernels._compiled().matrix(*csr, matrix.int8[:-1], matrix.scales, 16)
+    with pytest.raises(ValueError, match="scales"):
+        kernels._compiled().matrix(*csr, matrix.int8, matrix.scales[:-1], 16)
+    with pytest.raises(ValueError, match="CSR with uint16 indices"):
+        kernels._compiled().matrix(16, 16, 2, 1, *csr[4:], matrix.int8, matrix.scales, 16)
