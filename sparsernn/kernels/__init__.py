@@ -422,7 +422,8 @@ def _matrix_args(matrix: SparseMatrix, one_column: bool) -> tuple:
     lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
     if matrix.bf16 and copy is None and level != "portable" and matrix.block in ((8, 1), (16, 1)):
         values = bf16_bits(matrix.values)  # read by the one-column kernels of these blocks
-    int8 = one_column and matrix.int8 is not None and matrix.block == (1, 1) and matrix.index.dtype == np.uint16
+    int8 = (one_column and matrix.int8 is not None and matrix.block == (1, 1)
+            and matrix.index.dtype == np.uint16)
     if int8:  # its own copy, made in C where a kernel reads it
         lanes, sigma, ptr, order, index, values = 0, 0, b"", b"", b"", b""
     return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32), matrix.rowptr, matrix.index,
