@@ -18,9 +18,10 @@ flags = ["-O3", "-fno-wrapv", "-fopenmp", "-std=c11"]
 if not os.environ.get("SPARSERNN_PORTABLE"):
     flags.append("-march=native")
 
-CORE = ["runtime/src/kernels.c", "runtime/src/kernels_avx2.c", "runtime/src/kernels_avx512.c", "runtime/src/ops.c",
-        "runtime/src/layouts.c"]
+CORE = [f"runtime/src/{name}.c"
+        for name in ("kernels", "kernels_avx2", "kernels_avx512", "kernels_neon", "ops", "layouts")]
+HEADERS = [f"runtime/src/{name}.h" for name in ("kernels", "simd", "layouts")]
 
 setup(ext_modules=[Extension("sparsernn.kernels._kernels", ["sparsernn/kernels/_kernels.c", *CORE],
-                             include_dirs=["runtime/src"], depends=["runtime/src/kernels.h", "runtime/src/simd.h", "runtime/src/layouts.h"],
-                             extra_compile_args=flags, extra_link_args=["-fopenmp"], optional=True)])
+                             include_dirs=["runtime/src"], depends=HEADERS, extra_compile_args=flags,
+                             extra_link_args=["-fopenmp"], optional=True)])

@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
     export = commands.add_parser("export", help="write a checkpoint as a compact sparse safetensors file")
     export.add_argument("checkpoint")
     export.add_argument("-o", "--output", required=True, help="model file to write (.safetensors)")
-    export.add_argument("--values", choices=("fp32", "fp16", "bf16"), default="fp32")
+    export.add_argument("--values", choices=("fp32", "fp16", "bf16", "int8"), default="fp32")
     export.set_defaults(handler=_export)
 
     study = commands.add_parser("study", help="train, evaluate, export and time runs; write a report")

@@ -211,25 +211,21 @@ int sr_int8_lanes(void) {
     return !strcmp(name, "avx2") ? 8 : strcmp(name, "portable") ? 16 : 0;
 }
 
-void sr_quantize(const float *x, long n, int8_t *q, float *scale) {
+void sr_quantize(const float *x, long stride, long n, int8_t *q, float *scale) {
     float most = 0.0f;
-    for (long i = 0; i < n; ++i) most = __builtin_fabsf(x[i]) > most ? __builtin_fabsf(x[i]) : most;
+    for (long i = 0; i < n; ++i) most = __builtin_fabsf(x[i * stride]) > most ? __builtin_fabsf(x[i * stride]) : most;
     const float inverse = most > 0.0f ? 127.0f / most : 0.0f;
     for (long i = 0; i < n; ++i) {
-        const float v = __builtin_rintf(x[i] * inverse); /* within [-127, 127]: |x| <= most */
+        const float v = __builtin_rintf(x[i * stride] * inverse); /* within [-127, 127]: |x| <= most */
         q[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
     }
     *scale = most / 127.0f;
 }
 
 void sr_int8_csr(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, const float *bias) {
-    if (ldx != 1) { /* a column of a wider product: the float32 values, as the other columns */
-        k_1x1_1_u16(m, br0, br1, X, ldx, Y, ldy, bias);
-        return;
-    }
     int8_t xq[m->cols];
     float xs;
-    sr_quantize(X, m->cols, xq, &xs);
+    sr_quantize(X, ldx, m->cols, xq, &xs);
     const uint16_t *index = m->index;
     for (int row = br0; row < br1; ++row) {
         int32_t sum = 0;
@@ -288,6 +284,10 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
 static void rows_product(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                          long N, const float *bias) {
     static const int widths[3] = {16, 4, 1};
+    if (m->q) { /* int8 values: every column quantized on its own, by the one-column kernel */
+        for (long n = 0; n < N; ++n) m->by_width[2](m, br0, br1, X + n, ldx, Y + n, ldy, bias);
+        return;
+    }
     const int band = N >= 16 && m->r < 128 ? 128 / m->r : br1 - br0;
     for (int b0 = br0; b0 < br1; b0 += band) {
         const int b1 = b0 + band < br1 ? b0 + band : br1;

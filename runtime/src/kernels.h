@@ -56,8 +56,9 @@ struct Matrix {
     const int32_t *sell_ptr, *sell_order;
     const void *sell_index;
     const void *sell_values;
-    /* int8 values (NULL: none): q[nnz] in CSR order and scale[rows], values holding q * scale. Products
-     * with one column then quantize x per call (sr_quantize) and sum q * xq in int32 (sr_int8_row); with
+    /* int8 values of a CSR matrix with uint16 indices (NULL: none): q[nnz] and scale[rows], values
+     * holding q * scale. Products then run one column at a time, each quantized (sr_quantize), the
+     * products q * xq summed in int32 (sr_int8_row), so that any batch computes what one column does; with
      * sell_int8 the one-column copy is the quad copy (layouts.h) and qsum[rows] each row's sum of q. */
     const int8_t *q;
     const float *scale;
@@ -90,9 +91,10 @@ int sr_recurrent(int cell, const Matrix *m, const float *bias, const float *xpro
                  long T, long B, int reverse, int threads, void *scratch);
 
 /* ---- int8 products with one column (kernels.c) ---- */
-/* x quantized symmetrically: q[i] = round(x[i] * 127 / max |x|) and *scale = max |x| / 127 (0 when x is 0).
- * Every kernel quantizes with this one function, so their int32 sums are equal and so are their outputs. */
-void sr_quantize(const float *x, long n, int8_t *q, float *scale);
+/* x (n values, stride apart) quantized symmetrically: q[i] = round(x[i] * 127 / max |x|) and *scale =
+ * max |x| / 127 (0 when x is 0). Every kernel quantizes with this one function, so their int32 sums are
+ * equal and so are their outputs. */
+void sr_quantize(const float *x, long stride, long n, int8_t *q, float *scale);
 /* A row's output from its integer sum: fmaf(sum, row scale * x scale, bias), the same on every path. */
 static inline float sr_int8_row(int32_t sum, float row_scale, float x_scale, float bias) {
     return __builtin_fmaf((float)sum, row_scale * x_scale, bias);
@@ -102,7 +104,7 @@ static inline float sr_int8_row(int32_t sum, float row_scale, float x_scale, flo
  * instructions), else "portable" (CSR); and the lanes of the copy it reads (0: none). */
 const char *sr_int8_kernel(void);
 int sr_int8_lanes(void);
-/* The portable int8 kernel (CSR, one contiguous column; other strides run the float32 values). */
+/* The portable int8 kernel (CSR, one column). */
 void sr_int8_csr(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, const float *bias);
 
 /* ---- the kernels of each instruction set, for the dispatch in kernels.c ---- */

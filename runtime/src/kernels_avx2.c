@@ -108,19 +108,19 @@ static inline __m256i products8(const int8_t *v, const uint16_t *ix, const int32
     return _mm256_madd_epi16(_mm256_cvtepi8_epi32(_mm_loadl_epi64((const __m128i *)(v + at))), gather_w8(x, ix + at));
 }
 
-/* int8 values, one contiguous column, from the interleaved copy with int8 values: x quantized and held as
+/* int8 values, one column, from the interleaved copy with int8 values: x quantized and held as
  * int32 whose upper halves are 0, so that vpmaddwd of it and of the sign-extended q gives each lane its
  * exact product (x * q + 0 * sign); the int32 sums equal the portable kernel's. */
 void sr_avx2_int8_interleaved(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                               const float *bias) {
-    if (ldx != 1 || br0 % m->sigma || br1 % m->sigma) {
+    if (br0 % m->sigma || br1 % m->sigma) {
         sr_int8_csr(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
     int8_t xq[m->cols];
     int32_t xw[m->cols];
     float xs;
-    sr_quantize(X, m->cols, xq, &xs);
+    sr_quantize(X, ldx, m->cols, xq, &xs);
     for (int i = 0; i < m->cols; ++i) xw[i] = (uint16_t)(int16_t)xq[i];
     const int8_t *v = m->sell_values;
     const uint16_t *ix = m->sell_index;

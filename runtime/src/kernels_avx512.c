@@ -101,7 +101,7 @@ AVX512 static void csr_tile16_avx512(const Matrix *m, int br0, int br1, const fl
     free(packed);
 }
 
-/* int8 values, one contiguous column, from the quad copy (AVX-512 VNNI and VBMI, chosen at run time): x
+/* int8 values, one column, from the quad copy (AVX-512 VNNI and VBMI, chosen at run time): x
  * quantized to int8 and offset to uint8 (x + 128), a slice's 64 bytes in one register; per 4 slots of the
  * 16 lanes one vpermb looks the 64 x bytes up and one vpdpbusd adds the 4 products of each lane to its
  * int32 sum: 4 slots of 16 rows in two instructions, where the float32 kernel takes a blend, two
@@ -109,14 +109,14 @@ AVX512 static void csr_tile16_avx512(const Matrix *m, int br0, int br1, const fl
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vbmi,avx512vnni")))
 VNNI void sr_avx512_int8_quad(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                                  const float *bias) {
-    if (ldx != 1 || br0 % m->sigma || br1 % m->sigma) {
+    if (br0 % m->sigma || br1 % m->sigma) {
         sr_int8_csr(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
     const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
     int8_t xq[SLICE * slices];
     float xs;
-    sr_quantize(X, m->cols, xq, &xs);
+    sr_quantize(X, ldx, m->cols, xq, &xs);
     uint8_t xu[SLICE * slices]; /* x + 128; past the columns 128 (x = 0), never looked up by a real slot */
     for (int i = 0; i < SLICE * slices; ++i) xu[i] = (uint8_t)(i < m->cols ? xq[i] + 128 : 128);
     const int8_t *v = m->sell_values;

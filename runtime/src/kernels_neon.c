@@ -50,20 +50,20 @@ void sr_neon_column_blocks(const Matrix *m, int br0, int br1, const float *X, lo
             Y[(size_t)(br * R + i) * (size_t)ldy] = sums[i] + (bias ? bias[br * R + i] : 0.0f);
     }
 }
-/* int8 values, one contiguous column, from the quad copy (with the dot product instructions, Armv8.2 and
+/* int8 values, one column, from the quad copy (with the dot product instructions, Armv8.2 and
  * later, where sr_int8_kernel finds them): x quantized to int8, a slice's 64 bytes in four registers; per 4 slots of 4
  * lanes one tbl looks 16 x bytes up and one sdot adds each lane's 4 products to its int32 sum. */
 __attribute__((target("arch=armv8.2-a+dotprod"))) void sr_neon_int8_quad(const Matrix *m, int br0, int br1,
                                                                           const float *X, long ldx, float *Y,
                                                                           long ldy, const float *bias) {
-    if (ldx != 1 || br0 % m->sigma || br1 % m->sigma) {
+    if (br0 % m->sigma || br1 % m->sigma) {
         sr_int8_csr(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
     const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
     int8_t xq[SLICE * slices];
     float xs;
-    sr_quantize(X, m->cols, xq, &xs);
+    sr_quantize(X, ldx, m->cols, xq, &xs);
     for (int i = m->cols; i < SLICE * slices; ++i) xq[i] = 0;
     const int8_t *v = m->sell_values;
     const uint8_t *ix = m->sell_index;

@@ -188,7 +188,7 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
     if (w->rank != 2 || !block || block->count != 2 || json_integer(json_at(block, 0), 1, 64, &r) ||
         json_integer(json_at(block, 1), 1, 64, &c) || rows % r || cols % c || rows >= INT32_MAX || cols >= INT32_MAX)
         return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: block does not tile its shape", w->name);
-    if (!kind || (strcmp(kind, "fp32") && strcmp(kind, "fp16") && strcmp(kind, "bf16")))
+    if (!kind || (strcmp(kind, "fp32") && strcmp(kind, "fp16") && strcmp(kind, "bf16") && strcmp(kind, "int8")))
         return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: unknown value type", w->name);
     char name[600];
     snprintf(name, sizeof name, "%s.rowptr", w->name);
@@ -216,17 +216,35 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
             return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: column index %lld out of range [0, %lld)",
                            w->name, column, cols / c);
     }
-    const int want = !strcmp(kind, "fp32") ? DT_F32 : !strcmp(kind, "fp16") ? DT_F16 : DT_U16;
+    const int want = !strcmp(kind, "fp32") ? DT_F32 : !strcmp(kind, "fp16") ? DT_F16 : !strcmp(kind, "int8") ? DT_I8 : DT_U16;
     if (!values || values->dtype != want || values->rank != 3 || values->shape[0] != nblocks || values->shape[1] != r ||
         values->shape[2] != c)
         return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: values missing or not (%lld, %lld, %lld) %s",
                        w->name, nblocks, r, c, kind);
+    const tensor *scales = NULL;
+    if (want == DT_I8) { /* a scale per row; the values are integers in [-127, 127] */
+        snprintf(name, sizeof name, "%s.scales", w->name);
+        scales = find_tensor(model, name);
+        if (!scales || scales->dtype != DT_F32 || scales->rank != 1 || scales->shape[0] != rows)
+            return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: scales missing or not float32 of length "
+                           "%lld", w->name, rows);
+        const float *scale = scales->data;
+        for (long long i = 0; i < rows; ++i)
+            if (!(scale[i] >= 0.0f && scale[i] <= 3.4e38f))
+                return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: scale of row %lld not finite and "
+                               "not negative", w->name, i);
+        const int8_t *q = values->data;
+        for (size_t i = 0; i < values->count; ++i)
+            if (q[i] == -128)
+                return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: int8 value -128 (values are in "
+                               "[-127, 127])", w->name);
+    }
     float *decoded = values->data;
     if (want != DT_F32) {
         decoded = aligned(values->count * sizeof(float));
         if (!decoded) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
         const uint16_t *bits = values->data;
-        for (size_t i = 0; i < values->count; ++i) {
+        for (size_t i = 0; want != DT_I8 && i < values->count; ++i) {
             if (want == DT_F16) {
                 decoded[i] = half_to_float(bits[i]);
             } else {
@@ -234,10 +252,20 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
                 memcpy(&decoded[i], &wide, 4);
             }
         }
+        if (want == DT_I8) { /* q times its row's scale */
+            const int8_t *q = values->data;
+            const float *scale = scales->data;
+            for (long long br = 0; br < block_rows; ++br)
+                for (size_t i = (size_t)ptr[br] * (size_t)(r * c); i < (size_t)ptr[br + 1] * (size_t)(r * c); ++i)
+                    decoded[i] = (float)q[i] * scale[br * r + (long long)(i % (size_t)(r * c)) / c];
+        }
         w->owned[0] = decoded;
     }
     w->matrix = (Matrix){.rows = (int)rows, .cols = (int)cols, .r = (int)r, .c = (int)c,
                          .wide = index->dtype == DT_I32, .rowptr = ptr, .index = index->data, .values = decoded};
+    snprintf(w->values, sizeof w->values, "%s", kind);
+    if (want == DT_I8 && r == 1 && c == 1 && index->dtype == DT_U16) /* run in int8 (blocks: their values) */
+        w->matrix.q = values->data, w->matrix.scale = scales->data;
     if (!strcmp(kind, "bf16")) {
         w->bf16 = values->data;
         if ((r == 8 || r == 16) && c == 1) /* the R x 1 one-column kernels read the values in bfloat16 */
@@ -245,7 +273,7 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
     }
     sr_matrix_kernels(&w->matrix);
     w->stored_bytes = rowptr->count * 4 + index->count * (index->dtype == DT_I32 ? 4 : 2) +
-                      values->count * (want == DT_F32 ? 4 : 2);
+                      values->count * (size_t)DTYPES[want].size + (scales ? scales->count * 4 : 0);
     return SR_OK;
 }
 
@@ -384,7 +412,7 @@ void sr_model_free(sr_model *model) {
     if (!model) return;
     sr_program_free(model);
     for (int i = 0; i < model->weight_count; ++i) {
-        for (int j = 0; j < 8; ++j) free(model->weights[i].owned[j]);
+        for (int j = 0; j < 9; ++j) free(model->weights[i].owned[j]);
         free(model->weights[i].name);
     }
     for (int i = 0; i < model->tensor_count; ++i) {

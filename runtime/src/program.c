@@ -80,9 +80,12 @@ static sr_status as_matrix(loader *l, const weight *cw, long rows_unit, const ch
     if (w->rank != 2) return FAIL(l, "%s %s is not a matrix", key, w->name);
     if (w->matrix.rows) {
         if (rows_unit % w->matrix.r) return FAIL(l, "%s %s: blocks of %d rows straddle its gates", key, w->name, w->matrix.r);
-        /* an unstructured matrix's one-column copy for the AVX2 or AVX-512 kernels (streaming products) */
-        if (sr_avx2() && !w->matrix.lanes && sr_one_column_copy(&w->matrix, rows_unit, sr_use_avx512() ? 16 : 8,
-                                                                w->bf16 != NULL, w->owned + 4) < 0)
+        /* an unstructured matrix's one-column copy for the AVX2 or AVX-512 kernels, or its int8 kernel's
+         * (streaming products) */
+        if (w->matrix.q ? !w->matrix.lanes && sr_int8_copy(&w->matrix, rows_unit, w->owned + 4) < 0
+                        : sr_avx2() && !w->matrix.lanes &&
+                              sr_one_column_copy(&w->matrix, rows_unit, sr_use_avx512() ? 16 : 8, w->bf16 != NULL,
+                                                 w->owned + 4) < 0)
             return SR_FAIL(SR_ERROR_MEMORY, l->error, l->error_size, "out of memory");
         return SR_OK;
     }

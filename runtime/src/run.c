@@ -269,6 +269,7 @@ size_t sr_model_describe(const sr_model *model, char *text, size_t size) {
         const int sparse = w->matrix.rows && !w->dense;
         PUT("  %-32s %s", w->name, sparse ? (w->matrix.r == 1 && w->matrix.c == 1 ? "csr" : "blocks") : "dense");
         if (sparse && (w->matrix.r > 1 || w->matrix.c > 1)) PUT(" %dx%d", w->matrix.r, w->matrix.c);
+        if (sparse) PUT(" %s", w->values);
         if (w->rank == 2) PUT("  %lld x %lld", w->shape[0], w->shape[1]);
         if (elements) PUT("  sparsity %.1f%%", 100.0 * (1.0 - (double)w->nonzeros / (double)elements));
         PUT("  %zu bytes\n", w->stored_bytes);

@@ -1,5 +1,6 @@
 """Writes the C runtime's test fixtures: small pruned models saved with their program, an input for each,
-and PyTorch's output for it (the oracle the C tests compare against). Run from the repository root:
+and PyTorch's output for it (the oracle the C tests compare against; for int8 values, whose products
+PyTorch does not compute, the Python engine's). Run from the repository root:
 
     python runtime/tests/make_fixtures.py [DIRECTORY]
 
@@ -19,7 +20,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from sparsernn import Pruner, save_sparse  # noqa: E402
+from sparsernn import Pruner, load_sparse, save_sparse  # noqa: E402
 from sparsernn.prune import OneShotSchedule  # noqa: E402
 from tests.engine.test_program import Mixer, RNNModel, Tagger, WordLM, pruned  # noqa: E402
 
@@ -50,6 +51,7 @@ def cases():
     yield "rnnmodel", pruned(RNNModel()), (tokens[:5], hidden), (tokens, hidden), "fp32"
     yield "tagger", pruned(Tagger()), (tokens[:7].T,), tokens.T, "fp32"
     yield "mixer", Mixer(), (torch.randn(1, 5, 8),), torch.randn(1, STEPS, 8), "fp32"
+    yield "lstm_int8", pruned(WordLM(nn.LSTM)), (tokens[:5],), long, "int8"
 
 
 def main(out: Path = OUT) -> None:
@@ -60,6 +62,9 @@ def main(out: Path = OUT) -> None:
         inputs = inputs if isinstance(inputs, tuple) else (inputs,)
         with torch.no_grad():
             output = torch.utils._pytree.tree_leaves(model(*inputs))[0]
+            if values == "int8":  # products in int8 as the engine computes them: its output is the oracle
+                program = load_sparse(model, out / f"{name}.safetensors")
+                output = torch.cat([program(token[None])[0] for token in inputs[0]])
         first = inputs[0]
         ids = first.dtype == torch.long
         np.save(out / f"{name}.in.npy", first.reshape(-1).numpy() if ids else first[0].numpy())

@@ -34,7 +34,7 @@ static int failures;
     } while (0)
 
 static const char *const FIXTURES[] = {"lstm", "gru", "rnn_relu", "lstm_proj", "gru_8x1", "gru_bf16",
-                                       "rnnmodel", "tagger", "mixer"};
+                                       "rnnmodel", "tagger", "mixer", "lstm_int8"};
 
 /* max |a - b| / max |b| */
 static double relative(const float *a, const float *b, size_t n) {
@@ -109,14 +109,16 @@ static void fixture(const char *directory, const char *name) {
     }
     const int whole = sr_model_whole(model);
     const size_t n = (size_t)in.shape[0] * sr_model_output_size(model);
-    const double tolerance = strstr(name, "bf16") ? 1e-2 : 1e-5;
+    /* bf16 against PyTorch's float32; int8 against the Python engine, whose integer sums are the same but
+     * whose tanh and exp are not libm's everywhere: a last-bit difference can round an input the other way */
+    const double tolerance = strstr(name, "bf16") || strstr(name, "int8") ? 1e-2 : 1e-5;
     float *got = outputs_of(model, &in, whole, 1);
     const double difference = relative(got, expected.data, n);
     CHECK(expected.shape[0] == in.shape[0] && (size_t)expected.shape[1] == sr_model_output_size(model),
           "%s: expected output of another shape", name);
-    CHECK(difference <= tolerance, "%s: relative difference %.3g from PyTorch (tolerance %g)", name, difference,
+    CHECK(difference <= tolerance, "%s: relative difference %.3g from the oracle (tolerance %g)", name, difference,
           tolerance);
-    printf("%-10s %s, %ld steps, relative difference from PyTorch %.2g\n", name, whole ? "whole " : "stream",
+    printf("%-10s %s, %ld steps, relative difference from the oracle %.2g\n", name, whole ? "whole " : "stream",
            in.shape[0], difference);
     if (!whole) { /* a whole-sequence run equals the steps; two states on one model do not disturb each other */
         float *all = outputs_of(model, &in, 1, 1);

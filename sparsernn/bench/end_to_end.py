@@ -1,9 +1,11 @@
 """End to end: a language model at batch 1, our engine on the pruned model against the dense model in
-PyTorch, ONNX Runtime and OpenVINO (the peers: :mod:`sparsernn.bench.peers`), all timed in turns.
+PyTorch, ONNX Runtime and OpenVINO, and in dense int8 by PyTorch's and ONNX Runtime's dynamic
+quantization (the peers: :mod:`sparsernn.bench.peers`), all timed in turns.
 
 Two modes: streaming (one token per call, state carried, as a deployed model serves) and the whole
 sequence in one call. Every row gives tokens per second, the speed-up against dense PyTorch and against
-the best dense runtime measured in the same run and mode.
+the best dense runtime measured in the same run and mode (the fastest of all of them, int8 included),
+and the bytes of the file it runs from.
 
 Each exported file runs three ways: the built-in family's engine (``sparsernn_*``), the file's program
 loaded into the user's own module class with :func:`~sparsernn.load_sparse` (``program_*``: what
@@ -21,7 +23,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sparsernn.bench.peers import BF16_PEERS, PEERS, PeerLanguageModel, export_language_model, missing
+from sparsernn.bench.peers import (
+    BF16_PEERS,
+    INT8_PEERS,
+    PEERS,
+    PeerLanguageModel,
+    export_language_model,
+    missing,
+    pytorch_int8,
+    quantized_onnx,
+)
 from sparsernn.config import ModelConfig
 from sparsernn.engine import LanguageModelEngine, load_sparse
 from sparsernn.export import lm_architecture, load_exported, save_sparse
@@ -35,7 +46,10 @@ SHAPES = {
     "ptb": {"cell": "lstm", "embedding_size": 200, "hidden_size": 200, "layers": 2, "vocab": 10000},
 }
 QUICK_SHAPE = {"cell": "gru", "embedding_size": 64, "hidden_size": 128, "layers": 1, "vocab": 1000}
-DENSE_METHODS = ("pytorch", *PEERS, *BF16_PEERS)
+DENSE_METHODS = ("pytorch", "pytorch_int8", *PEERS, *INT8_PEERS, *BF16_PEERS)
+#: How far a peer's logits may be from dense PyTorch's (max difference over the largest logit) before it
+#: is not timed: its own rounding, bf16's and int8's.
+PEER_TOLERANCE = {"bf16": 1e-2, "int8": 5e-2}
 
 
 def _pruned_model(shape: dict, block: tuple[int, int], sparsity: float = 0.9):
@@ -69,32 +83,46 @@ def _torch_calls(model: LanguageModel, tokens: dict[str, np.ndarray]) -> dict:
     stream, whole = (torch.from_numpy(tokens[mode]) for mode in ("streaming", "sequence"))
 
     def streaming():
-        hidden = None
+        hidden, logits = None, []
         for t in range(stream.shape[0]):
-            _, hidden = model(stream[t:t + 1], hidden)
+            output, hidden = model(stream[t:t + 1], hidden)
+            logits.append(output)
+        return logits
 
     def sequence():
-        model(whole)
+        return model(whole)
 
     return {"streaming": torch.no_grad()(streaming), "sequence": torch.no_grad()(sequence)}
+
+
+def _saved_bytes(model: torch.nn.Module) -> int:
+    """Bytes of ``torch.save`` of the model's state dict (what a PyTorch deployment loads)."""
+    import io
+
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    return buffer.tell()
 
 
 def _peer_calls(name: str, paths: dict[str, Path], model: LanguageModel, tokens: dict[str, np.ndarray],
                 threads: int) -> dict:
     """The two modes on peer ``name`` (``tokens`` per mode), after checking its logits against
-    PyTorch's (to 1e-3, or 1e-2 for a bf16 peer)."""
+    PyTorch's (:data:`PEER_TOLERANCE`)."""
     peer = PeerLanguageModel(name, paths, model, threads)
     calls = {"streaming": lambda: peer.stream(tokens["streaming"]),
              "sequence": lambda: peer.sequence(tokens["sequence"])}
     for mode, call in calls.items():
-        with torch.no_grad():
-            expected = model(torch.from_numpy(tokens[mode]))[0].numpy()
-        got = call()
-        tolerance = 1e-2 if name in BF16_PEERS else 1e-3
-        if not np.allclose(got, expected, atol=tolerance, rtol=tolerance):
-            raise RuntimeError(f"{name} ({mode}) computes other logits than PyTorch (max difference "
-                               f"{np.abs(got - expected).max():.3g}); not timing it")
+        _check_logits(name, mode, call(), model, tokens[mode])
     return calls
+
+
+def _check_logits(name: str, mode: str, got: np.ndarray, model: LanguageModel, tokens: np.ndarray) -> None:
+    with torch.no_grad():
+        expected = model(torch.from_numpy(tokens))[0].numpy()
+    difference = float(np.abs(got - expected).max() / np.abs(expected).max())
+    if difference > PEER_TOLERANCE.get(name.rsplit("_", 1)[-1], 1e-3):
+        raise RuntimeError(f"{name} ({mode}) computes other logits than PyTorch (max difference "
+                           f"{difference:.3g} of the largest); not timing it")
 
 
 def _engine_calls(engine: LanguageModelEngine, tokens: dict[str, np.ndarray]) -> dict:
@@ -168,18 +196,32 @@ def _time_model(name, dense_model, variants, threads, steps, rounds, progress) -
     vocab = dense_model.decoder.out_features
     random = torch.randint(0, vocab, (max(steps), 1), generator=torch.Generator().manual_seed(0)).numpy()
     tokens = {"streaming": random[:steps[0]], "sequence": random[:steps[1]]}
-    calls, skipped = {"pytorch": _torch_calls(dense_model, tokens)}, {}
+    quantized = pytorch_int8(dense_model)
+    calls = {"pytorch": _torch_calls(dense_model, tokens), "pytorch_int8": _torch_calls(quantized, tokens)}
+    skipped = {}
+    nbytes = {"pytorch": _saved_bytes(dense_model), "pytorch_int8": _saved_bytes(quantized)}
+    for mode in ("streaming", "sequence"):
+        got = calls["pytorch_int8"][mode]()
+        got = torch.cat(got) if mode == "streaming" else got[0]
+        _check_logits("pytorch_int8", mode, got.numpy(), dense_model, tokens[mode])
+    notes = {}
+    if dense_model.config.cell == "gru":
+        notes["onnxruntime_int8"] = "ONNX Runtime has no quantized GRU: the GRU runs in float32"
     with tempfile.TemporaryDirectory() as tmp:
         paths = None
-        for peer in (*PEERS, *BF16_PEERS):
+        for peer in (*PEERS, *INT8_PEERS, *BF16_PEERS):
             skipped[peer] = missing(peer)
             if not skipped[peer]:
                 paths = paths or export_language_model(dense_model, Path(tmp), steps[1])
                 calls[peer] = _peer_calls(peer, paths, dense_model, tokens, threads)
+                graph = quantized_onnx(paths["streaming"]) if peer in INT8_PEERS else paths["streaming"]
+                nbytes[peer] = graph.stat().st_size
         c_timings = {}
         for structure, path in variants.items():
             engine = LanguageModelEngine(path, threads=threads)
             calls[f"sparsernn_{structure}"] = _engine_calls(engine, tokens)
+            for method in ("sparsernn", "program", "c"):
+                nbytes[f"{method}_{structure}"] = Path(path).stat().st_size
             if "program" in load_exported(path).metadata:
                 user_module = load_sparse(LanguageModel(vocab, dense_model.config), path, threads=threads)
                 calls[f"program_{structure}"] = _program_calls(user_module, tokens)
@@ -199,7 +241,9 @@ def _time_model(name, dense_model, variants, threads, steps, rounds, progress) -
             best = max(rate[method] for method in DENSE_METHODS if method in rate)
             ours = [m for m in [*calls, *skipped] if m.startswith(("sparsernn", "program_", "c_"))]
             for method in (*DENSE_METHODS, *dict.fromkeys(ours)):
-                row = {"model": name, "mode": mode, "tokens": length, "threads": threads, "method": method}
+                row = {"model": name, "mode": mode, "tokens": length, "threads": threads, "method": method,
+                       **({"bytes": nbytes[method]} if method in nbytes else {}),
+                       **({"note": notes[method]} if method in notes else {})}
                 if method in rate:
                     row |= {"tokens_per_s": rate[method],
                             "speedup_vs_pytorch": rate[method] / rate["pytorch"],
@@ -217,8 +261,8 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
                     progress=print) -> list[dict]:
     """Rows for an exported model file (``model_path``), or else for each of :data:`SHAPES` (the quick
     shape with ``quick``) pruned 90% at random, unstructured and in ``block`` blocks, each with float32
-    and with bfloat16 values. ``steps``: tokens streamed and tokens in the whole sequence (default 200
-    and 2,000; 20 and 50 with ``quick``)."""
+    and with bfloat16 values, and unstructured with int8 values. ``steps``: tokens streamed and tokens in
+    the whole sequence (default 200 and 2,000; 20 and 50 with ``quick``)."""
     steps = steps or ((20, 50) if quick else (200, 2000))
     rows = []
     if model_path:
@@ -233,6 +277,7 @@ def end_to_end_rows(model_path: str | None, block: tuple[int, int], *, quick: bo
             variants = {}
             for structure, shape_of_block, values in (("unstructured", (1, 1), "fp32"),
                                                       ("unstructured_bf16", (1, 1), "bf16"),
+                                                      ("unstructured_int8", (1, 1), "int8"),
                                                       ("blocks", block, "fp32"),
                                                       ("blocks_bf16", block, "bf16")):
                 model, architecture = _pruned_model(shape, shape_of_block)

@@ -1,12 +1,15 @@
-"""The dense runtimes a user would otherwise deploy with: ONNX Runtime and OpenVINO.
+"""The dense runtimes a user would otherwise deploy with: ONNX Runtime and OpenVINO, and dense int8.
 
 Both run the dense model as exported to ONNX by ``torch.onnx.export`` (the TorchScript exporter, which
 turns ``nn.GRU`` / ``nn.LSTM`` into ONNX's own recurrent operators, the form both runtimes optimize),
 on the CPU, with the thread count asked for and their latency settings; OpenVINO at fp32 precision
 (``INFERENCE_PRECISION_HINT``), as our engine computes, and as ``openvino_bf16`` at bf16, OpenVINO's own
-default on a CPU with bf16 instructions (the comparison for the engine's bf16 values). They are an
-optional extra (``pip install 'sparsernn[peers]'``): where one is missing, :func:`missing` says why and
-the benchmarks say skipped.
+default on a CPU with bf16 instructions (the comparison for the engine's bf16 values);
+``onnxruntime_int8``: the graph after ONNX Runtime's ``quantize_dynamic`` (int8 weights, activations
+quantized per call: its LSTM becomes DynamicQuantizeLSTM; it has no quantized GRU, so a GRU stays in
+float32 and only the products around it are quantized). PyTorch's own dense int8 (``quantize_dynamic``
+of the model) is :func:`pytorch_int8`. The peers are an optional extra (``pip install
+'sparsernn[peers]'``): where one is missing, :func:`missing` says why and the benchmarks say skipped.
 """
 
 from __future__ import annotations
@@ -23,13 +26,15 @@ import torch
 PEERS = ("onnxruntime", "openvino")
 #: Peers computing with bf16 weights and activations, where the CPU has bf16 instructions.
 BF16_PEERS = ("openvino_bf16",)
+#: Peers computing with int8 weights, the activations quantized per call.
+INT8_PEERS = ("onnxruntime_int8",)
 
 Runner = Callable[[dict[str, np.ndarray]], list[np.ndarray]]
 
 
 def missing(name: str) -> str | None:
     """Why peer ``name`` cannot run here (None: it can)."""
-    for module in ("onnx", name.removesuffix("_bf16")):
+    for module in ("onnx", name.removesuffix("_bf16").removesuffix("_int8")):
         if importlib.util.find_spec(module) is None:
             return f"{module} is not installed (pip install 'sparsernn[peers]')"
     if name == "openvino_bf16":
@@ -59,7 +64,9 @@ def runner(name: str, path: str | Path, threads: int = 1) -> Runner:
     reason = missing(name)
     if reason:
         raise RuntimeError(reason)
-    if name == "onnxruntime":
+    if name == "onnxruntime_int8":
+        path = quantized_onnx(path)
+    if name in ("onnxruntime", "onnxruntime_int8"):
         import onnxruntime
 
         options = onnxruntime.SessionOptions()
@@ -79,7 +86,31 @@ def runner(name: str, path: str | Path, threads: int = 1) -> Runner:
         # out, as the next call overwrites the request's
         return lambda feeds: [np.array(output) for output in
                               request.infer(feeds, share_inputs=True, share_outputs=True).values()]
-    raise ValueError(f"unknown peer {name!r}; valid: {', '.join((*PEERS, *BF16_PEERS))}")
+    raise ValueError(f"unknown peer {name!r}; valid: {', '.join((*PEERS, *INT8_PEERS, *BF16_PEERS))}")
+
+
+def quantized_onnx(path: str | Path) -> Path:
+    """The ONNX model at ``path`` after ONNX Runtime's dynamic quantization (int8 weights), beside it."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out = Path(path).with_suffix(".int8.onnx")
+    if not out.exists():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+    return out
+
+
+def pytorch_int8(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of ``model`` with PyTorch's dynamic quantization: its LSTM, GRU and Linear modules with int8
+    weights, activations quantized per call (torch.ao.quantization.quantize_dynamic)."""
+    import copy
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch.ao.quantization's deprecation notice
+        return torch.ao.quantization.quantize_dynamic(copy.deepcopy(model).eval(),
+                                                      {torch.nn.LSTM, torch.nn.GRU, torch.nn.Linear},
+                                                      dtype=torch.qint8)
 
 
 # -- the model families as ONNX graphs ------------------------------------------------------------------

@@ -28,7 +28,7 @@ from sparsernn.kernels import CELLS, FormatError, SparseMatrix, bf16_bits, bf16_
 FORMAT = 3
 #: Formats this sparsernn reads: 2 (no program) and 3 (an optional program in the metadata).
 READABLE = (2, 3)
-VALUE_TYPES = ("fp32", "fp16", "bf16")
+VALUE_TYPES = ("fp32", "fp16", "bf16", "int8")
 
 
 class ExportError(UserError):
@@ -58,7 +58,7 @@ class ExportedModel:
 
 def encode_values(values: np.ndarray, kind: str) -> np.ndarray:
     """float32 values as stored: fp32 as is, fp16, or bf16 as the upper 16 bits (uint16, rounded to
-    nearest even) since numpy has no bfloat16."""
+    nearest even) since numpy has no bfloat16. (int8 values take a scale per row: see save_sparse.)"""
     if kind == "fp32":
         return values.astype(np.float32)
     if kind == "fp16":
@@ -136,10 +136,12 @@ def save_sparse(model: nn.Module, path: str | Path, *, values: str = "fp32",
     fewest bytes (CSR, the kernels' blocks, or dense), every other tensor as is, tied tensors once.
 
     Pruned weights are the zeros in the model's weights (the Pruner applies its masks in place).
-    ``values`` (fp32, fp16, bf16) encodes the values of the sparse matrices; ``extra`` adds keys to the
-    metadata. With ``example_inputs`` (the forward's positional arguments for a whole sequence) the
-    file also holds the forward as a program (:func:`sparsernn.engine.lower.lower`), which
-    :func:`~sparsernn.engine.load_sparse` and the C runtime run; a forward that cannot be lowered raises
+    ``values`` (fp32, fp16, bf16, int8) encodes the values of the sparse matrices (int8: with a scale per
+    row; products of one column then run in int8, see :class:`~sparsernn.kernels.SparseMatrix`);
+    ``extra`` adds keys to the metadata. With ``example_inputs`` (the forward's positional arguments for
+    a whole sequence) the file also holds the forward as a program
+    (:func:`sparsernn.engine.lower.lower`), which :func:`~sparsernn.engine.load_sparse` and the C
+    runtime run; a forward that cannot be lowered raises
     :class:`~sparsernn.engine.lower.LoweringError`. Returns a summary: file bytes, dense fp32 bytes,
     per-tensor storage and sparsity.
     """
@@ -171,7 +173,12 @@ def save_sparse(model: nn.Module, path: str | Path, *, values: str = "fp32",
         if matrix is not None:
             tensors[f"{name}.rowptr"] = matrix.rowptr
             tensors[f"{name}.index"] = matrix.index
-            tensors[f"{name}.values"] = encode_values(matrix.values, values)
+            if values == "int8":  # integers in [-127, 127] and a scale per row
+                matrix = matrix.to_int8()
+                tensors[f"{name}.values"] = matrix.int8.reshape(matrix.values.shape)
+                tensors[f"{name}.scales"] = matrix.scales
+            else:
+                tensors[f"{name}.values"] = encode_values(matrix.values, values)
             nonzeros = int(np.count_nonzero(array))
             matrices[name] = {"storage": "csr" if matrix.block == (1, 1) else "blocks",
                               "shape": list(array.shape), "block": list(matrix.block), "values": values,
@@ -368,6 +375,11 @@ def _matrix(name: str, info: dict, stored: dict[str, np.ndarray]) -> SparseMatri
     if info.get("values") not in VALUE_TYPES:
         raise FormatError(f"unknown value type {info.get('values')!r}")
     r, c = info["block"]
+    if info["values"] == "int8":
+        if f"{name}.scales" not in stored:
+            raise FormatError(f"int8 values without the tensor {name}.scales")
+        return SparseMatrix.from_int8(shape, (r, c), stored[f"{name}.rowptr"], stored[f"{name}.index"],
+                                      stored[f"{name}.values"], stored[f"{name}.scales"])
     values = decode_values(stored[f"{name}.values"], info["values"])
     if values.ndim != 3 or values.shape[1:] != (r, c):
         raise FormatError(f"values of shape {values.shape} do not hold {r}x{c} blocks")

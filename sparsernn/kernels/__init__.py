@@ -77,8 +77,8 @@ class SparseMatrix:
     to build one from a (masked) dense array. ``bf16``: the values are bfloat16 numbers (see
     :meth:`to_bf16`), and the one-column copies keep them in 16 bits. ``scales`` (float32, one per row;
     see :meth:`to_int8`): every value is an integer in [-127, 127] times its row's scale, and products
-    with one column run in int8 (:attr:`int8`), their input quantized per product the same way, with
-    the sums in int32; wider products use the values. ``rows_unit``: rows that are
+    run in int8 (:attr:`runs_int8`), each column of x quantized as :func:`reference.quantize` does, the
+    sums in int32. ``rows_unit``: rows that are
     computed as one piece (a recurrent matrix's gates: the hidden size; a linear layer's: all its
     rows), which the one-column copies' windows divide; default the gcd of rows and columns, which
     suits a gate-stacked recurrent matrix.
@@ -112,6 +112,17 @@ class SparseMatrix:
             index_dtype = np.uint16 if cols // c <= 65536 else np.int32
         return cls((rows, cols), (r, c), rowptr, block_cols.astype(index_dtype),
                    np.ascontiguousarray(tiles[block_rows, block_cols]))
+
+    @classmethod
+    def from_int8(cls, shape: tuple[int, int], block: tuple[int, int], rowptr: np.ndarray, index: np.ndarray,
+                  q: np.ndarray, scales: np.ndarray) -> SparseMatrix:
+        """The matrix of int8 values ``q`` ``(nblocks, r, c)`` times a float32 scale per row, as a file
+        stores it (checked as :meth:`validate` checks any matrix)."""
+        if q.dtype != np.int8:
+            raise FormatError(f"int8 values must be int8, got {q.dtype}")
+        # the arrays checked first (with values that are surely int8 numbers), then the values set
+        matrix = cls(shape, block, rowptr, index, np.zeros(q.shape, np.float32), scales=scales)
+        return dataclasses.replace(matrix, values=q * _per_value(scales, rowptr, q.shape))
 
     def __post_init__(self):
         self.validate()
@@ -175,6 +186,13 @@ class SparseMatrix:
     def _quantized(self) -> np.ndarray:
         """The values over their row scales, rounded (int32; 0 in rows whose scale is 0)."""
         return _divided(self.values, _per_value(self.scales, self.rowptr, self.values.shape))
+
+    @property
+    def runs_int8(self) -> bool:
+        """Whether products run in int8 (int8 values, plain CSR with uint16 indices): every column of x
+        is quantized on its own, so a batch computes what each of its columns alone does; blocks of int8
+        values multiply their values in float32."""
+        return self.scales is not None and self.block == (1, 1) and self.index.dtype == np.uint16
 
     @cached_property
     def int8(self) -> np.ndarray | None:
@@ -422,8 +440,7 @@ def _matrix_args(matrix: SparseMatrix, one_column: bool) -> tuple:
     lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
     if matrix.bf16 and copy is None and level != "portable" and matrix.block in ((8, 1), (16, 1)):
         values = bf16_bits(matrix.values)  # read by the one-column kernels of these blocks
-    int8 = (one_column and matrix.int8 is not None and matrix.block == (1, 1)
-            and matrix.index.dtype == np.uint16)
+    int8 = matrix.runs_int8
     if int8:  # its own copy, made in C where a kernel reads it
         lanes, sigma, ptr, order, index, values = 0, 0, b"", b"", b"", b""
     return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32), matrix.rowptr, matrix.index,

@@ -31,17 +31,19 @@ def quantize(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
 
 
 def spmm(matrix: SparseMatrix, x: np.ndarray, bias: np.ndarray | None = None) -> np.ndarray:
-    """``matrix @ x + bias``; for one column of an unstructured int8 matrix, as the kernels compute it: x
-    quantized, the integer sums exact, each scaled by its row's scale times x's."""
+    """``matrix @ x + bias``; for a matrix that runs in int8, as the kernels compute it: each column of x
+    quantized, the integer sums exact, each scaled by its row's scale times its column's."""
     bias = np.zeros(matrix.shape[0], np.float32) if bias is None else bias
-    if (matrix.int8 is not None and matrix.block == (1, 1) and matrix.index.dtype == np.uint16
-            and x.shape[1] == 1):
-        xq, scale = quantize(x[:, 0])
-        integers = scipy.sparse.csr_array((matrix.int8.astype(np.int64), matrix.index.astype(np.int32),
-                                           matrix.rowptr), shape=matrix.shape)
+    if not matrix.runs_int8:
+        return np.asarray(to_scipy(matrix) @ x, dtype=np.float32) + bias[:, None]
+    integers = scipy.sparse.csr_array((matrix.int8.astype(np.int64), matrix.index.astype(np.int32),
+                                       matrix.rowptr), shape=matrix.shape)
+    out = np.empty((matrix.shape[0], x.shape[1]), np.float32)
+    for n in range(x.shape[1]):
+        xq, scale = quantize(x[:, n])
         sums = (integers @ xq.astype(np.int64)).astype(np.float64)
-        return (sums * (matrix.scales * scale) + bias).astype(np.float32)[:, None]
-    return np.asarray(to_scipy(matrix) @ x, dtype=np.float32) + bias[:, None]
+        out[:, n] = sums * (matrix.scales * scale) + bias
+    return out
 
 
 def sigmoid(x: np.ndarray) -> np.ndarray:

@@ -6,7 +6,7 @@ import pytest
 
 from sparsernn import kernels
 from sparsernn.bench import device_rows, machine, measure_in_turns
-from sparsernn.bench.peers import BF16_PEERS, PEERS, missing
+from sparsernn.bench.peers import BF16_PEERS, INT8_PEERS, PEERS, missing
 from sparsernn.bench.report import markdown_table
 from sparsernn.cli import main
 
@@ -30,10 +30,10 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
     for row in result["rows"]:
         assert row["speedup_vs_dense"] == pytest.approx(best_dense / row["us_per_call"], rel=1e-2)
     rows = result["end_to_end"]
-    structures = ("unstructured", "unstructured_bf16", "blocks", "blocks_bf16")
+    structures = ("unstructured", "unstructured_bf16", "unstructured_int8", "blocks", "blocks_bf16")
     # each file in the family engine, as its program in the user's module, and in the C runtime
     ours = [f"{way}_{structure}" for structure in structures for way in ("sparsernn", "program", "c")]
-    dense = ("pytorch", *PEERS, *BF16_PEERS)
+    dense = ("pytorch", "pytorch_int8", *PEERS, *INT8_PEERS, *BF16_PEERS)
     assert [(row["mode"], row["method"]) for row in rows] == [
         (mode, method) for mode in ("streaming", "sequence") for method in (*dense, *ours)]
     for mode in ("streaming", "sequence"):
@@ -44,10 +44,20 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
             assert row["speedup_vs_best_dense"] == pytest.approx(row["tokens_per_s"] / best)
             assert row["speedup_vs_pytorch"] == pytest.approx(row["tokens_per_s"] / pytorch)
     for row in rows:  # a peer is timed exactly where it is installed, else says why not
-        if row["method"] in (*PEERS, *BF16_PEERS):
+        if row["method"] in (*PEERS, *INT8_PEERS, *BF16_PEERS):
             assert ("skipped" in row) == (missing(row["method"]) is not None)
+        if "skipped" not in row:  # the bytes of the file each method runs from
+            assert row["bytes"] > 0
+    sizes = {row["method"]: row["bytes"] for row in rows if row["mode"] == "streaming" and "bytes" in row}
+    assert sizes["sparsernn_unstructured_int8"] < sizes["sparsernn_unstructured_bf16"] < \
+        sizes["sparsernn_unstructured"] < sizes["pytorch"]
+    assert sizes["pytorch_int8"] < sizes["pytorch"]
     assert paths["plot"].read_bytes()[:4] == b"\x89PNG"
-    assert "| blocks | sparsernn |" in paths["markdown"].read_text()
+    markdown = paths["markdown"].read_text()
+    assert "| blocks | sparsernn |" in markdown
+    for mode in ("streaming", "sequence"):  # one heading per model and mode, not the model in every row
+        assert markdown.count(f"**{rows[0]['model']}**, {mode}, 1 thread(s).") == 1
+    assert markdown.count(rows[0]["model"]) == 2
     assert "cuSPARSE against cuBLAS comparison is skipped" in capsys.readouterr().out  # no CUDA here
 
 

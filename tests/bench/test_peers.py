@@ -5,16 +5,24 @@ import pytest
 import torch
 
 from sparsernn.bench.end_to_end import QUICK_SHAPE, _peer_calls, _pruned_model
-from sparsernn.bench.peers import BF16_PEERS, PEERS, export_language_model, missing, runner
+from sparsernn.bench.peers import (
+    BF16_PEERS,
+    INT8_PEERS,
+    PEERS,
+    export_language_model,
+    missing,
+    pytorch_int8,
+    runner,
+)
 
 
 @pytest.mark.parametrize("peer, atol", [pytest.param(name, atol, marks=pytest.mark.skipif(
     missing(name) is not None, reason=f"{missing(name)}"))
-    for names, atol in ((PEERS, 1e-4), (BF16_PEERS, 1e-2)) for name in names])
+    for names, atol in ((PEERS, 1e-4), (BF16_PEERS, 1e-2), (INT8_PEERS, 2e-2)) for name in names])
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 def test_peer_runs_the_exported_model_as_pytorch_does(peer, atol, cell, tmp_path):
     """One step with states carried and the whole sequence, against the PyTorch model at 1e-4 (bf16
-    peers: 1e-2)."""
+    peers: 1e-2; int8 ones: 2e-2)."""
     model, _ = _pruned_model(QUICK_SHAPE | {"cell": cell, "layers": 2}, (1, 1))
     paths = export_language_model(model, tmp_path, 5)
     tokens = np.array([[3], [1], [4], [1], [5]], np.int64)
@@ -113,3 +121,16 @@ def test_a_clipped_relu_speech_model_is_not_exported(tmp_path):
     model = SpeechModel(40, 29, SpeechModelConfig(cell="rnn_clipped_relu", hidden_size=16, layers=1))
     with pytest.raises(ValueError, match="Python loop"):
         export_speech(model, tmp_path, 40)
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm"])
+def test_pytorch_int8_quantizes_the_recurrent_layers_and_the_output_layer(cell):
+    model, _ = _pruned_model(QUICK_SHAPE | {"cell": cell, "layers": 2}, (1, 1))
+    quantized = pytorch_int8(model)
+    for module in (quantized.rnn, quantized.decoder):
+        assert type(module).__module__.startswith("torch.ao.nn.quantized.dynamic")
+    assert type(model.rnn) is (torch.nn.GRU if cell == "gru" else torch.nn.LSTM)  # the model left as it was
+    tokens = torch.tensor([[3], [1], [4], [1], [5]])
+    with torch.no_grad():
+        expected, got = model(tokens)[0], quantized(tokens)[0]
+    assert float((got - expected).abs().max() / expected.abs().max()) < 5e-2

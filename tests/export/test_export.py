@@ -92,6 +92,51 @@ def test_reduced_precision_values(tmp_path, kind, tolerance):
     assert weight.dtype == np.float32
 
 
+@pytest.mark.parametrize("block", [(1, 1), (8, 1)])
+def test_int8_values_with_a_scale_per_row(tmp_path, block):
+    """int8 values: the stored integers and scales (as docs/FORMAT.md defines them) give back what
+    to_int8 makes of each matrix, one byte a value; every matrix within half a step of its row's scale of
+    the float one."""
+    from safetensors.numpy import load_file
+
+    model, masks, path, _ = write(tmp_path, block, values="int8", hidden=64)
+    stored = load_file(str(path))
+    loaded = load_exported(path)
+    for name in masks:
+        weight = model.state_dict()[name].numpy()
+        q, scales = stored[f"{name}.values"], stored[f"{name}.scales"]
+        assert q.dtype == np.int8 and scales.dtype == np.float32 and scales.shape == (weight.shape[0],)
+        assert q.nbytes == stored[f"{name}.rowptr"][-1] * block[0] * block[1]
+        np.testing.assert_array_equal(scales, np.abs(weight).max(axis=1) / np.float32(127))
+        tensor = loaded.tensors[name]
+        assert tensor.block == block and tensor.runs_int8 == (block == (1, 1))
+        assert np.array_equal(tensor.to_dense(), SparseMatrix.from_dense(weight, block).to_int8().to_dense())
+        assert np.all(np.abs(tensor.to_dense() - weight) <= scales[:, None] / 2 * 1.0001)
+
+
+def test_int8_files_with_bad_values_or_scales_are_refused(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    _, masks, path, _ = write(tmp_path, values="int8", hidden=64)
+    name = next(iter(masks))
+    stored = load_file(str(path))
+    metadata = load_exported(path).metadata
+
+    def rewritten(change):
+        tensors = dict(stored)
+        change(tensors)
+        metadata["sha256"] = _digest(tensors, metadata)
+        save_file(tensors, str(path), metadata={"sparsernn": json.dumps(metadata)})
+        return path
+
+    with pytest.raises(ExportError, match=f"tensor {name}: .*scales"):
+        load_exported(rewritten(lambda t: t.pop(f"{name}.scales")))
+    q = stored[f"{name}.values"].copy()
+    q.reshape(-1)[0] = -128
+    with pytest.raises(ExportError, match=f"tensor {name}: .*not integers in \\[-127, 127\\]"):
+        load_exported(rewritten(lambda t: t.update({f"{name}.values": q})))
+
+
 def test_missing_file(tmp_path):
     with pytest.raises(ExportError, match="file not found"):
         load_exported(tmp_path / "absent.safetensors")

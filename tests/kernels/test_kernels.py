@@ -668,13 +668,21 @@ def test_int8_products_of_one_column_are_exact_and_alike_on_every_instruction_se
 
 
 def test_int8_products_of_several_columns_and_int8_recurrent_layers(isa):
-    """Wider products use the values (q times scale) in float32; a recurrent layer at batch 1 runs its
-    one-column products in int8, step by step as the reference does."""
+    """A product of several columns is each column's own (quantized alone), bit for bit; 8x1 blocks of
+    int8 values multiply their values in float32; a recurrent layer runs its products in int8 step by
+    step as the reference does."""
     rng = np.random.default_rng(8)
     dense, matrix = random_sparse(rng, (96, 48), (1, 1), 0.2)
     matrix = matrix.to_int8()
-    x = rng.standard_normal((48, 5)).astype(np.float32)
-    np.testing.assert_allclose(spmm(matrix, x), matrix.to_dense() @ x, rtol=1e-5, atol=1e-5)
+    x = rng.standard_normal((48, 21)).astype(np.float32)
+    wide = spmm(matrix, x)
+    for n in (0, 5, 20):
+        np.testing.assert_array_equal(wide[:, n:n + 1], spmm(matrix, np.ascontiguousarray(x[:, n:n + 1])))
+    np.testing.assert_array_equal(wide, reference.spmm(matrix, x))
+    _, blocks = random_sparse(rng, (96, 48), (8, 1), 0.2)
+    blocks = blocks.to_int8()
+    assert not blocks.runs_int8
+    np.testing.assert_allclose(spmm(blocks, x), blocks.to_dense() @ x, rtol=1e-5, atol=1e-5)
     hidden = 32
     _, weight_hh = random_sparse(rng, (4 * hidden, hidden), (1, 1), 0.3)
     weight_hh = dataclasses.replace(weight_hh, rows_unit=hidden).to_int8()
