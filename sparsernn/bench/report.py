@@ -59,6 +59,19 @@ def _rows_table(rows: list[dict], speedup: str) -> list[str]:
 
 
 def plot_rows(rows: list[dict], path: str) -> None:
+    """:func:`figure_of` the rows, written as a PNG at ``path``."""
+    import matplotlib.pyplot as plt
+
+    figure = figure_of(rows)
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def figure_of(rows: list[dict]):
+    """Speed-up against the best dense method, a panel per sparsity and batch (fewest threads): a line
+    per method over n where there are several sizes; with one size, a bar per method, grouped and
+    coloured by structure, each named under its bar. The legend sits below the panels, clear of the
+    data."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -66,23 +79,50 @@ def plot_rows(rows: list[dict], path: str) -> None:
 
     batches = sorted({r["batch"] for r in rows})
     sparsities = sorted({r["sparsity"] for r in rows if r["sparsity"] > 0})
-    figure, axes = plt.subplots(len(sparsities), len(batches), squeeze=False, sharex=True,
-                                figsize=(4 * len(batches), 3 * len(sparsities)))
+    sizes = sorted({r["n"] for r in rows})
+    lines = len(sizes) > 1
+    figure, axes = plt.subplots(len(sparsities), len(batches), squeeze=False, sharex=lines,
+                                figsize=(max(6, 5 * len(batches)), (3.4 if lines else 4.2) * len(sparsities)))
     threads = min(r["threads"] for r in rows)
+    keys = sorted({(r["structure"], r["method"]) for r in rows}, key=lambda k: (k[0] != "dense", k))
+    structures = list(dict.fromkeys(structure for structure, _ in keys))
+    methods = list(dict.fromkeys(method for _, method in keys))
+    # lines: a colour per method, a line style per structure; bars: a colour per structure
+    colors = {key: f"C{(methods.index(key[1]) if lines else structures.index(key[0])) % 10}" for key in keys}
+    styles = {structure: ("-", "--", ":", "-.")[k % 4] for k, structure in enumerate(structures)}
     for i, sparsity in enumerate(sparsities):
         for j, batch in enumerate(batches):
             axis = axes[i][j]
             chosen = [r for r in rows if r["batch"] == batch and r["threads"] == threads
                       and r["sparsity"] in (0.0, sparsity)]
-            for key in sorted({(r["structure"], r["method"]) for r in chosen}):
-                line = sorted((r["n"], r["speedup_vs_dense"]) for r in chosen
-                              if (r["structure"], r["method"]) == key)
-                axis.plot(*zip(*line, strict=True), marker="o", label=f"{key[1]} ({key[0]})")
+            ticks, position = [], 0.0
+            for k, key in enumerate(keys):
+                points = sorted((r["n"], r["speedup_vs_dense"]) for r in chosen
+                                if (r["structure"], r["method"]) == key)
+                if not points:
+                    continue
+                if lines:
+                    axis.plot(*zip(*points, strict=True), marker="o", markersize=4, color=colors[key],
+                              linestyle=styles[key[0]], label=f"{key[1]} ({key[0]})")
+                    continue
+                position += 1.6 if k and key[0] != keys[k - 1][0] else 1.0  # a gap between structures
+                axis.bar(position, points[0][1], color=colors[key], label=key[0])
+                ticks.append((position, key[1]))
             axis.axhline(1.0, color="grey", linewidth=0.5)
-            axis.set_title(f"sparsity {sparsity:.2f}, batch {batch}, {threads} thread(s)", fontsize=9)
-            axis.set_xlabel("n")
+            where = "" if lines else f"n = {sizes[0]}, "
+            axis.set_title(f"{where}sparsity {sparsity:.2f}, batch {batch}, {threads} thread(s)", fontsize=9)
+            if lines:
+                axis.set_xlabel("n")
+            else:
+                axis.set_xticks([p for p, _ in ticks], [name for _, name in ticks], rotation=40, ha="right",
+                                fontsize=7)
             axis.set_ylabel("speed-up vs best dense")
-    axes[0][0].legend(fontsize=7)
-    figure.tight_layout()
-    figure.savefig(path, dpi=110)
-    plt.close(figure)
+    handles = {}
+    for axis in axes.flat:
+        for handle, label in zip(*axis.get_legend_handles_labels(), strict=True):
+            handles.setdefault(label, handle)
+    columns = 3 if lines else len(handles)
+    figure.legend(list(handles.values()), list(handles), loc="lower center", fontsize=7, ncol=columns,
+                  frameon=False)
+    figure.tight_layout(rect=(0, (0.05 if lines else 0.035) * -(-len(handles) // columns) + 0.02, 1, 1))
+    return figure

@@ -61,6 +61,34 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
     assert "cuSPARSE against cuBLAS comparison is skipped" in capsys.readouterr().out  # no CUDA here
 
 
+@pytest.mark.parametrize("sizes", [[1760], [1024, 1760, 2560]])
+def test_the_plot_draws_bars_for_one_size_and_lines_for_several_with_the_legend_clear(sizes):
+    """One size: a bar per method, named under it (not points at n = 1760 on an axis from 1700 to
+    1850); several: a line per method over n; either way the legend lies below every panel."""
+    import matplotlib.pyplot as plt
+
+    from sparsernn.bench.report import figure_of
+
+    methods = [("dense", "numpy"), ("dense", "torch"), ("unstructured", "sparsernn"), ("blocks", "sparsernn"),
+               ("blocks", "scipy")]
+    rows = [{"n": n, "sparsity": 0.0 if structure == "dense" else 0.9, "batch": batch, "threads": 1,
+             "structure": structure, "method": method, "speedup_vs_dense": 1.0 + k}
+            for n in sizes for batch in (1, 4) for k, (structure, method) in enumerate(methods)]
+    figure = figure_of(rows)
+    figure.canvas.draw()
+    renderer = figure.canvas.get_renderer()
+    legend = figure.legends[0].get_window_extent(renderer)
+    for axis in figure.axes:
+        if len(sizes) == 1:
+            assert len(axis.patches) == len(methods) and not axis.get_lines()[1:]  # bars (and the 1.0 line)
+            assert [t.get_text() for t in axis.get_xticklabels()] == ["numpy", "torch", "scipy", "sparsernn",
+                                                                     "sparsernn"]
+        else:
+            assert not axis.patches and len(axis.get_lines()) == len(methods) + 1
+        assert legend.y1 <= axis.get_tightbbox(renderer).y0 + 1
+    plt.close(figure)
+
+
 def test_methods_are_timed_in_turns():
     """After one calibration pass each, the functions alternate: one batch of each per round (each
     batch led by its untimed warm-up call)."""
