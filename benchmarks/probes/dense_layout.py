@@ -5,7 +5,7 @@ matrices of several densities, each stored as CSR (1x1), 8x1 and 16x1 blocks, th
 in one process (``sparsernn.bench.measure_in_turns``); prints the median microseconds per call as a
 markdown table.
 
-Usage: python benchmarks/dense_layout.py [--shapes 576x192 3072x1024] [--repeats 9] [--seconds 0.2]
+Usage: python benchmarks/probes/dense_layout.py [--shapes 576x192 3072x1024] [--repeats 9] [--seconds 0.2]
 """
 
 from __future__ import annotations

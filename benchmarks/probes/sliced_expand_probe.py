@@ -1,9 +1,9 @@
 """Builds the n = 1760, 90% matrix in the sliced one-column layout of 32-column slices and its
 non-zeros-only variant (values packed, a 16-bit lane mask per slot), then compiles and runs
-benchmarks/sliced_expand_probe.c on it (an AVX-512 machine and gcc needed). It prints each method's
+benchmarks/probes/sliced_expand_probe.c on it (an AVX-512 machine and gcc needed). It prints each method's
 largest difference from the dense product, then microseconds per call.
 
-    python benchmarks/sliced_expand_probe.py        # about half a minute; pause other work first
+    python benchmarks/probes/sliced_expand_probe.py        # about half a minute; pause other work first
 """
 
 import subprocess

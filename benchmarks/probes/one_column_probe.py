@@ -6,7 +6,7 @@
    (`rows_unit`, 16-row groups), bf16 values.
 3. Python around a call: `kernels.spmm` against the bare compiled call, 800 x 200 at 90%.
 
-    python benchmarks/one_column_probe.py        # about a minute; pause other work first
+    python benchmarks/probes/one_column_probe.py        # about a minute; pause other work first
 """
 
 import dataclasses

@@ -1,9 +1,9 @@
 """The sliced one-column layout with slices of 32, 64 and 128 columns (`SparseMatrix.sliced_copy`), timed
-by benchmarks/slice_width_probe.c (compiled here with gcc; an AVX-512 machine needed) on random matrices
-of the shapes the models use, one thread. Prints the padding (slots over non-zeros) and microseconds
+by benchmarks/probes/slice_width_probe.c (compiled here with gcc; an AVX-512 machine needed) on random
+matrices of the shapes the models use, one thread. Prints the padding (slots over non-zeros) and microseconds
 per call of each kernel variant and of a 4-row dense GEMV, and the slots a segment holds with slices of 64.
 
-    python benchmarks/slice_width_probe.py        # about a minute; pause other work first
+    python benchmarks/probes/slice_width_probe.py        # about a minute; pause other work first
 """
 
 import subprocess

@@ -3,7 +3,7 @@ column with its values on a cache line (as `SparseMatrix` keeps them) against a 
 usual alignment), in turns, one thread, median microseconds per call: unstructured on each instruction
 set the machine has (fp32 and bf16 values), and 8x1 blocks.
 
-    python benchmarks/aligned_values.py        # about half a minute; pause other work first
+    python benchmarks/probes/aligned_values.py        # about half a minute; pause other work first
 """
 
 import dataclasses

@@ -2,7 +2,7 @@
 and with -fno-wrapv added, each loaded as a module, timed in turns on a 1760 x 1760 matrix at 90% times
 one column (the interleaved kernel) and times 16 columns (the 16-column kernel). Needs a C compiler.
 
-Usage: python benchmarks/wrapv.py
+Usage: python benchmarks/probes/wrapv.py
 """
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ import numpy as np
 from sparsernn.bench import measure_in_turns, random_pruned
 from sparsernn.kernels import SparseMatrix, _matrix_args
 
-SOURCE = Path(__file__).resolve().parents[1] / "sparsernn" / "kernels" / "_kernels.c"
+ROOT = Path(__file__).resolve().parents[2]
+#: The extension's sources as setup.py builds them: the binding and the compute core.
+SOURCES = [ROOT / "sparsernn" / "kernels" / "_kernels.c",
+           *(ROOT / "runtime" / "src" / f"{name}.c"
+             for name in ("kernels", "kernels_avx2", "kernels_avx512", "kernels_neon", "ops", "layouts"))]
 
 
 def build(directory: Path, extra: list[str]):
@@ -27,8 +31,9 @@ def build(directory: Path, extra: list[str]):
     target = directory / f"_kernels{sysconfig.get_config_var('EXT_SUFFIX')}"
     flags = [*sysconfig.get_config_var("CFLAGS").split(), "-fPIC", "-O3", "-march=native", "-fopenmp",
              "-std=c11"]
-    subprocess.run(["gcc", *flags, *extra, "-shared", f"-I{sysconfig.get_paths()['include']}", str(SOURCE),
-                    "-o", str(target), "-lm"], check=True)
+    subprocess.run(["gcc", *flags, *extra, "-shared", f"-I{sysconfig.get_paths()['include']}",
+                    f"-I{ROOT / 'runtime' / 'src'}", *map(str, SOURCES), "-o", str(target), "-lm"],
+                   check=True)
     spec = importlib.util.spec_from_file_location("_kernels", target)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

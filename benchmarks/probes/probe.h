@@ -1,5 +1,5 @@
-/* What the stand-alone AVX-512 kernel probes share (benchmarks/sliced_expand_probe.c,
- * benchmarks/slice_width_probe.c): reading their data file, the clock, and the 4-row dense GEMV they
+/* What the stand-alone AVX-512 kernel probes share (benchmarks/probes/sliced_expand_probe.c,
+ * benchmarks/probes/slice_width_probe.c): reading their data file, the clock, and the 4-row dense GEMV they
  * compare with. */
 #include <immintrin.h>
 #include <stdio.h>

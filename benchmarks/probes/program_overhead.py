@@ -3,7 +3,7 @@ alone, the step as the extension runs it with the copies in and out, the whole `
 that of a forward returning the logits alone), and the family engine on the same file; the PTB-shaped LSTM LM
 (2x200, vocabulary 10,000, 90% pruned at random), batch 1, one thread, best of five runs of 3,000 calls.
 
-    python benchmarks/program_overhead.py
+    python benchmarks/probes/program_overhead.py
 """
 
 import tempfile

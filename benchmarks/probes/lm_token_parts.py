@@ -5,7 +5,7 @@ repeated 200 times (best of 7 rounds), one thread, and the bytes of each part's 
 a token reads). Run alone, each part keeps its matrices in the caches; one after the other they evict
 each other, and the difference is what the cache costs a token.
 
-    python benchmarks/lm_token_parts.py        # about a minute; pause other work first
+    python benchmarks/probes/lm_token_parts.py        # about a minute; pause other work first
 """
 
 import tempfile

@@ -4,7 +4,7 @@
  * scalar accumulators; the interleaved copy (SELL-8-40: rows sorted by length in windows of 40, 8 rows per
  * vector, 64-bit index loads; interleaved_u16, used for one column); a dense GEMV. The methods take turns,
  * 5 calls at a time, and each keeps its fastest turn, so a busy spell on the machine hits them all alike.
- * Build and run: gcc -O3 -march=native benchmarks/csr_gather_variants.c -o /tmp/variants && /tmp/variants */
+ * Build and run: gcc -O3 -march=native benchmarks/probes/csr_gather_variants.c -o /tmp/variants && /tmp/variants */
 #include <immintrin.h>
 #include <stdint.h>
 #include <stdio.h>

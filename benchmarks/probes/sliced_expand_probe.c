@@ -3,7 +3,7 @@
  * layout storing only the non-zeros, each slot expanded by a 16-bit lane mask (vexpandps from memory, or
  * a load and vexpandps from a register), and a 4-row AVX-512 dense GEMV; n = 1760, 90%, random pattern,
  * aligned buffers, no Python. The methods take turns (15 rounds of 200 calls), each keeps its fastest
- * round. The matrix comes from benchmarks/sliced_expand_probe.py, which builds and runs this file. */
+ * round. The matrix comes from benchmarks/probes/sliced_expand_probe.py, which builds and runs this file. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>

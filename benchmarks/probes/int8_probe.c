@@ -5,7 +5,7 @@
  * (vpmovsxbd, vcvtdq2ps), x in float32, each row's sum times its scale at the end. The methods take turns
  * (15 rounds of 200 calls) and each keeps its fastest round.
  * Build and run (AVX-512 VNNI machine):
- *   make runtime && gcc -O3 -march=native -Iruntime/src benchmarks/int8_probe.c build/runtime/libsparsernn.a \
+ *   make runtime && gcc -O3 -march=native -Iruntime/src benchmarks/probes/int8_probe.c build/runtime/libsparsernn.a \
  *       -lm -o /tmp/int8_probe && /tmp/int8_probe */
 #include <immintrin.h>
 #include <math.h>

@@ -3,7 +3,7 @@
  * registers, one vpermi2ps a slot; unrolled by 4 as the kernel was, and by 2), 64 (four registers, two
  * vpermi2ps and a blend; the kept kernel) and 128 (eight registers, four vpermi2ps and three blends),
  * against a 4-row AVX-512 dense GEMV. No Python, aligned buffers; methods take turns (15 rounds of 200
- * calls) and each keeps its fastest round. benchmarks/slice_width_probe.py writes the layouts and runs
+ * calls) and each keeps its fastest round. benchmarks/probes/slice_width_probe.py writes the layouts and runs
  * this file. */
 #include <math.h>
 #include <stdint.h>
