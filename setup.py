@@ -12,7 +12,7 @@ import os
 from setuptools import Extension, setup
 
 # Python's own CFLAGS carry -fwrapv, which makes gcc keep 32-bit signed loop counters wrapping; the
-# one-column unstructured kernel runs 8% to 24% slower with it (benchmarks/wrapv.py, BENCHMARKS.md).
+# one-column unstructured kernel runs 8% to 24% slower with it (benchmarks/probes/wrapv.py, BENCHMARKS.md).
 # Nothing here relies on wrapping.
 flags = ["-O3", "-fno-wrapv", "-fopenmp", "-std=c11"]
 if not os.environ.get("SPARSERNN_PORTABLE"):

@@ -12,7 +12,7 @@
 #ifdef __AVX2__
 /* Unstructured, one contiguous column, uint16 indices. Each non-zero needs its own load of x: 8 scalar
  * loads are packed into a vector (faster here than AVX2's gather instruction or a scalar loop: see
- * benchmarks/csr_gather_variants.c), then one FMA per 8 non-zeros; two accumulators. */
+ * benchmarks/probes/csr_gather_variants.c), then one FMA per 8 non-zeros; two accumulators. */
 void sr_avx2_csr_gather_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
                            const float *bias) {
     if (ldx != 1) { /* a column of a wider x: strided */
@@ -62,7 +62,7 @@ static inline __m256 values8(const void *v, size_t at, const int bf16) {
 
 /* Unstructured, one contiguous column, from the interleaved copy: one FMA computes a non-zero of each of
  * 8 rows, so there is no per-row tail or horizontal sum (about 1.3x csr_gather_u16 at n = 1760, 90%:
- * benchmarks/csr_gather_variants.c). Rows [br0, br1) must be whole windows, else CSR. */
+ * benchmarks/probes/csr_gather_variants.c). Rows [br0, br1) must be whole windows, else CSR. */
 static inline __attribute__((always_inline)) void interleaved(const Matrix *m, int br0, int br1, const float *X,
                                                               long ldx, float *Y, long ldy, const float *bias,
                                                               const int bf16) {

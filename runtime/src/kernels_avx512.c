@@ -14,7 +14,7 @@
  * vpermi2ps per pair of registers by the index's low 5 bits, a blend by bit 5), so no x value is loaded
  * per non-zero. Costs padding (a segment runs as long as its longest row) but no gathers. Slices of 64
  * rather than 32 columns: a third fewer padding slots (1.70 instead of 2.01 slots a non-zero at 90%),
- * which is what the product is bound by once the matrix is not in L2 (benchmarks/slice_width_probe.py).
+ * which is what the product is bound by once the matrix is not in L2 (benchmarks/probes/slice_width_probe.py).
  * Rows [br0, br1) must be whole windows, else CSR. */
 #define AVX512 __attribute__((target("avx512f")))
 AVX512 static inline __m512 lookup16(const uint8_t *index, const __m512 *x) {

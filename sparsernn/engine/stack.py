@@ -18,7 +18,7 @@ from sparsernn import kernels
 from sparsernn.kernels import CELLS, SparseMatrix, reference, smallest_layout
 
 #: Above this density an unstructured matrix runs faster as dense 16x1 or 8x1 blocks (the vectorized
-#: block kernels) than as CSR. `python benchmarks/dense_layout.py` on the development machine, batch 1:
+#: block kernels) than as CSR. `python benchmarks/probes/dense_layout.py` on the development machine, batch 1:
 #: at full density 4.1x (576x192) and 3.7x (3072x1024) faster; CSR wins from 20% density down, and 40%
 #: keeps to the safe side of the break-even on both shapes (BENCHMARKS.md).
 DENSE_ENOUGH = 0.4

@@ -250,7 +250,7 @@ class SparseMatrix:
 
     def sliced_copy(self, width: int) -> OneColumn | None:
         """The 16-lane layout with slices of ``width`` columns (the kernels read :data:`SLICE`; other
-        widths are for benchmarks/slice_width_probe.py)."""
+        widths are for benchmarks/probes/slice_width_probe.py)."""
         sigma = self._window(16)
         if sigma is None:
             return None
@@ -321,7 +321,7 @@ def _divided(values: np.ndarray, scales: np.ndarray) -> np.ndarray:
 def _cache_aligned(array: np.ndarray) -> np.ndarray:
     """A copy of ``array`` whose data starts on a 64-byte boundary, so that no vector load of a slot or a
     block spans two cache lines. numpy aligns to 16 bytes; 16 bytes off, the 1760-square products at
-    90% took about 10% longer (`python benchmarks/aligned_values.py`: unstructured AVX-512 38.5 against
+    90% took about 10% longer (`python benchmarks/probes/aligned_values.py`: unstructured AVX-512 38.5 against
     34.9 us, 8x1 blocks 17.5 against 15.8 us; bf16 values within 2%)."""
     buffer = np.empty(array.nbytes + 64, dtype=np.uint8)
     start = -buffer.ctypes.data % 64
