@@ -2,9 +2,10 @@
 
 Kernel sweep: an n x n matrix times (n, batch) at each sparsity, unstructured and block-sparse, with 1
 or more threads. Methods: ``numpy`` (OpenBLAS) and ``torch`` dense, ``scipy`` (CSR / BSR, one thread),
-``torch_csr`` (MKL through ``torch.sparse_csr_tensor`` with int32 indices) and ``sparsernn`` (unstructured,
-also ``sparsernn_<isa>`` limited to each narrower instruction set the machine has: ``sparsernn_avx2`` on
-an AVX-512 machine). Each row:
+``torch_csr`` (MKL through ``torch.sparse_csr_tensor`` with int32 indices) and ``sparsernn``, with
+bfloat16 values (``sparsernn_bf16``) and, unstructured, with int8 values (``sparsernn_int8``: products in
+int8), each unstructured one also limited to each narrower instruction set the machine has
+(``sparsernn_avx2``, ``sparsernn_int8_avx2`` on an AVX-512 machine). Each row:
 ``n, sparsity, batch, threads, structure, method, us_per_call, gbytes_per_s, speedup_vs_dense`` (against
 the fastest dense method at the same n, batch and threads) and ``bound_speedup`` (dense bytes over the
 bytes of our format: what memory traffic alone would allow). All methods for one n, batch and thread
@@ -12,7 +13,7 @@ count are timed in turns (:func:`measure_in_turns`).
 
 End to end (:mod:`sparsernn.bench.end_to_end`): language models 90% sparse, fed one token at a time
 (batch 1, state carried) and as a whole sequence, our engine against the dense model in PyTorch, ONNX
-Runtime and OpenVINO (where installed), in turns.
+Runtime and OpenVINO (where installed), and in dense int8, in turns.
 
 With a CUDA device, also the paper's comparison there: torch's CSR (cuSPARSE) against dense (cuBLAS).
 """
@@ -122,9 +123,13 @@ def _sparse_methods(weights: np.ndarray, block: tuple[int, int], x: np.ndarray, 
                "torch_csr": (lambda: csr @ x_torch, _csr_bytes(csr))}
     half = matrix.to_bf16()  # bfloat16 values
     methods["sparsernn_bf16"] = (lambda: spmm(half, x, threads=threads, out=out), half.nbytes)
-    if block == (1, 1):  # the narrower instruction sets too (AVX2 on an AVX-512 machine)
+    if block == (1, 1):  # int8 values (products in int8), and the narrower instruction sets too
+        quantized = matrix.to_int8()
+        methods["sparsernn_int8"] = (lambda: spmm(quantized, x, threads=threads, out=out), quantized.nbytes)
         for level in kernels.isa_levels()[:-1]:
             methods[f"sparsernn_{level}"] = (_with_isa(level, methods["sparsernn"][0]), matrix.nbytes)
+            methods[f"sparsernn_int8_{level}"] = (_with_isa(level, methods["sparsernn_int8"][0]),
+                                                   quantized.nbytes)
     if threads == 1:  # scipy.sparse runs on one thread
         sp = (scipy.sparse.csr_array(weights) if block == (1, 1)
               else scipy.sparse.bsr_array(weights, blocksize=block))

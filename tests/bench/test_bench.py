@@ -24,8 +24,8 @@ def test_quick_bench_writes_rows_table_and_plot(tmp_path, capsys):
     assert all(set(row) == keys for row in result["rows"])
     methods = {(row["structure"], row["method"]) for row in result["rows"]}
     assert {("dense", "numpy"), ("dense", "torch"), ("unstructured", "sparsernn"), ("blocks", "sparsernn"),
-            ("unstructured", "sparsernn_bf16"), ("unstructured", "torch_csr"),
-            ("unstructured", "scipy")} <= methods
+            ("unstructured", "sparsernn_bf16"), ("unstructured", "sparsernn_int8"),
+            ("unstructured", "torch_csr"), ("unstructured", "scipy")} <= methods
     best_dense = min(r["us_per_call"] for r in result["rows"] if r["structure"] == "dense")
     for row in result["rows"]:
         assert row["speedup_vs_dense"] == pytest.approx(best_dense / row["us_per_call"], rel=1e-2)
