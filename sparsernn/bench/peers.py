@@ -15,6 +15,7 @@ of the model) is :func:`pytorch_int8`. The peers are an optional extra (``pip in
 from __future__ import annotations
 
 import importlib.util
+import logging
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -95,9 +96,15 @@ def quantized_onnx(path: str | Path) -> Path:
 
     out = Path(path).with_suffix(".int8.onnx")
     if not out.exists():
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+        root = logging.getLogger()
+        level = root.level
+        root.setLevel(logging.ERROR)  # its advice to pre-process the graph (shape inference) first
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+        finally:
+            root.setLevel(level)
     return out
 
 

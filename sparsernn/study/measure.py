@@ -3,7 +3,8 @@
 Test metric (perplexity; CER and WER greedy and with beam search; or BLEU and chrF greedy and with beam
 search), parameter counts, sparsity per pruned tensor, training time, exported file size, and the time
 at batch 1 (one thread) on the same test input of the run's PyTorch model, the baseline's PyTorch model
-(also in ONNX Runtime and OpenVINO, where installed) and the engine on
+(also in ONNX Runtime and OpenVINO, where installed, and in dense int8: PyTorch's and ONNX Runtime's
+dynamic quantization) and the engine on
 the exported file, taken in turns in one process so that the ratios compare like with like.
 """
 
@@ -47,7 +48,7 @@ def _peer_calls(config: RunConfig, baseline, inputs, directory: Path) -> dict:
     the same input as the other timings: ``{"baseline_<peer>_seconds": call}``."""
     from sparsernn.bench import peers
 
-    names = [name for name in peers.PEERS if peers.missing(name) is None]
+    names = [name for name in (*peers.PEERS, *peers.INT8_PEERS) if peers.missing(name) is None]
     if not names or (config.speech and config.model.cell == "rnn_clipped_relu"):
         return {}  # no peer installed, or a model whose ONNX graph would fix the utterance length
     if config.speech:
@@ -133,9 +134,13 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoi
                     engine(token[None])
 
             amount = {"tokens": len(tokens)}
+        from sparsernn.bench.peers import pytorch_int8
+
+        quantized = pytorch_int8(baseline)
         with tempfile.TemporaryDirectory() as tmp:
             seconds = _best_seconds({"pytorch_seconds": lambda: pytorch(model),
                                      "baseline_pytorch_seconds": lambda: pytorch(baseline),
+                                     "baseline_pytorch_int8_seconds": lambda: pytorch(quantized),
                                      **_peer_calls(config, baseline, inputs, Path(tmp)),
                                      "engine_seconds": ours})
         return {**amount, **seconds}

@@ -17,7 +17,8 @@ _metric = headline_metric
 
 
 #: The baseline's dense runtimes a run may have been timed against, beside PyTorch.
-PEER_FIELDS = ("baseline_onnxruntime_seconds", "baseline_openvino_seconds")
+PEER_FIELDS = ("baseline_onnxruntime_seconds", "baseline_openvino_seconds", "baseline_pytorch_int8_seconds",
+               "baseline_onnxruntime_int8_seconds")
 
 
 def _has_peers(results: list[dict]) -> bool:
@@ -284,10 +285,11 @@ def write_report(out: Path) -> Path:
              f"Machine: {host['cpu']}, {host['cores']} cores, torch {host['torch']}. Metrics on the test "
              f"split. Speeds at batch 1 on one thread over {timed} (best of 3, timed in turns in one "
              "process): the engine on each run's exported model against the dense baseline in PyTorch"
-             + (" and, where installed, in ONNX Runtime and OpenVINO at fp32 (the best dense runtime: the "
-                "fastest of the three; `-`: run timed before the peers were; OpenVINO's bf16 mode, faster "
-                "on CPUs with bf16, is timed by `sparsernn bench`: BENCHMARKS.md)" if _has_peers(results)
-                else "")
+             + (" and, where installed, in ONNX Runtime and OpenVINO at fp32, and in dense int8 (PyTorch's "
+                "and ONNX Runtime's dynamic quantization) for runs timed since it was added (the best dense "
+                "runtime: the fastest of those timed; `-`: run timed before the peers were; OpenVINO's bf16 "
+                "mode, faster on CPUs with bf16, is timed by `sparsernn bench`: BENCHMARKS.md)"
+                if _has_peers(results) else "")
              + ".", "",
              *_markdown(rows, task), ""]
     if elsewhere:

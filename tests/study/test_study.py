@@ -156,14 +156,16 @@ def test_translation_study_measures_bleu_and_sentence_speed(tmp_path):
 
 
 def assert_peers_timed_where_installed(results: list[dict], report: str) -> None:
-    """Each run times the baseline on every installed peer runtime, and the report then has the column."""
-    from sparsernn.bench.peers import PEERS, missing
+    """Each run times the baseline in PyTorch at fp32 and in dense int8 and on every installed peer
+    runtime, and the report then has the column."""
+    from sparsernn.bench.peers import INT8_PEERS, PEERS, missing
 
-    installed = [peer for peer in PEERS if missing(peer) is None]
+    installed = [peer for peer in (*PEERS, *INT8_PEERS) if missing(peer) is None]
     for r in results:
         assert {key for key in r if key.endswith("_seconds") and key.startswith("baseline_")} == {
-            "baseline_pytorch_seconds", *(f"baseline_{peer}_seconds" for peer in installed)}
-    assert ("| vs the best dense runtime |" in report) == bool(installed)
+            "baseline_pytorch_seconds", "baseline_pytorch_int8_seconds",
+            *(f"baseline_{peer}_seconds" for peer in installed)}
+    assert "| vs the best dense runtime |" in report
 
 
 def test_report_compares_the_engine_with_the_best_dense_runtime(tmp_path):
