@@ -254,7 +254,7 @@ static kernel_fn pick_kernel(const Matrix *m, int nn_slot) {
     for (int s = 0; s < NSHAPES; ++s)
         if (shape_table[s][0] == m->r && shape_table[s][1] == m->c) {
             kernel_fn f = NULL;
-            if (m->q && nn_slot == 2 && s == 0 && !m->wide) { /* int8 values, one column */
+            if (m->q && s == 0 && !m->wide) { /* int8 values: every column runs the one-column kernel */
                 if (m->sell_int8 && m->lanes == sr_int8_lanes()) {
 #ifdef __AVX2__
                     return m->lanes == 16 ? sr_avx512_int8_quad : sr_avx2_int8_interleaved;

@@ -56,10 +56,11 @@ struct Matrix {
     const int32_t *sell_ptr, *sell_order;
     const void *sell_index;
     const void *sell_values;
-    /* int8 values of a CSR matrix with uint16 indices (NULL: none): q[nnz] and scale[rows], values
-     * holding q * scale. Products then run one column at a time, each quantized (sr_quantize), the
-     * products q * xq summed in int32 (sr_int8_row), so that any batch computes what one column does; with
-     * sell_int8 the one-column copy is the quad copy (layouts.h) and qsum[rows] each row's sum of q. */
+    /* int8 values of a CSR matrix with uint16 indices (NULL: none): q[nnz] and scale[rows]; values may
+     * then be NULL (no kernel reads them). Products run one column at a time, each quantized
+     * (sr_quantize), the products q * xq summed in int32 (sr_int8_row), so that any batch computes what
+     * one column does; with sell_int8 the one-column copy holds int8 values (lanes 16: the quad copy)
+     * and qsum[rows] each row's sum of q. */
     const int8_t *q;
     const float *scale;
     const int32_t *qsum;

@@ -239,8 +239,10 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
                 return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: int8 value -128 (values are in "
                                "[-127, 127])", w->name);
     }
-    float *decoded = values->data;
-    if (want != DT_F32) {
+    /* a CSR matrix of int8 values runs in int8 and reads q and the scales alone: nothing to decode */
+    const int runs_int8 = want == DT_I8 && r == 1 && c == 1 && index->dtype == DT_U16;
+    float *decoded = runs_int8 ? NULL : values->data;
+    if (want != DT_F32 && !runs_int8) {
         decoded = aligned(values->count * sizeof(float));
         if (!decoded) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
         const uint16_t *bits = values->data;
@@ -264,7 +266,7 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
     w->matrix = (Matrix){.rows = (int)rows, .cols = (int)cols, .r = (int)r, .c = (int)c,
                          .wide = index->dtype == DT_I32, .rowptr = ptr, .index = index->data, .values = decoded};
     snprintf(w->values, sizeof w->values, "%s", kind);
-    if (want == DT_I8 && r == 1 && c == 1 && index->dtype == DT_U16) /* run in int8 (blocks: their values) */
+    if (runs_int8) /* (blocks of int8 values run their decoded values) */
         w->matrix.q = values->data, w->matrix.scale = scales->data;
     if (!strcmp(kind, "bf16")) {
         w->bf16 = values->data;

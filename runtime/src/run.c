@@ -81,6 +81,10 @@ static void table_column(const weight *w, long row, float *y, long n, long b) {
     const long block_row = row / m->r, a = row % m->r;
     for (int32_t k = m->rowptr[block_row]; k < m->rowptr[block_row + 1]; ++k) {
         const long column = m->wide ? ((const int32_t *)m->index)[k] : ((const uint16_t *)m->index)[k];
+        if (m->q) { /* int8 values (CSR): q times the row's scale */
+            y[column * n + b] = (float)m->q[k] * m->scale[row];
+            continue;
+        }
         const float *block = m->values + ((size_t)k * m->r + (size_t)a) * m->c;
         for (int q = 0; q < m->c; ++q) y[(column * m->c + q) * n + b] = block[q];
     }
