@@ -211,7 +211,7 @@ int sr_int8_lanes(void) {
     return !strcmp(name, "avx2") ? 8 : strcmp(name, "portable") ? 16 : 0;
 }
 
-void sr_quantize(const float *x, long stride, long n, int8_t *q, float *scale) {
+void sr_quantize(const float *x, long stride, long n, long padded, int8_t *q, float *scale) {
     float most = 0.0f;
     for (long i = 0; i < n; ++i) most = __builtin_fabsf(x[i * stride]) > most ? __builtin_fabsf(x[i * stride]) : most;
     const float inverse = most > 0.0f ? 127.0f / most : 0.0f;
@@ -219,18 +219,33 @@ void sr_quantize(const float *x, long stride, long n, int8_t *q, float *scale) {
         const float v = __builtin_rintf(x[i * stride] * inverse); /* within [-127, 127]: |x| <= most */
         q[i] = (int8_t)(v > 127.0f ? 127.0f : v < -127.0f ? -127.0f : v);
     }
+    for (long i = n; i < padded; ++i) q[i] = 0;
     *scale = most / 127.0f;
+}
+
+static inline float int8_row(int32_t sum, float row_scale, float x_scale, float bias) {
+    return __builtin_fmaf((float)sum, row_scale * x_scale, bias);
+}
+
+void sr_int8_rows(const Matrix *m, int g, int lanes, const int32_t *sums, int32_t offset, float x_scale, float *Y,
+                  long ldy, const float *bias) {
+    for (int lane = 0; lane < lanes; ++lane) {
+        const int32_t row = m->sell_order[lanes * g + lane];
+        if (row >= 0)
+            Y[(size_t)row * ldy] = int8_row(sums[lane] - offset * m->qsum[row], m->scale[row], x_scale,
+                                            bias ? bias[row] : 0.0f);
+    }
 }
 
 void sr_int8_csr(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, const float *bias) {
     int8_t xq[m->cols];
     float xs;
-    sr_quantize(X, ldx, m->cols, xq, &xs);
+    sr_quantize(X, ldx, m->cols, m->cols, xq, &xs);
     const uint16_t *index = m->index;
     for (int row = br0; row < br1; ++row) {
         int32_t sum = 0;
         for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) sum += (int32_t)m->q[k] * xq[index[k]];
-        Y[(size_t)row * ldy] = sr_int8_row(sum, m->scale[row], xs, bias ? bias[row] : 0.0f);
+        Y[(size_t)row * ldy] = int8_row(sum, m->scale[row], xs, bias ? bias[row] : 0.0f);
     }
 }
 

@@ -58,7 +58,7 @@ struct Matrix {
     const void *sell_values;
     /* int8 values of a CSR matrix with uint16 indices (NULL: none): q[nnz] and scale[rows]; values may
      * then be NULL (no kernel reads them). Products run one column at a time, each quantized
-     * (sr_quantize), the products q * xq summed in int32 (sr_int8_row), so that any batch computes what
+     * (sr_quantize), the products q * xq summed in int32 (sr_int8_rows), so that any batch computes what
      * one column does; with sell_int8 the one-column copy holds int8 values (lanes 16: the quad copy)
      * and qsum[rows] each row's sum of q. */
     const int8_t *q;
@@ -92,14 +92,14 @@ int sr_recurrent(int cell, const Matrix *m, const float *bias, const float *xpro
                  long T, long B, int reverse, int threads, void *scratch);
 
 /* ---- int8 products with one column (kernels.c) ---- */
-/* x (n values, stride apart) quantized symmetrically: q[i] = round(x[i] * 127 / max |x|) and *scale =
- * max |x| / 127 (0 when x is 0). Every kernel quantizes with this one function, so their int32 sums are
- * equal and so are their outputs. */
-void sr_quantize(const float *x, long stride, long n, int8_t *q, float *scale);
-/* A row's output from its integer sum: fmaf(sum, row scale * x scale, bias), the same on every path. */
-static inline float sr_int8_row(int32_t sum, float row_scale, float x_scale, float bias) {
-    return __builtin_fmaf((float)sum, row_scale * x_scale, bias);
-}
+/* x (n values, stride apart) quantized symmetrically into q[0, n), zeros up to q[padded): q[i] =
+ * round(x[i] * 127 / max |x|) and *scale = max |x| / 127 (0 when x is 0). Every kernel quantizes with this
+ * one function, so their int32 sums are equal and so are their outputs. */
+void sr_quantize(const float *x, long stride, long n, long padded, int8_t *q, float *scale);
+/* The rows of group g of m's one-column copy (`lanes` rows a group) from their int32 sums less `offset`
+ * times each row's sum of q: fmaf(sum, row scale * x scale, bias), as every int8 kernel writes a row. */
+void sr_int8_rows(const Matrix *m, int g, int lanes, const int32_t *sums, int32_t offset, float x_scale, float *Y,
+                  long ldy, const float *bias);
 /* The int8 one-column kernel that runs here now: "vnni" (the quad copy; AVX-512 VNNI and VBMI, AVX-512
  * allowed), "avx2" (the interleaved copy), "dotprod" (the quad copy; aarch64 with the dot product
  * instructions), else "portable" (CSR); and the lanes of the copy it reads (0: none). */

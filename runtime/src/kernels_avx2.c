@@ -120,7 +120,7 @@ void sr_avx2_int8_interleaved(const Matrix *m, int br0, int br1, const float *X,
     int8_t xq[m->cols];
     int32_t xw[m->cols];
     float xs;
-    sr_quantize(X, ldx, m->cols, xq, &xs);
+    sr_quantize(X, ldx, m->cols, m->cols, xq, &xs);
     for (int i = 0; i < m->cols; ++i) xw[i] = (uint16_t)(int16_t)xq[i];
     const int8_t *v = m->sell_values;
     const uint16_t *ix = m->sell_index;
@@ -135,10 +135,7 @@ void sr_avx2_int8_interleaved(const Matrix *m, int br0, int br1, const float *X,
         if (s < end) p0 = _mm256_add_epi32(p0, products8(v, ix, xw, 8 * (size_t)s));
         int32_t sums[8];
         _mm256_storeu_si256((__m256i *)sums, _mm256_add_epi32(p0, p1));
-        for (int lane = 0; lane < 8; ++lane) {
-            const int32_t row = m->sell_order[8 * g + lane];
-            Y[(size_t)row * ldy] = sr_int8_row(sums[lane], m->scale[row], xs, bias ? bias[row] : 0.0f);
-        }
+        sr_int8_rows(m, g, 8, sums, 0, xs, Y, ldy, bias);
     }
 }
 

@@ -116,9 +116,9 @@ VNNI void sr_avx512_int8_quad(const Matrix *m, int br0, int br1, const float *X,
     const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
     int8_t xq[SLICE * slices];
     float xs;
-    sr_quantize(X, ldx, m->cols, xq, &xs);
-    uint8_t xu[SLICE * slices]; /* x + 128; past the columns 128 (x = 0), never looked up by a real slot */
-    for (int i = 0; i < SLICE * slices; ++i) xu[i] = (uint8_t)(i < m->cols ? xq[i] + 128 : 128);
+    sr_quantize(X, ldx, m->cols, SLICE * slices, xq, &xs);
+    uint8_t xu[SLICE * slices]; /* x + 128 */
+    for (int i = 0; i < SLICE * slices; ++i) xu[i] = (uint8_t)(xq[i] + 128);
     const int8_t *v = m->sell_values;
     const uint8_t *ix = m->sell_index;
     for (int g = br0 / m->sigma * per_window; g < br1 / m->sigma * per_window; ++g) {
@@ -142,12 +142,7 @@ VNNI void sr_avx512_int8_quad(const Matrix *m, int br0, int br1, const float *X,
         }
         int32_t sums[16];
         _mm512_storeu_si512(sums, _mm512_add_epi32(a0, a1));
-        for (int lane = 0; lane < 16; ++lane) {
-            const int32_t row = m->sell_order[16 * g + lane];
-            if (row >= 0)
-                Y[(size_t)row * ldy] = sr_int8_row(sums[lane] - 128 * m->qsum[row], m->scale[row], xs,
-                                                   bias ? bias[row] : 0.0f);
-        }
+        sr_int8_rows(m, g, 16, sums, 128, xs, Y, ldy, bias);
     }
 }
 

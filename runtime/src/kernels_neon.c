@@ -63,8 +63,7 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) void sr_neon_int8_quad(const M
     const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
     int8_t xq[SLICE * slices];
     float xs;
-    sr_quantize(X, ldx, m->cols, xq, &xs);
-    for (int i = m->cols; i < SLICE * slices; ++i) xq[i] = 0;
+    sr_quantize(X, ldx, m->cols, SLICE * slices, xq, &xs);
     const int8_t *v = m->sell_values;
     const uint8_t *ix = m->sell_index;
     for (int g = br0 / m->sigma * per_window; g < br1 / m->sigma * per_window; ++g) {
@@ -81,10 +80,7 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) void sr_neon_int8_quad(const M
         }
         int32_t sums[16];
         for (int r = 0; r < 4; ++r) vst1q_s32(sums + 4 * r, a[r]);
-        for (int lane = 0; lane < 16; ++lane) {
-            const int32_t row = m->sell_order[16 * g + lane];
-            if (row >= 0) Y[(size_t)row * (size_t)ldy] = sr_int8_row(sums[lane], m->scale[row], xs, bias ? bias[row] : 0.0f);
-        }
+        sr_int8_rows(m, g, 16, sums, 0, xs, Y, ldy, bias);
     }
 }
 
