@@ -414,8 +414,8 @@ def isa() -> str:
 
 
 def int8_kernel() -> str:
-    """The kernel that products of one column with an int8 matrix run now: ``"vnni"`` (AVX-512 VNNI and
-    VBMI), ``"dotprod"`` (aarch64's dot product instructions) or ``"portable"``."""
+    """The kernel that products with an int8 matrix run now: ``"vnni"`` (AVX-512 VNNI and VBMI),
+    ``"avx2"``, ``"dotprod"`` (aarch64's dot product instructions) or ``"portable"``."""
     return _compiled().int8_kernel() if _compiled() is not None else "portable"
 
 
@@ -434,15 +434,14 @@ def set_isa(level: str | None) -> None:
 
 def _matrix_args(matrix: SparseMatrix, one_column: bool) -> tuple:
     """The arguments of the compiled ``matrix`` call: the arrays and, for one column, the copy in the
-    layout of the instruction set in use (sliced for AVX-512, interleaved for AVX2)."""
-    level = isa() if one_column and matrix.scales is None else "portable"
+    layout of the instruction set in use (sliced for AVX-512, interleaved for AVX2); for a matrix that
+    runs in int8, its int8 values, scales and row unit instead (the C side builds that copy)."""
+    level = isa() if one_column and matrix.scales is None else "portable"  # int8: C makes its own copy
     copy = matrix.sliced if level == "avx512" else matrix.interleaved if level == "avx2" else None
     lanes, sigma, ptr, order, index, values = copy or (0, 0, b"", b"", b"", b"")
     if matrix.bf16 and copy is None and level != "portable" and matrix.block in ((8, 1), (16, 1)):
         values = bf16_bits(matrix.values)  # read by the one-column kernels of these blocks
     int8 = matrix.runs_int8
-    if int8:  # its own copy, made in C where a kernel reads it
-        lanes, sigma, ptr, order, index, values = 0, 0, b"", b"", b"", b""
     return (*matrix.shape, *matrix.block, int(matrix.index.dtype == np.int32), matrix.rowptr, matrix.index,
             matrix.values, lanes, sigma, int(matrix.bf16 and len(values) > 0), ptr, order, index, values,
             matrix.int8 if int8 else b"", matrix.scales if int8 else b"",
