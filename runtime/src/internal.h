@@ -30,8 +30,8 @@ typedef struct {
     long long shape[2];
     Matrix matrix;      /* rows > 0 when the weight is a matrix the kernels can multiply by */
     float *dense;       /* all values as float32 when stored dense; NULL for a sparse matrix */
-    void *owned[9];     /* arrays made at load: decoded values, a dense one's block layout, the one-column copy
-                           and, for int8 values, its row sums */
+    void *owned[10];    /* arrays made at load: decoded values, a dense one's block layout, the one-column copy
+                           and, for int8 values, its row sums; uint8 indices widened */
     const uint16_t *bf16; /* a bf16 file's values as stored (read by the one-column kernels), else NULL */
     char values[8];       /* a sparse matrix's value type as stored: fp32, fp16, bf16 or int8 */
     long long nonzeros;   /* as the metadata counts them */

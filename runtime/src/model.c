@@ -206,12 +206,14 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
     for (long long i = 0; i < block_rows; ++i)
         if (ptr[i + 1] < ptr[i]) return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: rowptr decreases", w->name);
     const long long nblocks = ptr[block_rows];
-    if (!index || index->rank != 1 || index->shape[0] != nblocks || (index->dtype != DT_U16 && index->dtype != DT_I32))
-        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: index missing or not uint16/int32 of length "
-                       "%lld", w->name, nblocks);
+    if (!index || index->rank != 1 || index->shape[0] != nblocks ||
+        (index->dtype != DT_U8 && index->dtype != DT_U16 && index->dtype != DT_I32))
+        return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: index missing or not uint8/uint16/int32 of "
+                       "length %lld", w->name, nblocks);
     for (long long k = 0; k < nblocks; ++k) {
-        const long long column = index->dtype == DT_U16 ? ((const uint16_t *)index->data)[k]
-                                                        : ((const int32_t *)index->data)[k];
+        const long long column = index->dtype == DT_U8    ? ((const uint8_t *)index->data)[k]
+                                 : index->dtype == DT_U16 ? ((const uint16_t *)index->data)[k]
+                                                          : ((const int32_t *)index->data)[k];
         if (column < 0 || column >= cols / c)
             return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: column index %lld out of range [0, %lld)",
                            w->name, column, cols / c);
@@ -239,8 +241,16 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
                 return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensor %s: int8 value -128 (values are in "
                                "[-127, 127])", w->name);
     }
+    /* uint8 indices (at most 256 block columns) widened to the kernels' uint16 */
+    const void *columns = index->data;
+    if (index->dtype == DT_U8) {
+        uint16_t *wide = aligned(sizeof(uint16_t) * (size_t)(nblocks + 1));
+        if (!wide) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+        for (long long k = 0; k < nblocks; ++k) wide[k] = ((const uint8_t *)index->data)[k];
+        w->owned[9] = wide, columns = wide;
+    }
     /* a CSR matrix of int8 values runs in int8 and reads q and the scales alone: nothing to decode */
-    const int runs_int8 = want == DT_I8 && r == 1 && c == 1 && index->dtype == DT_U16;
+    const int runs_int8 = want == DT_I8 && r == 1 && c == 1 && index->dtype != DT_I32;
     float *decoded = runs_int8 ? NULL : values->data;
     if (want != DT_F32 && !runs_int8) {
         decoded = aligned(values->count * sizeof(float));
@@ -264,7 +274,7 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
         w->owned[0] = decoded;
     }
     w->matrix = (Matrix){.rows = (int)rows, .cols = (int)cols, .r = (int)r, .c = (int)c,
-                         .wide = index->dtype == DT_I32, .rowptr = ptr, .index = index->data, .values = decoded};
+                         .wide = index->dtype == DT_I32, .rowptr = ptr, .index = columns, .values = decoded};
     snprintf(w->values, sizeof w->values, "%s", kind);
     if (runs_int8) /* (blocks of int8 values run their decoded values) */
         w->matrix.q = values->data, w->matrix.scale = scales->data;
@@ -274,7 +284,7 @@ static sr_status read_sparse(sr_model *model, weight *w, const json *info, char 
             w->matrix.sell_values = w->bf16, w->matrix.sell_bf16 = 1;
     }
     sr_matrix_kernels(&w->matrix);
-    w->stored_bytes = rowptr->count * 4 + index->count * (index->dtype == DT_I32 ? 4 : 2) +
+    w->stored_bytes = rowptr->count * 4 + index->count * (size_t)DTYPES[index->dtype].size +
                       values->count * (size_t)DTYPES[want].size + (scales ? scales->count * 4 : 0);
     return SR_OK;
 }
@@ -336,9 +346,9 @@ static sr_status load(sr_model *model, char *error, size_t error_size) {
     long long format = 0;
     if (!status && json_integer(json_get(model->metadata, "format"), 0, 1000, &format))
         status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "metadata has no format version");
-    if (!status && format != 2 && format != 3)
-        status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "format version %lld; this runtime reads 2 and 3 "
-                         "(export the model again)", format);
+    if (!status && (format < 2 || format > 4))
+        status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "format version %lld; this runtime reads 2, 3 and "
+                         "4 (export the model again)", format);
     if (!status) {
         qsort(model->tensors, (size_t)model->tensor_count, sizeof(tensor), compare_names);
         char hex[65];
@@ -414,7 +424,7 @@ void sr_model_free(sr_model *model) {
     if (!model) return;
     sr_program_free(model);
     for (int i = 0; i < model->weight_count; ++i) {
-        for (int j = 0; j < 9; ++j) free(model->weights[i].owned[j]);
+        for (int j = 0; j < 10; ++j) free(model->weights[i].owned[j]);
         free(model->weights[i].name);
     }
     for (int i = 0; i < model->tensor_count; ++i) {

@@ -160,12 +160,12 @@ static void errors(const char *directory) {
     data[size - 3] ^= 0x10; /* a bit of the last tensor */
     CHECK(load(data, size, error) == SR_ERROR_DIGEST && strstr(error, "SHA-256"), "a flipped bit: %s", error);
     data[size - 3] ^= 0x10;
-    char *format = memmem(data, size, "\\\"format\\\": 3", 13);
-    CHECK(format != NULL, "the fixture's metadata holds format 3");
+    char *format = memmem(data, size, "\\\"format\\\": 4", 13);
+    CHECK(format != NULL, "the fixture's metadata holds format 4");
     if (format) {
         format[12] = '7';
         CHECK(load(data, size, error) == SR_ERROR_FORMAT && strstr(error, "format version 7"), "format: %s", error);
-        format[12] = '3';
+        format[12] = '4';
     }
     sr_model *model;
     CHECK(sr_model_from_file("/nonexistent.safetensors", &model, error, sizeof error) == SR_ERROR_IO &&

@@ -1,7 +1,7 @@
 """Running a model's program: :class:`ProgramEngine` (numpy in and out) and :class:`SparseProgram` (the
 drop-in module :func:`~sparsernn.engine.sparsify` returns with ``example_inputs``).
 
-A program (built by :func:`sparsernn.engine.lower.lower`, stored in a format 3 file; docs/FORMAT.md) is a
+A program (built by :func:`sparsernn.engine.lower.lower`, stored in a format 3 or 4 file; docs/FORMAT.md) is a
 list of ops over named values. Each value is, per step and batch column, a vector of ``values[name]``
 features. Streaming runs every op once per step; a recurrent layer's state carries from one step to the
 next (and from one call to the next), starting at zero. A whole sequence runs op by op over all its
@@ -55,8 +55,8 @@ class ProgramEngine:
 
     @classmethod
     def from_file(cls, path, *, threads: int = 1, backend: str = "auto") -> ProgramEngine:
-        """The program of a format 3 file (:func:`~sparsernn.export.save_sparse` with ``example_inputs``),
-        without the model's class."""
+        """The program of a format 3 or 4 file (:func:`~sparsernn.export.save_sparse` with
+        ``example_inputs``), without the model's class."""
         from sparsernn.export import ExportError, load_exported
 
         exported = load_exported(path)

@@ -25,9 +25,9 @@ from sparsernn.errors import UserError
 from sparsernn.export.program import ProgramError, check_program
 from sparsernn.kernels import CELLS, FormatError, SparseMatrix, bf16_bits, bf16_values, smallest_layout
 
-FORMAT = 3
+FORMAT = 4
 #: Formats this sparsernn reads: 2 (no program) and 3 (an optional program in the metadata).
-READABLE = (2, 3)
+READABLE = (2, 3, 4)
 VALUE_TYPES = ("fp32", "fp16", "bf16", "int8")
 
 
@@ -172,7 +172,8 @@ def save_sparse(model: nn.Module, path: str | Path, *, values: str = "fp32",
             matrix = smallest_layout(array, units.get(name))
         if matrix is not None:
             tensors[f"{name}.rowptr"] = matrix.rowptr
-            tensors[f"{name}.index"] = matrix.index
+            narrow = matrix.index.dtype == np.uint16 and matrix.shape[1] // matrix.block[1] <= 256
+            tensors[f"{name}.index"] = matrix.index.astype(np.uint8) if narrow else matrix.index
             if values == "int8":  # integers in [-127, 127] and a scale per row
                 matrix = matrix.to_int8()
                 tensors[f"{name}.values"] = matrix.int8.reshape(matrix.values.shape)
@@ -365,6 +366,12 @@ def _translation_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
             if not (config.tie_weights and name == "output.weight")}
 
 
+def _index(index: np.ndarray) -> np.ndarray:
+    """Block-column indices as the kernels take them: a file's uint8 ones (matrices of at most 256 block
+    columns, format 4) widened to uint16."""
+    return index.astype(np.uint16) if index.dtype == np.uint8 else index
+
+
 def _matrix(name: str, info: dict, stored: dict[str, np.ndarray]) -> SparseMatrix | np.ndarray:
     shape = tuple(info["shape"])
     if info["storage"] == "dense":
@@ -375,6 +382,7 @@ def _matrix(name: str, info: dict, stored: dict[str, np.ndarray]) -> SparseMatri
     if info.get("values") not in VALUE_TYPES:
         raise FormatError(f"unknown value type {info.get('values')!r}")
     r, c = info["block"]
+    stored = {**stored, f"{name}.index": _index(stored[f"{name}.index"])}
     if info["values"] == "int8":
         if f"{name}.scales" not in stored:
             raise FormatError(f"int8 values without the tensor {name}.scales")

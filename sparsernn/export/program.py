@@ -1,4 +1,4 @@
-"""The program in a format 3 file (docs/FORMAT.md, "Program"): its checks on load.
+"""The program in a format 3 or 4 file (docs/FORMAT.md, "Program"): its checks on load.
 
 :func:`check_program` recomputes every value's size from the ops and the tensors' shapes, so that a
 program that loads runs without reading outside a buffer or a tensor: the same checks the C reader

@@ -361,7 +361,7 @@ def smallest_layout(dense: np.ndarray, rows_unit: int | None = None) -> SparseMa
         if rows % r or cols % c or unit % r:
             continue
         present = np.count_nonzero(np.any(dense.reshape(rows // r, r, cols // c, c) != 0, axis=(1, 3)))
-        index_bytes = 2 if cols // c <= 65536 else 4
+        index_bytes = 1 if cols // c <= 256 else 2 if cols // c <= 65536 else 4  # as a file stores them
         nbytes = present * (r * c * 4 + index_bytes) + (rows // r + 1) * 4
         if nbytes < best_bytes:
             best, best_bytes = (r, c), nbytes

@@ -6,6 +6,7 @@ import struct
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from sparsernn.config import ModelConfig
 from sparsernn.export import (
@@ -112,6 +113,28 @@ def test_int8_values_with_a_scale_per_row(tmp_path, block):
         assert tensor.block == block and tensor.runs_int8 == (block == (1, 1))
         assert np.array_equal(tensor.to_dense(), SparseMatrix.from_dense(weight, block).to_int8().to_dense())
         assert np.all(np.abs(tensor.to_dense() - weight) <= scales[:, None] / 2 * 1.0001)
+
+
+def test_indices_take_one_byte_where_a_matrix_has_at_most_256_block_columns(tmp_path):
+    """Format 4 stores the block-column indices of a matrix of <= 256 block columns as uint8 (one byte
+    a non-zero less); loading widens them to the kernels' uint16, and the matrix is the same."""
+    from safetensors.numpy import load_file
+
+    model = nn.Sequential(nn.Linear(256, 64), nn.Linear(257, 64), nn.Linear(512, 64))
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for layer in model:
+            layer.weight.mul_((torch.rand(layer.weight.shape, generator=generator) < 0.1).float())
+    save_sparse(model, tmp_path / "m.safetensors", values="int8")
+    stored = load_file(str(tmp_path / "m.safetensors"))
+    assert [stored[f"{k}.weight.index"].dtype for k in range(3)] == [np.uint8, np.uint16, np.uint16]
+    loaded = load_exported(tmp_path / "m.safetensors")
+    for k in range(3):
+        matrix = loaded.tensors[f"{k}.weight"]
+        assert matrix.index.dtype == np.uint16 and matrix.runs_int8
+        expected = SparseMatrix.from_dense(model[k].weight.detach().numpy()).to_int8().to_dense()
+        assert np.array_equal(matrix.to_dense(), expected)
+    assert loaded.metadata["format"] == 4
 
 
 def test_int8_files_with_bad_values_or_scales_are_refused(tmp_path):
