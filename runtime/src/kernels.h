@@ -42,7 +42,8 @@
 
 typedef struct Matrix Matrix;
 /* Block rows [br0, br1) of Y = W X + bias for a fixed number of columns (X row stride ldx, Y row stride ldy). */
-typedef void (*kernel_fn)(const Matrix *, int, int, const float *, long, float *, long, const float *);
+typedef void kernel(const Matrix *, int, int, const float *, long, float *, long, const float *);
+typedef kernel *kernel_fn;
 
 struct Matrix {
     int rows, cols, r, c, wide; /* wide: int32 block-column indices, else uint16 */
@@ -106,7 +107,7 @@ void sr_int8_rows(const Matrix *m, int g, int lanes, const int32_t *sums, int32_
 const char *sr_int8_kernel(void);
 int sr_int8_lanes(void);
 /* The portable int8 kernel (CSR, one column). */
-void sr_int8_csr(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, const float *bias);
+kernel sr_int8_csr;
 
 /* ---- the kernels of each instruction set, for the dispatch in kernels.c ---- */
 /* The portable kernel of m's shape for 16, 4 or 1 columns (nn_slot 0, 1, 2), or the generic one: what an
@@ -120,24 +121,13 @@ float *sr_pack_tile(const Matrix *m, const float **X, long *ldx, int width);
 kernel_fn sr_avx2_kernel(const Matrix *m, int nn_slot, int shape);
 kernel_fn sr_avx512_kernel(const Matrix *m, int nn_slot, int shape);
 /* The int8 kernels of the quad copy (AVX-512 VNNI and VBMI) and of the interleaved copy (AVX2), run where
- * sr_int8_kernel names them. */
-void sr_avx512_int8_quad(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                         const float *bias);
-void sr_avx2_int8_interleaved(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                              const float *bias);
-void sr_avx2_csr_gather_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                            const float *bias);
+ * sr_int8_kernel names them; the CSR kernel that gathers x eight values at a time. */
+kernel sr_avx512_int8_quad, sr_avx2_int8_interleaved, sr_avx2_csr_gather_u16;
 #endif
 #if defined(__aarch64__) && defined(__ARM_NEON)
-/* ---- aarch64 (kernels_neon.c): one-column products of CSR and of 8x1 / 16x1 blocks ---- */
-void sr_neon_csr_u16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                     const float *bias);
-/* The int8 kernel of the quad copy (the dot product instructions of Armv8.2), run where sr_int8_kernel
- * names it. */
-void sr_neon_int8_quad(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                       const float *bias);
-void sr_neon_column_blocks(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                           const float *bias);
+/* ---- aarch64 (kernels_neon.c): one-column products of CSR and of 8x1 / 16x1 blocks, and the int8 kernel
+ * of the quad copy (the dot product instructions of Armv8.2, run where sr_int8_kernel names it) ---- */
+kernel sr_neon_csr_u16, sr_neon_column_blocks, sr_neon_int8_quad;
 #endif
 
 /* ---- the other operations (ops.c) ---- */

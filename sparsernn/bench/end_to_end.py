@@ -83,16 +83,27 @@ def _torch_calls(model: LanguageModel, tokens: dict[str, np.ndarray]) -> dict:
     stream, whole = (torch.from_numpy(tokens[mode]) for mode in ("streaming", "sequence"))
 
     def streaming():
-        hidden, logits = None, []
+        hidden = None
         for t in range(stream.shape[0]):
-            output, hidden = model(stream[t:t + 1], hidden)
-            logits.append(output)
-        return logits
+            _, hidden = model(stream[t:t + 1], hidden)
 
     def sequence():
-        return model(whole)
+        model(whole)
 
     return {"streaming": torch.no_grad()(streaming), "sequence": torch.no_grad()(sequence)}
+
+
+@torch.no_grad()
+def _torch_logits(model: LanguageModel, tokens: np.ndarray, streamed: bool) -> np.ndarray:
+    """``model``'s logits for ``tokens``: one token per call with the state carried, or all at once."""
+    tokens = torch.from_numpy(tokens)
+    if not streamed:
+        return model(tokens)[0].numpy()
+    hidden, logits = None, []
+    for t in range(tokens.shape[0]):
+        output, hidden = model(tokens[t:t + 1], hidden)
+        logits.append(output)
+    return torch.cat(logits).numpy()
 
 
 def _saved_bytes(model: torch.nn.Module) -> int:
@@ -201,9 +212,8 @@ def _time_model(name, dense_model, variants, threads, steps, rounds, progress) -
     skipped = {}
     nbytes = {"pytorch": _saved_bytes(dense_model), "pytorch_int8": _saved_bytes(quantized)}
     for mode in ("streaming", "sequence"):
-        got = calls["pytorch_int8"][mode]()
-        got = torch.cat(got) if mode == "streaming" else got[0]
-        _check_logits("pytorch_int8", mode, got.numpy(), dense_model, tokens[mode])
+        got = _torch_logits(quantized, tokens[mode], streamed=mode == "streaming")
+        _check_logits("pytorch_int8", mode, got, dense_model, tokens[mode])
     notes = {}
     if dense_model.config.cell == "gru":
         notes["onnxruntime_int8"] = "ONNX Runtime has no quantized GRU: the GRU runs in float32"

@@ -92,8 +92,7 @@ def runner(name: str, path: str | Path, threads: int = 1) -> Runner:
 
 def quantized_onnx(path: str | Path) -> Path:
     """The ONNX model at ``path`` after ONNX Runtime's recipe for dynamic quantization, beside it: its
-    pre-processing (shape inference and graph optimization; 11% faster streaming on the LSTM 2x200 than
-    without), then ``quantize_dynamic`` to int8 weights."""
+    pre-processing (shape inference and graph optimization), then ``quantize_dynamic`` to int8 weights."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
