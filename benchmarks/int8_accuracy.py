@@ -28,14 +28,11 @@ from sparsernn.train.evaluate import load_trained
 def metric(model, config, vocabulary, checkpoint) -> dict:
     """The test metric of ``model`` as the study's report computes it for its checkpoint."""
     if config.speech:
-        from sparsernn.data import speech
         from sparsernn.train.metrics import error_rates
-        from sparsernn.train.recognize import recognize
+        from sparsernn.train.recognize import decode_all, frames_of, load_split
 
-        data = speech.load_speech(config.data, config.train.seed, splits=("test",))["test"]
-        data = speech.drop_too_short(data, model.output_lengths, config.data.on_bad_audio)
-        with torch.no_grad():
-            greedy = recognize(model, data, vocabulary, config.data.eval_batch_size, beam=0)["greedy"]
+        data = load_split(config, model, "test")
+        greedy, _ = decode_all(frames_of(model, data, config.data.eval_batch_size), vocabulary, beam=0)
         rates = error_rates(data.texts, greedy)
         return {"cer_greedy": rates["cer"], "wer_greedy": rates["wer"]}
     if config.translation:

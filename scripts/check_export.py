@@ -42,7 +42,7 @@ def check_speech_model(model, config, model_file: str, count: int) -> None:
     from sparsernn.train.metrics import error_rates, greedy_decode
 
     torch.set_num_threads(1)
-    data = load_speech(config.data, config.train.seed, splits=("test",))["test"]
+    data = load_speech(config.data, splits=("test",))["test"]
     engine = SpeechEngine(model_file, threads=1)
     worst, seconds, ours, theirs, engine_text, torch_text = 0.0, 0.0, 0.0, 0.0, [], []
     for features in data.features[:count]:

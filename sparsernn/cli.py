@@ -62,13 +62,22 @@ def _evaluate(args: argparse.Namespace) -> int:
         from sparsernn.train.recognize import evaluate_speech
 
         width = 16 if args.beam is None else args.beam
-        result = evaluate_speech(args.checkpoint, args.split, width)
+        if args.lm is not None and width == 0:
+            raise UserError("--lm needs a beam search: --beam must be > 0")
+        result = evaluate_speech(args.checkpoint, args.split, width, args.lm, args.alpha, args.beta)
         beam = (f"; beam {width}: CER {result['cer_beam']:.2%}, WER {result['wer_beam']:.2%}"
                 if width else "")
+        if args.lm is not None:
+            beam += (f"; beam {width} + {result['lm_order']}-gram LM (alpha {args.alpha:g}, beta "
+                     f"{args.beta:g}): CER {result['cer_lm']:.2%}, WER {result['wer_lm']:.2%} (search RTF "
+                     f"{result['rtf_lm']:.3f})")
         print(f"{args.checkpoint} ({args.split}, {result['utterances']} utterances, step {result['step']}): "
               f"greedy CER {result['cer_greedy']:.2%}, WER {result['wer_greedy']:.2%}{beam}; "
               f"{result['nonzero_parameters']:,} non-zero of {result['parameters']:,} parameters")
         return 0
+    if args.lm is not None:
+        raise UserError("--lm is for speech models; this checkpoint holds a "
+                        f"{'translation' if config.translation else 'language'} model")
     result = evaluate_checkpoint(args.checkpoint, args.split)
     print(f"{args.checkpoint} ({args.split}, step {result['step']}): perplexity "
           f"{result['perplexity']:.2f}, {result['nonzero_parameters']:,} non-zero of "
@@ -95,8 +104,76 @@ def _transcribe(args: argparse.Namespace) -> int:
 
     if args.beam < 0:
         raise UserError(f"--beam must be >= 0, got {args.beam}")
-    for path, text in zip(args.files, transcribe(args.checkpoint, args.files, args.beam), strict=True):
+    if args.lm is not None and args.beam == 0:
+        raise UserError("--lm needs a beam search: --beam must be > 0")
+    texts = transcribe(args.checkpoint, args.files, args.beam, args.lm, args.alpha, args.beta)
+    for path, text in zip(args.files, texts, strict=True):
         print(f"{path}\t{text}")
+    return 0
+
+
+def _lm_build(args: argparse.Namespace) -> int:
+    from sparsernn import ngram
+
+    if args.order < 1:
+        raise UserError(f"--order must be >= 1, got {args.order}")
+    if bool(args.text) == bool(args.config):
+        raise UserError("give the text files, or --config CONFIG for a speech config's training transcripts")
+    if args.config:
+        from sparsernn.config import load_config
+        from sparsernn.data.speech import list_speech
+
+        config = load_config(args.config)
+        if not config.speech:
+            raise UserError(f"{args.config}: not a speech config (data.kind {config.data.kind})")
+        lines, source = [entry.text for entry in list_speech(config.data)["train"]], \
+            f"the training transcripts of {args.config} (validation speakers left out)"
+    else:
+        from sparsernn.data.text import read_text
+
+        lines, source = [line for path in args.text for line in read_text(Path(path)).splitlines()], \
+            ", ".join(args.text)
+    if args.upper:
+        lines = [line.upper() for line in lines]
+    sentences = ngram.tokenize(lines)
+    if not sentences:
+        raise UserError(f"{source}: no words to build a language model from (the text is empty)")
+    model = ngram.build(sentences, args.order)
+    ngram.write_arpa(model, args.output)
+    sizes = ", ".join(f"{len(grams):,} {n}-grams" for n, grams in enumerate(model.probabilities, start=1))
+    print(f"{args.output}: {args.order}-gram modified Kneser-Ney model of {len(sentences):,} sentences from "
+          f"{source}: {sizes}")
+    for n, (values, fallback) in enumerate(zip(model.discounts, model.fallback, strict=True), start=1):
+        if fallback:
+            print(f"sparsernn: warning: order {n}: its counts of n-grams seen 1-4 times give no valid "
+                  f"discounts (a small corpus); used {values[0]:g}, {values[1]:g}, {values[2]:g}, as lmplz "
+                  "--discount_fallback does", file=sys.stderr)
+    return 0
+
+
+def _lm_tune(args: argparse.Namespace) -> int:
+    from sparsernn.train.recognize import ALPHAS, BETAS, tune_lm
+
+    if args.beam < 1:
+        raise UserError(f"--beam must be >= 1, got {args.beam}")
+
+    def grid(text: str | None, default, name: str) -> tuple[float, ...]:
+        if text is None:
+            return default
+        try:
+            return tuple(float(value) for value in text.split(","))
+        except ValueError:
+            raise UserError(f"--{name}: expected numbers separated by commas, got {text!r}") from None
+
+    def show(point: dict) -> None:
+        print(f"alpha {point['alpha']:g}, beta {point['beta']:g}: validation WER {point['wer']:.2%}, "
+              f"CER {point['cer']:.2%}", flush=True)
+
+    result = tune_lm(args.checkpoint, args.lm, args.beam, grid(args.alphas, ALPHAS, "alphas"),
+                     grid(args.betas, BETAS, "betas"), progress=show)
+    print(f"best on the validation split ({result['utterances']} utterances, beam {args.beam}): alpha "
+          f"{result['alpha']:g}, beta {result['beta']:g} (WER {result['wer']:.2%}, CER {result['cer']:.2%}); "
+          f"use --lm {args.lm} --alpha {result['alpha']:g} --beta {result['beta']:g}")
     return 0
 
 
@@ -154,6 +231,13 @@ def _bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _lm_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lm", help="speech: an ARPA word language model fused into the beam search")
+    parser.add_argument("--alpha", type=float, default=0.5,
+                        help="with --lm: weight of the LM's log-probability (sparsernn lm tune finds one)")
+    parser.add_argument("--beta", type=float, default=1.0, help="with --lm: bonus per word")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="sparsernn", description="Sparse recurrent networks.")
     commands = parser.add_subparsers(dest="command", required=True)
@@ -176,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--split", choices=("train", "valid", "test"), default="test")
     evaluate.add_argument("--beam", type=int, default=None, help="speech: prefix beam width (default 16; 0: "
                           "greedy only); translation: beam search width (default 0: greedy)")
+    _lm_options(evaluate)
     evaluate.set_defaults(handler=_evaluate)
 
     translate = commands.add_parser("translate", help="translate text files (- for standard input), one line "
@@ -190,7 +275,26 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("checkpoint")
     transcribe.add_argument("files", nargs="+")
     transcribe.add_argument("--beam", type=int, default=16, help="prefix beam width (0: greedy)")
+    _lm_options(transcribe)
     transcribe.set_defaults(handler=_transcribe)
+
+    lm = commands.add_parser("lm", help="word n-gram language models for speech decoding: build, tune")
+    lm_commands = lm.add_subparsers(dest="lm_command", required=True)
+    build = lm_commands.add_parser("build", help="estimate a modified Kneser-Ney model and write it as ARPA")
+    build.add_argument("text", nargs="*", help="text files, one sentence per line, words split on spaces")
+    build.add_argument("--config", help="instead: a speech config, whose training transcripts are the text")
+    build.add_argument("-o", "--output", required=True, help="ARPA file to write")
+    build.add_argument("--order", type=int, default=3)
+    build.add_argument("--upper", action="store_true", help="upper-case the text (AN4's alphabet)")
+    build.set_defaults(handler=_lm_build)
+    tune = lm_commands.add_parser("tune", help="choose the LM weight alpha and word bonus beta on the "
+                                  "validation split of a speech checkpoint's data")
+    tune.add_argument("checkpoint")
+    tune.add_argument("--lm", required=True, help="ARPA file")
+    tune.add_argument("--beam", type=int, default=16)
+    tune.add_argument("--alphas", help="comma-separated (default 0,0.25,0.5,0.75,1,1.5,2)")
+    tune.add_argument("--betas", help="comma-separated (default 0,0.5,1,2,3,4,5)")
+    tune.set_defaults(handler=_lm_tune)
 
     score = commands.add_parser("score", help="perplexity of a checkpoint on text files")
     score.add_argument("checkpoint")

@@ -75,6 +75,8 @@ class SpeechDataConfig(_Section):
         "auto", description="manifest layout; auto: from the fields of its first row")
     valid_fraction: float = Field(0.08, gt=0.0, lt=1.0, description="share of training speakers "
                                   "held out for validation when there is no validation set")
+    valid_seed: int = Field(0, description="draws the held-out speakers; apart from train.seed, so that "
+                            "every initialisation is validated on the same speakers")
     sample_rate: int = Field(16000, ge=1000, description="audio is resampled to this rate")
     features: Literal["logmel", "spectrogram"] = "logmel"
     n_mels: int = Field(64, ge=8)
@@ -127,6 +129,9 @@ class SpeechModelConfig(_Section):
     layers: int = Field(3, ge=1)
     bidirectional: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
+    input_norm: bool = Field(True, description="sequence-wise batch norm on the first recurrent layer's "
+                             "input too (DS2's form); without it an Adam-family rate of 3e-3 saturates "
+                             "that layer's gates within a few hundred steps on some initialisations")
 
     @model_validator(mode="after")
     def _conv_needed(self) -> SpeechModelConfig:

@@ -367,27 +367,34 @@ def drop_too_short(data: SpeechSet, output_frames, on_bad_audio: str) -> SpeechS
                        (data.ids, data.features, data.labels, data.texts, data.sources)), data.skipped)
 
 
-def load_speech(config: SpeechDataConfig, seed: int = 0,
-                splits=("train", "valid", "test")) -> dict[str, SpeechSet]:
-    """The train / valid / test sets a speech data config names (only those in ``splits``)."""
+def list_speech(config: SpeechDataConfig) -> dict[str, list[Entry]]:
+    """The utterances of the train / valid / test splits a speech data config names (no audio read);
+    held-out validation speakers are drawn with ``config.valid_seed``."""
     root = Path(config.path)
     if config.kind == "an4":
         if not root.is_dir():
             raise DataError(f"{root}: AN4 directory not found")
-        train, valid = hold_out_speakers(list_an4(root, "train"), config.valid_fraction, seed)
-        listed = {"train": train, "valid": valid, "test": list_an4(root, "test")}
-    else:
-        def lister(path):
-            if config.kind == "librispeech":
-                return list_librispeech(path)
-            return list_manifest(path, config.manifest_format)
+        train, valid = hold_out_speakers(list_an4(root, "train"), config.valid_fraction, config.valid_seed)
+        return {"train": train, "valid": valid, "test": list_an4(root, "test")}
 
-        listed = {"train": lister(root)}
-        if config.valid is not None:
-            listed["valid"] = lister(Path(config.valid))
-        else:
-            listed["train"], listed["valid"] = hold_out_speakers(listed["train"], config.valid_fraction, seed)
-        listed["test"] = lister(Path(config.test)) if config.test is not None else []
+    def lister(path):
+        if config.kind == "librispeech":
+            return list_librispeech(path)
+        return list_manifest(path, config.manifest_format)
+
+    listed = {"train": lister(root)}
+    if config.valid is not None:
+        listed["valid"] = lister(Path(config.valid))
+    else:
+        listed["train"], listed["valid"] = hold_out_speakers(listed["train"], config.valid_fraction,
+                                                             config.valid_seed)
+    listed["test"] = lister(Path(config.test)) if config.test is not None else []
+    return listed
+
+
+def load_speech(config: SpeechDataConfig, splits=("train", "valid", "test")) -> dict[str, SpeechSet]:
+    """The train / valid / test sets a speech data config names (only those in ``splits``)."""
+    listed = list_speech(config)
     return {split: load_entries(listed[split], config) for split in splits}
 
 

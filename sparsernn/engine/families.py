@@ -125,6 +125,8 @@ class SpeechEngine:
         self.rnns = [RecurrentStack.from_tensors(arch["cell"], model.tensors, f"rnns.{i}.", 1,
                                                  arch["bidirectional"], threads=threads, backend=backend)
                      for i in range(arch["layers"])]
+        # Files written before the first layer's norm existed have no "input_norm": none, as trained.
+        self.input_norm = _batch_norm(dense, "input_norm.norm") if arch.get("input_norm") else None
         self.norms = [_batch_norm(dense, f"norms.{i}.norm") for i in range(arch["layers"] - 1)]
         self.output_norm = _batch_norm(dense, "output_norm.norm")
         self.fc, self.fc_bias = as_kernel_matrix(model.tensors["fc.weight"]), dense["fc.bias"]
@@ -138,8 +140,9 @@ class SpeechEngine:
         x = np.ascontiguousarray(x.reshape(-1, x.shape[-1]))  # (C * bins', T')
         hidden = self.architecture["hidden_size"]
         for i, rnn in enumerate(self.rnns):
-            if i > 0:
-                scale, shift = self.norms[i - 1]
+            norm = self.input_norm if i == 0 else self.norms[i - 1]
+            if norm is not None:
+                scale, shift = norm
                 x = x * scale[:, None] + shift[:, None]
             out = rnn(np.ascontiguousarray(x[:, :, None]), rnn.initial_state(1))[:, :, 0]  # (dirs*H, T')
             x = out[:hidden] + out[hidden:] if len(out) > hidden else out  # directions summed
@@ -159,13 +162,16 @@ class SpeechEngine:
         return speech.features(speech.resample(np.asarray(audio, np.float32), rate, config.sample_rate),
                                config).numpy()
 
-    def transcribe(self, audio: np.ndarray, rate: int, beam: int = 0) -> str:
-        """Text of one utterance: greedy decoding, or prefix beam search of width ``beam``."""
+    def transcribe(self, audio: np.ndarray, rate: int, beam: int = 0, lm=None) -> str:
+        """Text of one utterance: greedy decoding, or prefix beam search of width ``beam``, with a word
+        language model fused if ``lm`` (a :class:`~sparsernn.train.metrics.LMFusion`) is given."""
         from sparsernn.train.metrics import greedy_decode, prefix_beam_decode
 
         frames = torch.from_numpy(self.log_probs(self.features(audio, rate)))
         if beam > 0:
-            return prefix_beam_decode(frames, self.alphabet, beam)
+            return prefix_beam_decode(frames, self.alphabet, beam, lm=lm)
+        if lm is not None:
+            raise ValueError("a language model needs a beam search: beam must be > 0")
         return greedy_decode(frames, self.alphabet)
 
 

@@ -341,6 +341,8 @@ def _speech_shapes(architecture: dict) -> dict[str, tuple[int, ...]]:
         shapes |= _norm(f"conv.{3 * i + 1}", conv["channels"])
         channels, bins = conv["channels"], conv_output_size(bins, conv["kernel"][0], conv["stride"][0])
     inputs = channels * bins
+    if architecture.get("input_norm"):  # absent in files written before it existed
+        shapes |= _norm("input_norm.norm", inputs)
     for layer in range(architecture["layers"]):
         for suffix in ["", "_reverse"][:2 if architecture["bidirectional"] else 1]:
             shapes |= {f"rnns.{layer}.weight_ih_l0{suffix}": (gates * hidden, inputs),

@@ -78,7 +78,7 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoi
             from sparsernn.data.speech import load_speech
             from sparsernn.engine import SpeechEngine
 
-            data = load_speech(config.data, config.train.seed, splits=("test",))["test"]
+            data = load_speech(config.data, splits=("test",))["test"]
             inputs = data.features[:study.speed_utterances]
             engine = SpeechEngine(model_file, threads=1)
 

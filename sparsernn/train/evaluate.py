@@ -41,8 +41,10 @@ def load_trained(path: str | Path,
         wanted = "a speech (CTC)" if speech else "a language"
         raise ConfigError(f"{path}: {wanted} model is needed here, this checkpoint holds "
                           f"{'a speech' if config.speech else 'a language'} model")
-    model_config = type(config.model).model_validate({"family": config.model.family,
-                                                      **checkpoint["model_config"]})
+    model_config = dict(checkpoint["model_config"])
+    if config.speech:  # checkpoints written before the first recurrent layer had its norm have none
+        model_config.setdefault("input_norm", False)
+    model_config = type(config.model).model_validate({"family": config.model.family, **model_config})
     model = build_model(config, model_config, len(checkpoint["vocabulary"]))
     model.load_state_dict(checkpoint["model"])
     return model.eval(), config, checkpoint["vocabulary"], checkpoint

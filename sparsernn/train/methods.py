@@ -15,7 +15,7 @@ from torch import nn
 
 from sparsernn.checkpoint import load_checkpoint
 from sparsernn.config import ConfigError, ModelConfig, PruneConfig, RunConfig
-from sparsernn.models import build_model, closest_hidden_size, parameter_count, scaled_shape
+from sparsernn.models import closest_hidden_size, parameter_count, scaled_shape
 from sparsernn.models.lm import nonzero_parameters
 from sparsernn.prune import AGPSchedule, NarangSchedule, NoSchedule, OneShotSchedule, Schedule, paper_steps
 
@@ -104,11 +104,12 @@ def load_teacher(config: RunConfig, vocabulary: tuple[str, ...]) -> nn.Module | 
     """The frozen teacher of a distill run, or None."""
     if config.prune.teacher is None:
         return None
+    from sparsernn.train.evaluate import load_trained
+
     path = config.prune.teacher
-    checkpoint = load_checkpoint(path)
-    if checkpoint.get("vocabulary") != list(vocabulary):
+    teacher, teacher_config, teacher_vocabulary, _ = load_trained(path)
+    if teacher_vocabulary != list(vocabulary):
         raise ConfigError(f"{path}: the teacher was trained on a different vocabulary")
-    teacher_config = RunConfig.model_validate(checkpoint["config"])
     if teacher_config.data.kind != config.data.kind:
         raise ConfigError(f"{path}: the teacher was trained on {teacher_config.data.kind} data, "
                           f"not {config.data.kind}")
@@ -117,9 +118,5 @@ def load_teacher(config: RunConfig, vocabulary: tuple[str, ...]) -> nn.Module | 
                           or teacher_config.data.n_mels != config.data.n_mels):
         raise ConfigError(f"{path}: the teacher's features or convolutions differ from the "
                           "student's, so their CTC frames do not line up")
-    model_config = type(teacher_config.model).model_validate(checkpoint["model_config"])
-    teacher = build_model(teacher_config, model_config, len(vocabulary))
-    teacher.load_state_dict(checkpoint["model"])
-    teacher.eval()
     teacher.requires_grad_(False)
     return teacher

@@ -1,12 +1,16 @@
-"""CTC decoding (greedy and prefix beam search) and error rates by edit distance."""
+"""CTC decoding (greedy, and prefix beam search with or without a word n-gram language model) and
+error rates by edit distance."""
 
 from __future__ import annotations
 
 import math
 from collections import defaultdict
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import torch
+
+from sparsernn.ngram import BOS, EOS, NgramLM
 
 
 def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
@@ -44,16 +48,58 @@ def _add(a: float, b: float) -> float:
     return high + math.log1p(math.exp(low - high))
 
 
-def prefix_beam_decode(log_probs: torch.Tensor, alphabet: Sequence[str], beam: int = 16,
-                       blank: int = 0, prune: float = -12.0) -> str:
-    """CTC prefix beam search (Hannun et al. 2014, without a language model).
+@dataclass(frozen=True)
+class LMFusion:
+    """A word language model fused into the prefix beam search (Hannun et al. 2014): a transcript W
+    scores ``log P_ctc(W | audio) + alpha * log P_lm(W) + beta * words(W)``, natural logs, the
+    sentence's end included in ``P_lm``. Words are the runs of non-space characters."""
+
+    lm: NgramLM
+    alpha: float = 0.5
+    beta: float = 1.0
+
+    def word(self, history: tuple[str, ...], word: str) -> float:
+        return self.alpha * self.lm.log_prob((BOS, *history), word) + self.beta
+
+    def end(self, history: tuple[str, ...]) -> float:
+        return self.alpha * self.lm.log_prob((BOS, *history), EOS)
+
+    def score(self, text: str) -> float:
+        """The LM's part of a whole transcript's score."""
+        words = tuple(text.split())
+        return sum(self.word(words[:i], w) for i, w in enumerate(words)) + self.end(words)
+
+
+def prefix_beam_search(log_probs: torch.Tensor, alphabet: Sequence[str], beam: int = 16, blank: int = 0,
+                       prune: float = -12.0, lm: LMFusion | None = None) -> list[tuple[str, float]]:
+    """CTC prefix beam search (Hannun et al. 2014): the beam's transcripts with their scores, best first.
 
     Each prefix keeps the log-probability of all alignments that end in a blank and of those that
     end in its last label, so that alignments collapsing to the same text are summed, which greedy
-    decoding does not do. Labels below ``prune`` (log-probability) at a frame are not extended.
+    decoding does not do. Labels below ``prune`` (log-probability) at a frame are not extended. With
+    ``lm``, a prefix's score adds the LM's part for each word it completes (at the space after it), and
+    the final scores add the last word's and the sentence end's.
     """
     frames = log_probs.double().tolist()
+    space = alphabet.index(" ") if " " in alphabet else None
     beams: dict[tuple[int, ...], tuple[float, float]] = {(): (0.0, -math.inf)}  # (blank, non-blank)
+    # Per prefix (with an LM): its completed words, the word it is in, and the LM's part so far.
+    words: dict[tuple[int, ...], tuple[tuple[str, ...], str, float]] = {(): ((), "", 0.0)}
+
+    def extended(prefix: tuple[int, ...], c: int) -> tuple[int, ...]:
+        new = (*prefix, c)
+        if lm is not None and new not in words:
+            done, partial, part = words[prefix]
+            if c == space:
+                words[new] = (done + (partial,), "", part + lm.word(done, partial)) if partial else \
+                    (done, "", part)
+            else:
+                words[new] = (done, partial + alphabet[c], part)
+        return new
+
+    def ranked(prefix: tuple[int, ...], scores) -> float:
+        return _add(*scores) + (words[prefix][2] if lm is not None else 0.0)
+
     for frame in frames:
         candidates = [c for c, value in enumerate(frame) if value > prune] or [max(range(len(frame)),
                                                                                     key=frame.__getitem__)]
@@ -66,15 +112,32 @@ def prefix_beam_decode(log_probs: torch.Tensor, alphabet: Sequence[str], beam: i
                     entry = next_beams[prefix]
                     entry[0] = _add(entry[0], total + p)
                     continue
-                extended = next_beams[(*prefix, c)]
+                longer = next_beams[extended(prefix, c)]
                 if prefix and prefix[-1] == c:
                     # A repeat extends only from a blank; without one it collapses into the prefix.
-                    extended[1] = _add(extended[1], p_blank + p)
+                    longer[1] = _add(longer[1], p_blank + p)
                     same = next_beams[prefix]
                     same[1] = _add(same[1], p_label + p)
                 else:
-                    extended[1] = _add(extended[1], total + p)
-        best = sorted(next_beams.items(), key=lambda item: _add(*item[1]), reverse=True)[:beam]
+                    longer[1] = _add(longer[1], total + p)
+        best = sorted(next_beams.items(), key=lambda item: ranked(*item), reverse=True)[:beam]
         beams = {prefix: (scores[0], scores[1]) for prefix, scores in best}
-    prefix = max(beams, key=lambda key: _add(*beams[key]))
-    return "".join(alphabet[c] for c in prefix)
+
+    def final(prefix: tuple[int, ...]) -> float:
+        score = _add(*beams[prefix])
+        if lm is not None:
+            done, partial, part = words[prefix]
+            if partial:
+                part, done = part + lm.word(done, partial), (*done, partial)
+            score += part + lm.end(done)
+        return score
+
+    reachable = [prefix for prefix, scores in beams.items() if _add(*scores) > -math.inf]
+    results = [("".join(alphabet[c] for c in prefix), final(prefix)) for prefix in reachable]
+    return sorted(results, key=lambda item: item[1], reverse=True)
+
+
+def prefix_beam_decode(log_probs: torch.Tensor, alphabet: Sequence[str], beam: int = 16,
+                       blank: int = 0, prune: float = -12.0, lm: LMFusion | None = None) -> str:
+    """The best transcript of :func:`prefix_beam_search`."""
+    return prefix_beam_search(log_probs, alphabet, beam, blank, prune, lm)[0][0]

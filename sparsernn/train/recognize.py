@@ -1,52 +1,111 @@
-"""Using a trained CTC speech model: CER and WER on a split (greedy and beam), transcripts of audio files."""
+"""Using a trained CTC speech model: CER and WER on a split (greedy, beam, and beam with a word n-gram
+language model), the LM's weights tuned on the validation split, transcripts of audio files."""
 
 from __future__ import annotations
 
+import itertools
+import time
 from pathlib import Path
 
 import torch
 
 from sparsernn.data import speech
+from sparsernn.ngram import NgramLM
 from sparsernn.train.evaluate import load_trained, model_summary
-from sparsernn.train.metrics import error_rates, greedy_decode, prefix_beam_decode
+from sparsernn.train.metrics import LMFusion, error_rates, greedy_decode, prefix_beam_decode
+
+#: The grid ``sparsernn lm tune`` searches by default.
+ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
+BETAS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
+
+
+def load_lm(path: str | Path, vocabulary, alpha: float, beta: float) -> LMFusion:
+    """An ARPA model checked against the speech model's alphabet, with its fusion weights."""
+    lm = NgramLM.load(path)
+    lm.check_alphabet(vocabulary, str(path))
+    return LMFusion(lm, alpha, beta)
 
 
 @torch.no_grad()
-def recognize(model, data: speech.SpeechSet, vocabulary, batch_size: int, beam: int) -> dict[str, list[str]]:
-    """Greedy and (with ``beam`` > 0) prefix-beam transcripts of every utterance, in set order."""
-    greedy, beamed = [""] * len(data), [""] * len(data)
+def frames_of(model, data: speech.SpeechSet, batch_size: int) -> list[torch.Tensor]:
+    """Each utterance's CTC log-probabilities (T', alphabet), in set order."""
+    out: list[torch.Tensor] = [torch.empty(0)] * len(data)
     for batch in speech.iterate(data, batch_size):
         log_probs, lengths = model(batch.features, batch.lengths)
         for row, index in enumerate(batch.indices):
-            frames = log_probs[:lengths[row], row]
-            greedy[index] = greedy_decode(frames, vocabulary)
-            if beam > 0:
-                beamed[index] = prefix_beam_decode(frames, vocabulary, beam)
-    return {"greedy": greedy, "beam": beamed}
+            out[index] = log_probs[:lengths[row], row]
+    return out
 
 
-def evaluate_speech(path: str | Path, split: str = "test", beam: int = 16) -> dict:
-    """CER and WER of a saved speech model on a split of the data it was trained on."""
-    model, config, vocabulary, checkpoint = load_trained(path, speech=True)
-    data = speech.load_speech(config.data, config.train.seed, splits=(split,))[split]
+def decode_all(frames: list[torch.Tensor], vocabulary, beam: int, lm: LMFusion | None = None
+               ) -> tuple[list[str], float]:
+    """Transcripts (greedy for ``beam`` 0) and the seconds the search took."""
+    started = time.perf_counter()
+    texts = [prefix_beam_decode(f, vocabulary, beam, lm=lm) if beam > 0 else greedy_decode(f, vocabulary)
+             for f in frames]
+    return texts, time.perf_counter() - started
+
+
+def load_split(config, model, split: str) -> speech.SpeechSet:
+    data = speech.load_speech(config.data, splits=(split,))[split]
     data = speech.drop_too_short(data, model.output_lengths, config.data.on_bad_audio)
     if len(data) == 0:
         raise speech.DataError(f"{config.data.path}: the {split} split has no usable utterances")
-    out = recognize(model, data, vocabulary, config.data.eval_batch_size, beam)
-    result = {"split": split, "utterances": len(data), "skipped": len(data.skipped),
+    return data
+
+
+def evaluate_speech(path: str | Path, split: str = "test", beam: int = 16, lm: str | Path | None = None,
+                    alpha: float = 0.5, beta: float = 1.0) -> dict:
+    """CER and WER of a saved speech model on a split of the data it was trained on: greedy, with
+    prefix beam search of width ``beam`` and (given an ARPA file ``lm``) with the LM fused; with the
+    search's real-time factor (decoding seconds per second of audio, the network excluded)."""
+    model, config, vocabulary, checkpoint = load_trained(path, speech=True)
+    fusion = load_lm(lm, vocabulary, alpha, beta) if lm is not None else None
+    data = load_split(config, model, split)
+    frames = frames_of(model, data, config.data.eval_batch_size)
+    audio = data.seconds(config.data.hop_ms)
+    result = {"split": split, "utterances": len(data), "skipped": len(data.skipped), "audio_seconds": audio,
               **model_summary(model, checkpoint), "beam_width": beam}
-    for name, hypotheses in out.items():
-        if name == "beam" and beam == 0:
-            continue
+    searches = {"greedy": (0, None)}
+    if beam > 0:
+        searches["beam"] = (beam, None)
+        if fusion is not None:
+            searches["lm"] = (beam, fusion)
+            result |= {"lm": str(lm), "lm_order": fusion.lm.order, "alpha": alpha, "beta": beta}
+    for name, (width, with_lm) in searches.items():
+        hypotheses, seconds = decode_all(frames, vocabulary, width, with_lm)
         rates = error_rates(data.texts, hypotheses)
         result[f"cer_{name}"], result[f"wer_{name}"] = rates["cer"], rates["wer"]
+        result[f"rtf_{name}"] = seconds / audio
     return result
 
 
-def transcribe(path: str | Path, files: list[str | Path], beam: int = 16) -> list[str]:
-    """One transcript per audio file (any format :func:`~sparsernn.data.speech.read_audio` reads), by
-    prefix beam search (greedy with ``beam`` 0)."""
+def tune_lm(path: str | Path, lm: str | Path, beam: int = 16, alphas=ALPHAS, betas=BETAS,
+            progress=None) -> dict:
+    """The LM weights (alpha, beta) with the lowest WER on the validation split (ties: lower CER), and
+    every point of the grid. The test split is never read."""
     model, config, vocabulary, _ = load_trained(path, speech=True)
+    load_lm(lm, vocabulary, 0.0, 0.0)  # the alphabet check, before any decoding
+    data = load_split(config, model, "valid")
+    frames = frames_of(model, data, config.data.eval_batch_size)
+    language_model = NgramLM.load(lm)
+    grid = []
+    for alpha, beta in itertools.product(alphas, betas):
+        hypotheses, _ = decode_all(frames, vocabulary, beam, LMFusion(language_model, alpha, beta))
+        grid.append({"alpha": alpha, "beta": beta, **error_rates(data.texts, hypotheses)})
+        if progress is not None:
+            progress(grid[-1])
+    best = min(grid, key=lambda point: (point["wer"], point["cer"]))
+    return {"alpha": best["alpha"], "beta": best["beta"], "wer": best["wer"], "cer": best["cer"],
+            "utterances": len(data), "beam_width": beam, "grid": grid}
+
+
+def transcribe(path: str | Path, files: list[str | Path], beam: int = 16, lm: str | Path | None = None,
+               alpha: float = 0.5, beta: float = 1.0) -> list[str]:
+    """One transcript per audio file (any format :func:`~sparsernn.data.speech.read_audio` reads), by
+    prefix beam search (greedy with ``beam`` 0), with an ARPA language model fused if given."""
+    model, config, vocabulary, _ = load_trained(path, speech=True)
+    fusion = load_lm(lm, vocabulary, alpha, beta) if lm is not None else None
     transcripts = []
     with torch.no_grad():
         for file in files:
@@ -54,6 +113,6 @@ def transcribe(path: str | Path, files: list[str | Path], beam: int = 16) -> lis
             values = speech.features(speech.resample(audio, rate, config.data.sample_rate), config.data)
             log_probs, lengths = model(values[None], torch.tensor([values.shape[1]]))
             frames = log_probs[:lengths[0], 0]
-            transcripts.append(prefix_beam_decode(frames, vocabulary, beam) if beam > 0
+            transcripts.append(prefix_beam_decode(frames, vocabulary, beam, lm=fusion) if beam > 0
                                else greedy_decode(frames, vocabulary))
     return transcripts

@@ -114,7 +114,7 @@ class SpeechRecognition(_Task):
 
     def __init__(self, config: RunConfig, ranks: Distributed):
         self.config, self.ranks = config, ranks
-        sets = speech.load_speech(config.data, config.train.seed, splits=("train", "valid"))
+        sets = speech.load_speech(config.data, splits=("train", "valid"))
         self.train_set, self.valid_set = sets["train"], sets["valid"]
         self.vocabulary = speech.ALPHABET
         # The model's output length depends only on its convolutions: check every utterance now.

@@ -67,6 +67,17 @@ def test_output_shapes_lengths_and_padding_invariance(cell, bidirectional):
         torch.testing.assert_close(alone[:n, 0], log_probs[:n, row], atol=1e-5, rtol=1e-5)
 
 
+def test_the_first_recurrent_layer_has_its_input_norm_unless_turned_off():
+    net = model()
+    assert net.input_norm.norm.num_features == 3 * 4 == net.rnns[0].input_size  # channels x bins
+    assert "input_norm.norm.running_mean" in net.state_dict()
+    features = torch.randn(2, 16, 30) * 5 + 3
+    net.train()(features, torch.tensor([30, 20]))  # batch statistics: the norm's input is centred
+    assert net.input_norm.norm.running_mean.abs().sum() > 0
+    plain = model(input_norm=False)
+    assert plain.input_norm is None and not any(k.startswith("input_norm") for k in plain.state_dict())
+
+
 def test_sequence_batch_norm_ignores_padding():
     net = model().train()
     norm = net.norms[0]
@@ -94,7 +105,8 @@ def test_parameter_count_matches_a_hand_count():
     conv = 4 * 1 * 25 + 2 * 4 + 3 * 4 * 9 + 2 * 3  # weights (no bias) and batch-norm scale/shift
     rnn_input = 3 * 4  # 3 channels x 16 bins -> 8 -> 4
     gru = lambda i: 2 * (3 * 8 * (i + 8) + 2 * 3 * 8)  # noqa: E731 - two directions
-    expected = conv + gru(rnn_input) + gru(8) + 2 * 8 + 2 * 8 + 8 * 29 + 29
+    norms = 2 * rnn_input + 2 * 8 + 2 * 8  # before each recurrent layer, and before the output layer
+    expected = conv + gru(rnn_input) + gru(8) + norms + 8 * 29 + 29
     assert sum(p.numel() for p in SpeechModel(16, 29, config).parameters()) == expected
 
 

@@ -49,6 +49,64 @@ def test_evaluate_and_transcribe(speech_run, an4_dir):
     assert len(texts) == 2 and texts[0] == texts[1] and set(texts[0]) <= set(" 'ABCDEFGHIJKLMNOPQRSTUVWXYZ")
 
 
+def test_language_model_built_from_the_training_transcripts_tuned_and_fused(speech_run, an4_dir, tmp_path,
+                                                                          capsys):
+    run, _ = speech_run
+    config, best, arpa = run / "config.yaml", str(run / "checkpoints/best.pt"), str(tmp_path / "lm.arpa")
+    assert main(["lm", "build", "--config", str(config), "-o", arpa, "--order", "2"]) == 0
+    assert "2-gram modified Kneser-Ney model of 12 sentences" in capsys.readouterr().out  # 3 of 4 speakers
+    assert main(["lm", "tune", best, "--lm", arpa, "--beam", "4", "--alphas", "0,1", "--betas", "0,2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("validation WER") == 4 and "best on the validation split" in out
+    result = evaluate_speech(best, "test", beam=4, lm=arpa, alpha=0.0, beta=0.0)
+    # alpha = beta = 0: the fused search ranks as the plain one does
+    assert (result["cer_lm"], result["wer_lm"]) == (result["cer_beam"], result["wer_beam"])
+    assert result["rtf_lm"] > 0 and result["lm_order"] == 2
+    assert main(["evaluate", best, "--lm", arpa, "--alpha", "1", "--beta", "2", "--beam", "4"]) == 0
+    assert "beam 4 + 2-gram LM (alpha 1, beta 2)" in capsys.readouterr().out
+    wav = str(next((an4_dir / "wav/an4test_clstk").rglob("*.wav")))
+    assert main(["transcribe", best, wav, "--lm", arpa, "--beam", "4"]) == 0
+    assert capsys.readouterr().out.startswith(wav)
+
+
+def test_language_model_mistakes_are_clear_errors(speech_run, tmp_path, capsys):
+    run, _ = speech_run
+    best = str(run / "checkpoints/best.pt")
+    (tmp_path / "empty.txt").write_text("\n  \n")
+    assert main(["lm", "build", str(tmp_path / "empty.txt"), "-o", str(tmp_path / "x.arpa")]) == 2
+    assert "empty.txt: the file is empty" in capsys.readouterr().err
+    (tmp_path / "lower.txt").write_text("one two\nthree\n")
+    assert main(["lm", "build", str(tmp_path / "lower.txt"), "-o", str(tmp_path / "lower.arpa")]) == 0
+    assert main(["evaluate", best, "--lm", str(tmp_path / "lower.arpa")]) == 2
+    assert "cannot emit: e h n o r t w" in capsys.readouterr().err
+    assert main(["lm", "build", str(tmp_path / "lower.txt"), "--upper", "-o", str(tmp_path / "up.arpa")]) == 0
+    assert main(["evaluate", best, "--lm", str(tmp_path / "up.arpa"), "--beam", "2"]) == 0
+    (tmp_path / "bad.arpa").write_text("\\data\\\nngram 1=x\n")
+    assert main(["transcribe", best, "x.wav", "--lm", str(tmp_path / "bad.arpa")]) == 2
+    assert "bad.arpa:2: expected 'ngram N=COUNT'" in capsys.readouterr().err
+    assert main(["evaluate", best, "--lm", str(tmp_path / "up.arpa"), "--beam", "0"]) == 2
+    assert "--lm needs a beam search" in capsys.readouterr().err
+
+
+def test_a_checkpoint_from_before_the_input_norm_loads_without_it(speech_run, tmp_path):
+    from sparsernn.checkpoint import save_checkpoint
+    from sparsernn.models.ctc import SpeechModel
+    from sparsernn.train.evaluate import load_trained
+
+    run, _ = speech_run
+    checkpoint = load_checkpoint(run / "checkpoints/best.pt")
+    old = dict(checkpoint["model_config"])
+    del old["input_norm"]
+    config = RunConfig.model_validate(checkpoint["config"])
+    torch.manual_seed(0)
+    net = SpeechModel(16, 29, config.model.model_copy(update={"input_norm": False}))
+    save_checkpoint(tmp_path / "old.pt", {**checkpoint, "model_config": old, "model": net.state_dict()})
+    loaded, *_ = load_trained(tmp_path / "old.pt")
+    assert loaded.input_norm is None
+    features, lengths = torch.randn(1, 16, 40), torch.tensor([40])
+    torch.testing.assert_close(loaded(features, lengths)[0], net.eval()(features, lengths)[0])
+
+
 def test_interrupted_speech_run_resumes_to_identical_end(tmp_path, speech_config, monkeypatch):
     speech_config["data"].update(freq_masks=1, time_masks=1)  # augmentation must resume exactly too
     config = RunConfig.model_validate(speech_config)
