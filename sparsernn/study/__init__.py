@@ -49,6 +49,19 @@ class StudyRun(BaseModel):
     set: tuple[str, ...] = ()
 
 
+class StudyLM(BaseModel):
+    """Speech: a word n-gram LM fused into the test decoding, built from the training transcripts
+    (``measure.py``); alpha and beta chosen beforehand with ``sparsernn lm tune`` on the validation
+    split."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    order: int = Field(3, ge=1)
+    alpha: float = Field(ge=0.0)
+    beta: float
+    beams: tuple[int, ...] = Field((16,), min_length=1, description="beam widths decoded with the LM")
+
+
 class StudyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -64,6 +77,7 @@ class StudyConfig(BaseModel):
                       "beam search width for the beam BLEU (0: off)")
     claims: tuple[Claim, ...] = Field((), description="claims the report computes verdicts for "
                                       "(sparsernn.study.claims)")
+    lm: StudyLM | None = None
 
     @model_validator(mode="after")
     def _consistent(self) -> StudyConfig:

@@ -177,7 +177,9 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
         from sparsernn.train.recognize import evaluate_speech
 
         evaluation = evaluate_speech(best, "test", beam=study.beam)
-        metrics = {key: evaluation[key] for key in evaluation if key.startswith(("cer_", "wer_"))}
+        metrics = {key: evaluation[key] for key in evaluation if key.startswith(("cer_", "wer_", "rtf_"))}
+        if study.lm is not None:
+            metrics |= _with_lm(study, out, config, best)
     elif config.translation:
         from sparsernn.train.translate import evaluate_translation
 
@@ -212,6 +214,26 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
     }
     (directory / "result.json").write_text(json.dumps(result, indent=2) + "\n")
     return result
+
+
+def _with_lm(study, out: Path, config: RunConfig, best: Path) -> dict:
+    """Test CER, WER and the search's real-time factor with the study's LM fused, per beam width
+    (``cer_lm16``, ``rtf_beam64``, ...); the LM is built on first use from the training transcripts
+    (validation speakers left out) into ``DIR/lm.<order>gram.arpa``."""
+    from sparsernn import ngram
+    from sparsernn.data.speech import list_speech
+    from sparsernn.train.recognize import evaluate_speech
+
+    path = out / f"lm.{study.lm.order}gram.arpa"
+    if not path.exists():
+        lines = [entry.text for entry in list_speech(config.data)["train"]]
+        ngram.write_arpa(ngram.build(ngram.tokenize(lines), study.lm.order), path)
+    metrics = {}
+    for width in study.lm.beams:
+        evaluation = evaluate_speech(best, "test", beam=width, lm=path, alpha=study.lm.alpha,
+                                     beta=study.lm.beta)
+        metrics |= {f"{key}{width}": evaluation[key] for key in ("cer_lm", "wer_lm", "rtf_lm", "rtf_beam")}
+    return metrics
 
 
 def training_curves(directory: Path) -> list[dict]:

@@ -85,6 +85,34 @@ def _markdown(rows: list[dict], task: str) -> list[str]:
     return lines
 
 
+def _lm_table(study, results: list[dict]) -> list[str]:
+    """Speech with the study's LM: CER and WER by search, and each search's real-time factor."""
+    if study.lm is None:
+        return []
+    widths = study.lm.beams
+    done = [r for r in results if all(f"cer_lm{w}" in r["metrics"] for w in widths)]
+    if not done:
+        return []
+    header = ("| run | greedy CER / WER | beam " + str(study.beam) + " | "
+              + " | ".join(f"beam {w} + LM" for w in widths) + " | search RTF: beam "
+              + ", ".join(f"{w} / {w} + LM" for w in widths) + " |")
+    lines = [f"Decoding the test split with a {study.lm.order}-gram word LM (modified Kneser-Ney, built by "
+             "`sparsernn lm build` from the training transcripts, validation speakers left out) fused "
+             f"into the prefix beam search: alpha {study.lm.alpha:g}, beta {study.lm.beta:g} (chosen "
+             "with `sparsernn lm tune` on the validation split). CER / WER; the real-time factor is the "
+             "search's seconds per second of audio on one thread, the network excluded.", "",
+             header, "|" + "---|" * (header.count("|") - 1)]
+    for r in done:
+        m = r["metrics"]
+        pair = "{:.1%} / {:.1%}".format
+        cells = [pair(m["cer_greedy"], m["wer_greedy"]),
+                 pair(m["cer_beam"], m["wer_beam"]) if "cer_beam" in m else "-",
+                 *(pair(m[f"cer_lm{w}"], m[f"wer_lm{w}"]) for w in widths),
+                 ", ".join(f"{m[f'rtf_beam{w}']:.3f} / {m[f'rtf_lm{w}']:.3f}" for w in widths)]
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    return [*lines, ""]
+
+
 def _setups(study, results: list[dict]) -> list[list[dict]]:
     """The results grouped by setup: runs that differ only in ``train.seed`` share a group, in the order
     of their seeds (the first names the group)."""
@@ -298,6 +326,7 @@ def write_report(out: Path) -> Path:
     if task == "translation":
         lines += [f"BLEU: sacrebleu `{baseline['bleu_signature']}`; chrF: `{baseline['chrf_signature']}`; "
                   "detokenized output against the references as written.", ""]
+    lines += _lm_table(study, results)
     lines += claims_table(study.claims, {r["name"]: _metric(r)[1] for r in results}, _metric(baseline)[0],
                           higher_is_better=task == "translation")
     lines += _seed_spread(study, results, task)

@@ -124,13 +124,19 @@ def test_speech_study_measures_error_rates_and_audio_speed(tmp_path, speech_conf
     sparse = write_config(tmp_path, "sparse", speech_config)
     runs = [{"name": "dense", "config": sparse, "set": ["prune.method=dense"]},
             {"name": "sparse", "config": sparse}]
-    study = write_study(tmp_path, runs, speed_utterances=2, beam=2)
+    study = write_study(tmp_path, runs, speed_utterances=2, beam=2,
+                        lm={"order": 2, "alpha": 0.5, "beta": 1.0, "beams": [2, 3]})
     assert main(["study", str(study), "--out", str(tmp_path / "out")]) == 0
     results = json.loads((tmp_path / "out/results.json").read_text())["runs"]
-    assert set(results[1]["metrics"]) == {"cer_greedy", "wer_greedy", "cer_beam", "wer_beam"}
+    with_lm = {f"{key}{width}" for key in ("cer_lm", "wer_lm", "rtf_lm", "rtf_beam") for width in (2, 3)}
+    assert set(results[1]["metrics"]) == {"cer_greedy", "wer_greedy", "cer_beam", "wer_beam", "rtf_greedy",
+                                          "rtf_beam"} | with_lm
     assert results[1]["audio_seconds"] > 0 and results[1]["sparsity"] == pytest.approx(0.8, abs=0.01)
+    assert (tmp_path / "out/lm.2gram.arpa").read_text().startswith("\\data\\")
     report = (tmp_path / "out/report.md").read_text()
     assert "| test CER | test WER | CER beam | WER beam | CER vs dense |" in report
+    assert "| run | greedy CER / WER | beam 2 | beam 2 + LM | beam 3 + LM | search RTF: beam 2 / 2 + LM, " \
+           "3 / 3 + LM |" in report
     assert_peers_timed_where_installed(results, report)
 
 
