@@ -62,7 +62,8 @@ def test_every_context_predicts_a_distribution(order):
     model = ngram.build(CORPUS, order)
     lm = ngram.NgramLM(model.probabilities, model.backoffs)
     vocabulary = sorted(lm.words - {"<s>"})
-    for history in (["<s>"], ["<s>", "the"], ["the", "cat"], ["cat", "sat", "on"], ["x", "y"], ["mat", "the"]):
+    histories = (["<s>"], ["<s>", "the"], ["the", "cat"], ["cat", "sat", "on"], ["x", "y"], ["mat", "the"])
+    for history in histories:
         assert sum(math.exp(lm.log_prob(history, w)) for w in vocabulary) == pytest.approx(1.0, abs=1e-6)
 
 
@@ -95,7 +96,8 @@ def test_empty_text_and_reserved_words_are_refused():
         ngram.build([["a", "<s>"]], 2)
 
 
-GOOD = "\\data\\\nngram 1=2\nngram 2=1\n\n\\1-grams:\n-0.5\ta\t-0.1\n-0.3\t</s>\n\n\\2-grams:\n-0.2\ta </s>\n\n\\end\\\n"
+GOOD = ("\\data\\\nngram 1=2\nngram 2=1\n\n\\1-grams:\n-0.5\ta\t-0.1\n-0.3\t</s>\n\n"
+        "\\2-grams:\n-0.2\ta </s>\n\n\\end\\\n")
 
 
 def test_a_good_arpa_parses():

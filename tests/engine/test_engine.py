@@ -167,6 +167,16 @@ def test_trained_speech_checkpoint_transcribes_like_pytorch(tmp_path, speech_con
     files = sorted((an4_dir / "wav/an4test_clstk").rglob("*.wav"))[:3]
     for file, text in zip(files, transcribe(checkpoint, files, beam=4), strict=True):
         assert engine.transcribe(*read_audio(file), beam=4) == text
+    # with a word LM fused, as the checkpoint's search
+    from sparsernn.ngram import NgramLM
+    from sparsernn.train.metrics import LMFusion
+
+    arpa = str(tmp_path / "lm.arpa")
+    assert main(["lm", "build", "--config", str(tmp_path / "run/config.yaml"), "-o", arpa]) == 0
+    fusion = LMFusion(NgramLM.load(tmp_path / "lm.arpa"), alpha=2.0, beta=1.0)
+    fused = transcribe(checkpoint, files, beam=4, lm=tmp_path / "lm.arpa", alpha=2.0, beta=1.0)
+    for file, text in zip(files, fused, strict=True):
+        assert engine.transcribe(*read_audio(file), beam=4, lm=fusion) == text
 
 
 @pytest.mark.parametrize("cell, attention, decoder_layers", [("gru", "bahdanau", 1), ("lstm", "luong", 2),
