@@ -3,7 +3,7 @@
 epoch, seed by seed, with the runs whose last validation CER is above a bar marked.
 
     python scripts/speech_seeds.py configs/an4-dense.yaml configs/an4-narang90.yaml --seeds 8 \\
-        --epochs 4 --out docs/results/an4-seeds --jobs 2
+        --epochs 4 --out docs/results/an4-frontier/seeds --jobs 2
 
 Each run trains into ``OUT/runs/NAME-seedS`` as ``sparsernn train`` does (``finished.json`` marks a
 finished one, which a second call skips, so the table can be built over several sittings); the
@@ -44,22 +44,22 @@ def train(config: Path, seed: int, steps: int, directory: Path, extra: list[str]
 
 def table(runs: dict[str, list[Path]], epochs: int, bar: float, command: str) -> str:
     lines = [f"Validation CER (greedy) after each of the first {epochs} epochs, one row per seed; "
-             f"a run above {bar:.0%} at epoch {epochs} is marked **stalled**.", "",
+             f"a run above {bar:.0%} at epoch {epochs} is marked **above**.", "",
              f"    {command}", ""]
     for name, directories in runs.items():
         lines += [f"**{name}**", "", "| seed | " + " | ".join(f"epoch {e + 1}" for e in range(epochs))
                   + " | |", "|---" * (epochs + 2) + "|"]
-        stalled = 0
+        above = 0
         for seed, directory in enumerate(directories):
             if not (directory / "finished.json").exists():
                 lines.append(f"| {seed} | " + " | ".join("" for _ in range(epochs)) + " | not trained |")
                 continue
             cer = [r["valid_cer"] for r in records(directory)][:epochs]
             bad = cer[-1] > bar
-            stalled += bad
+            above += bad
             lines.append(f"| {seed} | " + " | ".join(f"{c:.1%}" for c in cer)
-                         + f" | {'**stalled**' if bad else ''} |")
-        passed = len(directories) - stalled
+                         + f" | {'**above**' if bad else ''} |")
+        passed = len(directories) - above
         lines += ["", f"{passed} of {len(directories)} below {bar:.0%} at epoch {epochs}.", ""]
     return "\n".join(lines)
 
