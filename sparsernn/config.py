@@ -130,8 +130,8 @@ class SpeechModelConfig(_Section):
     bidirectional: bool = True
     dropout: float = Field(0.0, ge=0.0, lt=1.0)
     input_norm: bool = Field(True, description="sequence-wise batch norm on the first recurrent layer's "
-                             "input too (DS2's form); without it an Adam-family rate of 3e-3 saturates "
-                             "that layer's gates within a few hundred steps on some initialisations")
+                             "input too (DS2's form); without it an Adam rate of 3e-3 stalled some AN4 "
+                             "initialisations")
 
     @model_validator(mode="after")
     def _conv_needed(self) -> SpeechModelConfig:

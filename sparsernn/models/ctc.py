@@ -101,8 +101,8 @@ class SpeechModel(nn.Module):
         self.rnns = nn.ModuleList(_RECURRENT[config.cell](sizes[i], config.hidden_size, config.bidirectional)
                                   for i in range(config.layers))
         # Batch norm on each recurrent layer's input; the first layer's (``input_norm``) centres the
-        # clipped-ReLU output of the convolutions, whose mean of about 0.4 over 512 inputs otherwise lets
-        # every Adam step move that layer's pre-activations by the same sign until its gates saturate.
+        # clipped-ReLU output of the convolutions (mean about 0.4, deviation 0.6 on AN4), without which
+        # the presets' rate stalled one AN4 initialisation in three (docs/results/an4-frontier/notes.md).
         self.input_norm = SequenceBatchNorm(sizes[0]) if config.input_norm else None
         self.norms = nn.ModuleList(SequenceBatchNorm(config.hidden_size) for _ in range(config.layers - 1))
         self.directions = directions
