@@ -121,27 +121,25 @@ def _lm_build(args: argparse.Namespace) -> int:
         raise UserError("give the text files, or --config CONFIG for a speech config's training transcripts")
     if args.config:
         from sparsernn.config import load_config
-        from sparsernn.data.speech import list_speech
+        from sparsernn.train.recognize import transcripts_lm
 
         config = load_config(args.config)
         if not config.speech:
             raise UserError(f"{args.config}: not a speech config (data.kind {config.data.kind})")
-        lines, source = [entry.text for entry in list_speech(config.data)["train"]], \
-            f"the training transcripts of {args.config} (validation speakers left out)"
+        if args.upper:
+            raise UserError("--upper is for text files; a speech config's transcripts are upper case already")
+        model = transcripts_lm(config.data, args.order)
+        source = f"the training transcripts of {args.config} (validation speakers left out)"
     else:
         from sparsernn.data.text import read_text
 
-        lines, source = [line for path in args.text for line in read_text(Path(path)).splitlines()], \
-            ", ".join(args.text)
-    if args.upper:
-        lines = [line.upper() for line in lines]
-    sentences = ngram.tokenize(lines)
-    if not sentences:
-        raise UserError(f"{source}: no words to build a language model from (the text is empty)")
-    model = ngram.build(sentences, args.order)
+        lines = [line for path in args.text for line in read_text(Path(path)).splitlines()]
+        model = ngram.build(ngram.tokenize([line.upper() for line in lines] if args.upper else lines),
+                            args.order)
+        source = ", ".join(args.text)
     ngram.write_arpa(model, args.output)
     sizes = ", ".join(f"{len(grams):,} {n}-grams" for n, grams in enumerate(model.probabilities, start=1))
-    print(f"{args.output}: {args.order}-gram modified Kneser-Ney model of {len(sentences):,} sentences from "
+    print(f"{args.output}: {args.order}-gram modified Kneser-Ney model of {model.sentences:,} sentences from "
           f"{source}: {sizes}")
     for n, (values, fallback) in enumerate(zip(model.discounts, model.fallback, strict=True), start=1):
         if fallback:

@@ -47,6 +47,7 @@ class NgramModel:
     backoffs: list[dict[Gram, float]]  # [n - 1][gram] -> log10 gamma(gram), grams that are contexts
     discounts: list[tuple[float, float, float]]  # per order (D1, D2, D3+)
     fallback: list[bool]  # per order: the discounts are FALLBACK
+    sentences: int  # estimated from
 
 
 def tokenize(lines: Iterable[str]) -> list[list[str]]:
@@ -129,7 +130,7 @@ def build(sentences: Sequence[Sequence[str]], order: int) -> NgramModel:
             backoffs.append({context: math.log10(value) for context, value in gamma.items()})
         lower = p
     backoffs.append({})  # the highest order's grams are never contexts
-    return NgramModel(order, probabilities, backoffs, found, fell_back)
+    return NgramModel(order, probabilities, backoffs, found, fell_back, len(sentences))
 
 
 def _format(value: float) -> str:

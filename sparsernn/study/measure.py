@@ -220,14 +220,12 @@ def _with_lm(study, out: Path, config: RunConfig, best: Path) -> dict:
     """Test CER, WER and the search's real-time factor with the study's LM fused, per beam width
     (``cer_lm16``, ``rtf_beam64``, ...); the LM is built on first use from the training transcripts
     (validation speakers left out) into ``DIR/lm.<order>gram.arpa``."""
-    from sparsernn import ngram
-    from sparsernn.data.speech import list_speech
-    from sparsernn.train.recognize import evaluate_speech
+    from sparsernn.ngram import write_arpa
+    from sparsernn.train.recognize import evaluate_speech, transcripts_lm
 
     path = out / f"lm.{study.lm.order}gram.arpa"
     if not path.exists():
-        lines = [entry.text for entry in list_speech(config.data)["train"]]
-        ngram.write_arpa(ngram.build(ngram.tokenize(lines), study.lm.order), path)
+        write_arpa(transcripts_lm(config.data, study.lm.order), path)
     metrics = {}
     for width in study.lm.beams:
         evaluation = evaluate_speech(best, "test", beam=width, lm=path, alpha=study.lm.alpha,

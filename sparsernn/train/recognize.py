@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 
+from sparsernn import ngram
 from sparsernn.data import speech
 from sparsernn.ngram import NgramLM
 from sparsernn.train.evaluate import load_trained, model_summary
@@ -17,6 +18,13 @@ from sparsernn.train.metrics import LMFusion, error_rates, greedy_decode, prefix
 #: The grid ``sparsernn lm tune`` searches by default.
 ALPHAS = (0.0, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0)
 BETAS = (0.0, 0.5, 1.0, 2.0, 3.0, 4.0, 5.0)
+
+
+def transcripts_lm(data_config, order: int) -> ngram.NgramModel:
+    """A word n-gram model of a speech data config's training transcripts (validation speakers left
+    out, as the model being decoded was trained)."""
+    lines = [entry.text for entry in speech.list_speech(data_config)["train"]]
+    return ngram.build(ngram.tokenize(lines), order)
 
 
 def load_lm(path: str | Path, vocabulary, alpha: float, beta: float) -> LMFusion:
@@ -85,10 +93,9 @@ def tune_lm(path: str | Path, lm: str | Path, beam: int = 16, alphas=ALPHAS, bet
     """The LM weights (alpha, beta) with the lowest WER on the validation split (ties: lower CER), and
     every point of the grid. The test split is never read."""
     model, config, vocabulary, _ = load_trained(path, speech=True)
-    load_lm(lm, vocabulary, 0.0, 0.0)  # the alphabet check, before any decoding
+    language_model = load_lm(lm, vocabulary, 0.0, 0.0).lm  # checked before any decoding
     data = load_split(config, model, "valid")
     frames = frames_of(model, data, config.data.eval_batch_size)
-    language_model = NgramLM.load(lm)
     grid = []
     for alpha, beta in itertools.product(alphas, betas):
         hypotheses, _ = decode_all(frames, vocabulary, beam, LMFusion(language_model, alpha, beta))
