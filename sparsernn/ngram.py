@@ -168,14 +168,9 @@ class NgramLM:
 
     @classmethod
     def load(cls, path: str | Path) -> NgramLM:
-        path = Path(path)
-        try:
-            text = path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            raise ArpaError(f"{path}: language model not found") from None
-        except (OSError, UnicodeDecodeError) as error:
-            raise ArpaError(f"{path}: cannot read the language model ({error})") from None
-        return cls(*parse_arpa(text, str(path)))
+        from sparsernn.data.text import read_text  # a missing, unreadable or empty file: an error naming it
+
+        return cls(*parse_arpa(read_text(Path(path)), str(path)))
 
     def log_prob(self, history: Sequence[str], word: str) -> float:
         """ln p(word | the last order-1 words of history)."""

@@ -107,7 +107,7 @@ def test_a_good_arpa_parses():
 
 
 @pytest.mark.parametrize("text, message", [
-    ("", r"lm.arpa: empty file"),
+    ("", r"lm.arpa: the file is empty"),
     ("ngram 1=2\n", r"lm.arpa:1: expected the \\data\\ header"),
     (GOOD.replace("ngram 1=2", "ngram 1=3"), r"lm.arpa:5: .*announces 3 1-grams, the section holds 2"),
     (GOOD.replace("ngram 2=1", "ngram two=1"), r"lm.arpa:3: expected 'ngram N=COUNT'"),
@@ -120,12 +120,12 @@ def test_a_good_arpa_parses():
 ])
 def test_malformed_arpa_names_the_line(tmp_path, text, message):
     (tmp_path / "lm.arpa").write_text(text)
-    with pytest.raises(ngram.ArpaError, match=message):
+    with pytest.raises(UserError, match=message):
         ngram.NgramLM.load(tmp_path / "lm.arpa")
 
 
 def test_missing_arpa_file(tmp_path):
-    with pytest.raises(ngram.ArpaError, match="not found"):
+    with pytest.raises(UserError, match="none.arpa: file not found"):
         ngram.NgramLM.load(tmp_path / "none.arpa")
 
 
