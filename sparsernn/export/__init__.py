@@ -26,7 +26,8 @@ from sparsernn.export.program import ProgramError, check_program
 from sparsernn.kernels import CELLS, FormatError, SparseMatrix, bf16_bits, bf16_values, smallest_layout
 
 FORMAT = 4
-#: Formats this sparsernn reads: 2 (no program) and 3 (an optional program in the metadata).
+#: Formats this sparsernn reads: 2 (no program), 3 (an optional program in the metadata) and 4 (int8
+#: values, uint8 block-column indices).
 READABLE = (2, 3, 4)
 VALUE_TYPES = ("fp32", "fp16", "bf16", "int8")
 

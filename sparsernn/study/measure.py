@@ -168,7 +168,7 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
 
     directory = run_dir(out, name)
     best = directory / "checkpoints" / "best.pt"
-    model, config, _, checkpoint = load_trained(best)
+    model, config, vocabulary, checkpoint = load_trained(best)
     timed_as_baseline = _baseline_source(study, out)
     baseline = (model if name == timed_as_baseline  # the baseline times itself: load it once
                 else load_trained(run_dir(out, timed_as_baseline) / "checkpoints" / "best.pt")[0])
@@ -179,7 +179,7 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
         evaluation = evaluate_speech(best, "test", beam=study.beam)
         metrics = {key: evaluation[key] for key in evaluation if key.startswith(("cer_", "wer_", "rtf_"))}
         if study.lm is not None:
-            metrics |= _with_lm(study, out, config, best)
+            metrics |= _with_lm(study, out, config, model, vocabulary)
     elif config.translation:
         from sparsernn.train.translate import evaluate_translation
 
@@ -216,22 +216,24 @@ def measure_run(study, name: str, config: RunConfig, out: Path) -> dict:
     return result
 
 
-def _with_lm(study, out: Path, config: RunConfig, best: Path) -> dict:
+def _with_lm(study, out: Path, config: RunConfig, model, vocabulary) -> dict:
     """Test CER, WER and the search's real-time factor with the study's LM fused, per beam width
     (``cer_lm16``, ``rtf_beam64``, ...); the LM is built on first use from the training transcripts
     (validation speakers left out) into ``DIR/lm.<order>gram.arpa``."""
     from sparsernn.ngram import write_arpa
-    from sparsernn.train.recognize import evaluate_speech, transcripts_lm
+    from sparsernn.train.recognize import frames_of, load_lm, load_split, search_rates, transcripts_lm
 
     path = out / f"lm.{study.lm.order}gram.arpa"
     if not path.exists():
         write_arpa(transcripts_lm(config.data, study.lm.order), path)
-    metrics = {}
-    for width in study.lm.beams:
-        evaluation = evaluate_speech(best, "test", beam=width, lm=path, alpha=study.lm.alpha,
-                                     beta=study.lm.beta)
-        metrics |= {f"{key}{width}": evaluation[key] for key in ("cer_lm", "wer_lm", "rtf_lm", "rtf_beam")}
-    return metrics
+    fusion = load_lm(path, vocabulary, study.lm.alpha, study.lm.beta)
+    data = load_split(config, model, "test")
+    frames = frames_of(model, data, config.data.eval_batch_size)
+    searches = {f"{kind}{width}": (width, lm) for width in study.lm.beams
+                for kind, lm in (("beam", None), ("lm", fusion))}
+    rates = search_rates(frames, data, vocabulary, searches, config.data.hop_ms)
+    # the plain search's error rates are the main metrics' (at study.beam); here only its speed
+    return {key: value for key, value in rates.items() if not key.startswith(("cer_beam", "wer_beam"))}
 
 
 def training_curves(directory: Path) -> list[dict]:

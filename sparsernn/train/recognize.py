@@ -71,20 +71,27 @@ def evaluate_speech(path: str | Path, split: str = "test", beam: int = 16, lm: s
     fusion = load_lm(lm, vocabulary, alpha, beta) if lm is not None else None
     data = load_split(config, model, split)
     frames = frames_of(model, data, config.data.eval_batch_size)
-    audio = data.seconds(config.data.hop_ms)
-    result = {"split": split, "utterances": len(data), "skipped": len(data.skipped), "audio_seconds": audio,
-              **model_summary(model, checkpoint), "beam_width": beam}
+    result = {"split": split, "utterances": len(data), "skipped": len(data.skipped),
+              "audio_seconds": data.seconds(config.data.hop_ms), **model_summary(model, checkpoint),
+              "beam_width": beam}
     searches = {"greedy": (0, None)}
     if beam > 0:
         searches["beam"] = (beam, None)
         if fusion is not None:
             searches["lm"] = (beam, fusion)
             result |= {"lm": str(lm), "lm_order": fusion.lm.order, "alpha": alpha, "beta": beta}
-    for name, (width, with_lm) in searches.items():
-        hypotheses, seconds = decode_all(frames, vocabulary, width, with_lm)
+    return result | search_rates(frames, data, vocabulary, searches, config.data.hop_ms)
+
+
+def search_rates(frames: list[torch.Tensor], data: speech.SpeechSet, vocabulary,
+                 searches: dict[str, tuple[int, LMFusion | None]], hop_ms: float) -> dict:
+    """``cer_NAME``, ``wer_NAME`` and ``rtf_NAME`` (the search's seconds per second of audio) of each
+    search ``NAME: (beam width, LM or None)`` over the frames of ``data``."""
+    audio, result = data.seconds(hop_ms), {}
+    for name, (width, fusion) in searches.items():
+        hypotheses, seconds = decode_all(frames, vocabulary, width, fusion)
         rates = error_rates(data.texts, hypotheses)
-        result[f"cer_{name}"], result[f"wer_{name}"] = rates["cer"], rates["wer"]
-        result[f"rtf_{name}"] = seconds / audio
+        result |= {f"cer_{name}": rates["cer"], f"wer_{name}": rates["wer"], f"rtf_{name}": seconds / audio}
     return result
 
 
