@@ -36,7 +36,11 @@ def load_trained(path: str | Path,
     ``speech``: require a speech (True) or language (False) model, with an error naming the file.
     """
     checkpoint = load_checkpoint(path)
-    config = RunConfig.model_validate(checkpoint["config"])
+    raw = checkpoint["config"]
+    if "valid_seed" not in raw["data"] and raw["data"].get("kind") in ("an4", "manifest", "librispeech"):
+        # written before data.valid_seed: its held-out speakers were drawn with train.seed
+        raw = {**raw, "data": {**raw["data"], "valid_seed": raw.get("train", {}).get("seed", 0)}}
+    config = RunConfig.model_validate(raw)
     if speech is not None and config.speech != speech:
         wanted = "a speech (CTC)" if speech else "a language"
         raise ConfigError(f"{path}: {wanted} model is needed here, this checkpoint holds "

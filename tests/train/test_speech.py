@@ -107,6 +107,19 @@ def test_a_checkpoint_from_before_the_input_norm_loads_without_it(speech_run, tm
     torch.testing.assert_close(loaded(features, lengths)[0], net.eval()(features, lengths)[0])
 
 
+def test_a_checkpoint_from_before_valid_seed_keeps_the_speakers_it_held_out(speech_run, tmp_path):
+    from sparsernn.checkpoint import save_checkpoint
+    from sparsernn.train.evaluate import load_trained
+
+    run, _ = speech_run
+    checkpoint = load_checkpoint(run / "checkpoints/best.pt")
+    old = {**checkpoint["config"], "train": {**checkpoint["config"]["train"], "seed": 3}}
+    old["data"] = {k: v for k, v in old["data"].items() if k != "valid_seed"}
+    save_checkpoint(tmp_path / "old.pt", {**checkpoint, "config": old})
+    assert load_trained(tmp_path / "old.pt")[1].data.valid_seed == 3
+    assert load_trained(run / "checkpoints/best.pt")[1].data.valid_seed == 0
+
+
 def test_interrupted_speech_run_resumes_to_identical_end(tmp_path, speech_config, monkeypatch):
     speech_config["data"].update(freq_masks=1, time_masks=1)  # augmentation must resume exactly too
     config = RunConfig.model_validate(speech_config)
