@@ -18,6 +18,7 @@ typedef struct {
     size_t error_size;
     char where[160];
     unsigned char *defined; /* per value */
+    int lengths;            /* the value of the lengths input (packed sequences), or -1 */
 } loader;
 
 #define FAIL(l, ...) (snprintf((l)->error, (l)->error_size, "program: %s", (l)->where), \
@@ -170,6 +171,12 @@ static sr_status load_rnn(loader *l, const json *node, op *o) {
     if (gates > l->model->max_gates) l->model->max_gates = gates;
     if (hidden > l->model->max_hidden) l->model->max_hidden = hidden;
     if (o->out * o->directions > l->model->max_out) l->model->max_out = o->out * o->directions;
+    /* Lengths (packed sequences): this runtime runs one sequence at a time, whose length is all of its
+     * steps, so such an op runs as one without them. */
+    const json *lengths = json_get(node, "lengths");
+    if (lengths && lengths->kind != JSON_NULL &&
+        (l->lengths < 0 || find_value(l->model, json_string(lengths)) != l->lengths || !l->model->whole))
+        return FAIL(l, "lengths must name the program's lengths input, in mode whole");
     if ((s = define(l, node, "y", (long)o->out * o->directions, 0, &o->y))) return s;
     o->hn = o->cn = -1;
     const long per = layers * o->directions;
@@ -273,9 +280,9 @@ static sr_status load_op(loader *l, const json *node, op *o) {
 }
 
 sr_status sr_program_load(sr_model *model, const json *program, char *error, size_t error_size) {
-    loader l = {model, error, error_size, "", NULL};
+    loader l = {model, error, error_size, "", NULL, -1};
     long long version;
-    if (json_integer(json_get(program, "version"), 1, 1, &version)) return FAIL(&l, "version must be 1");
+    if (json_integer(json_get(program, "version"), 1, 2, &version)) return FAIL(&l, "version must be 1 or 2");
     const char *mode = json_string(json_get(program, "mode"));
     if (!mode || (strcmp(mode, "stream") && strcmp(mode, "whole"))) return FAIL(&l, "mode must be stream or whole");
     model->whole = !strcmp(mode, "whole");
@@ -308,6 +315,13 @@ sr_status sr_program_load(sr_model *model, const json *program, char *error, siz
         if (index < 0 || !dtype) {
             s = FAIL(&l, "input %s has no entry in values or no dtype", name ? name : "(none)");
             break;
+        }
+        if (json_get(entry, "lengths")) { /* never read as a value: only named by rnn ops */
+            if (version < 2 || json_get(entry, "lengths")->kind != JSON_TRUE || !strcmp(dtype, "float32") ||
+                json_get(entry, "state") || l.lengths >= 0)
+                s = FAIL(&l, "input %s: lengths need program version 2, true, an integer dtype, one such input", name);
+            l.lengths = index;
+            continue;
         }
         l.defined[index] = 1;
         if (json_get(entry, "state")) continue;

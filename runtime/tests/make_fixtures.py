@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT))
 
 from sparsernn import Pruner, load_sparse, save_sparse  # noqa: E402
 from sparsernn.prune import OneShotSchedule  # noqa: E402
-from tests.engine.test_program import Mixer, RNNModel, Tagger, WordLM, pruned  # noqa: E402
+from tests.engine.test_program import Mixer, PackedTagger, RNNModel, Tagger, WordLM, pruned  # noqa: E402
 
 OUT = Path(__file__).parent / "fixtures"
 STEPS = 24
@@ -52,6 +52,8 @@ def cases():
     yield "tagger", pruned(Tagger()), (tokens[:7].T,), tokens.T, "fp32"
     yield "mixer", Mixer(), (torch.randn(1, 5, 8),), torch.randn(1, STEPS, 8), "fp32"
     yield "lstm_int8", pruned(WordLM(nn.LSTM)), (tokens[:5],), long, "int8"
+    one = torch.tensor([STEPS])  # packed sequences, one at a time: its length all of its steps
+    yield "packed", pruned(PackedTagger()), (tokens[:7].T, torch.tensor([7])), (tokens.T, one), "fp32"
 
 
 def main(out: Path = OUT) -> None:

@@ -34,7 +34,7 @@ static int failures;
     } while (0)
 
 static const char *const FIXTURES[] = {"lstm", "gru", "rnn_relu", "lstm_proj", "gru_8x1", "gru_bf16",
-                                       "rnnmodel", "tagger", "mixer", "lstm_int8"};
+                                       "rnnmodel", "tagger", "packed", "mixer", "lstm_int8"};
 
 /* max |a - b| / max |b| */
 static double relative(const float *a, const float *b, size_t n) {

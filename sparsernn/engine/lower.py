@@ -13,10 +13,19 @@ specializes it), so the lowering exports three times, at the example's length ``
 ``T + 1`` and at ``B + 1``, and labels each axis of each tensor by the sizes that change: ``"T"``,
 ``"B"``, a merged ``"TB"``/``"BT"`` (``view(-1, n)``), or a feature size. Operations then act on the
 feature axes only, one step at a time, which is what streaming needs.
+
+Packed sequences (``pack_padded_sequence`` -> recurrent layer -> ``pad_packed_sequence``) cannot be
+exported as they are: a packed batch's shape depends on the lengths' values. While exporting, the
+lowering keeps the batch padded instead (:func:`_packing_kept_padded`) and marks each recurrent layer's
+input with the lengths it was packed with (the ``sparsernn::packed`` op); the program's recurrent op
+then runs each batch column over its own length and pads with zeros, as PyTorch does. The sorting by
+length that packing does (and undoes) reorders the batch only, which a program, whose batch columns are
+independent, need not do: it is followed through the graph and must be undone by every output.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import operator
@@ -50,6 +59,80 @@ _SOFTMAX = {aten.softmax.int: "softmax", aten._softmax.default: "softmax",
 _BINARY = {aten.add.Tensor: "add", aten.mul.Tensor: "mul", aten.sub.Tensor: "sub", aten.div.Tensor: "div"}
 _ZEROS = {aten.zeros.default, aten.zeros_like.default, aten.new_zeros.default}
 _SPLITS = {aten.split.Tensor, aten.split_with_sizes.default, aten.chunk.default}
+_CASTS = {aten.to.dtype, aten.to.dtype_layout, aten._to_copy.default}
+_SORTS = {aten.sort.default, aten.sort.stable}
+
+
+@torch.library.custom_op("sparsernn::packed", mutates_args=())
+def _packed(x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    """In an exported graph: ``x`` (time, batch, features), the input of a recurrent layer, packed with
+    ``lengths`` (one per batch column); the identity otherwise."""
+    return x.clone()
+
+
+@_packed.register_fake
+def _(x, lengths):
+    return torch.empty_like(x)
+
+
+class _PackedBatch:
+    """A PackedSequence's ``batch_sizes`` while a forward is exported: the data stays padded (time-major,
+    flattened as packed data is) and the lengths ride along to the recurrent layer. PyTorch's code
+    around packing reads ``[0]`` (the batch), ``size(0)`` (the longest length) and ``device``."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, steps: int, batch: int, lengths: torch.Tensor):
+        self.steps, self.batch, self.lengths = steps, batch, lengths
+
+    def __getitem__(self, index):
+        return self.batch
+
+    def size(self, dim: int = 0) -> int:
+        return self.steps
+
+
+@contextlib.contextmanager
+def _packing_kept_padded():
+    """Within: ``pack_padded_sequence`` keeps the batch padded, a recurrent layer given such a batch runs
+    on it with its input marked by :func:`_packed`, and ``pad_packed_sequence`` takes it back (PyTorch's
+    ``_VF`` functions that they call, replaced; every other call passes through)."""
+    from torch import _VF
+
+    def pack(x, lengths, batch_first):
+        x = x.transpose(0, 1) if batch_first else x
+        steps, batch = x.shape[:2]
+        return x.reshape(steps * batch, *x.shape[2:]), _PackedBatch(steps, batch, lengths)
+
+    def pad(data, sizes, batch_first, padding_value, total_length):
+        if padding_value != 0:
+            raise LoweringError(f"pad_packed_sequence(padding_value={padding_value}): a program pads with "
+                                "zeros")
+        if total_length != sizes.steps:
+            raise LoweringError("pad_packed_sequence(total_length=...) is not supported: the program's "
+                                "outputs are as long as its inputs")
+        out = data.reshape(sizes.steps, sizes.batch, *data.shape[1:])
+        return (out.transpose(0, 1) if batch_first else out), sizes.lengths
+
+    def recurrent(original):
+        def call(*args):
+            if not isinstance(args[1], _PackedBatch):
+                return original(*args)
+            data, sizes, hx, *rest = args  # the packed overload: no batch_first, time-major
+            x = _packed(data.reshape(sizes.steps, sizes.batch, *data.shape[1:]), sizes.lengths)
+            output, *states = original(x, hx, *rest, False)
+            return (output.reshape(sizes.steps * sizes.batch, *output.shape[2:]), *states)
+        return call
+
+    patches = {"_pack_padded_sequence": pack, "_pad_packed_sequence": pad}
+    patches |= {name: recurrent(getattr(_VF, name)) for name in ("lstm", "gru", "rnn_tanh", "rnn_relu")}
+    for name, function in patches.items():
+        setattr(_VF, name, function)
+    try:
+        yield
+    finally:
+        for name in patches:
+            delattr(_VF, name)
 
 
 def _module(node: torch.fx.Node) -> str:
@@ -69,9 +152,11 @@ def _shape(node) -> tuple[int, ...] | None:
 
 
 def _export(model: nn.Module, args: tuple) -> torch.export.ExportedProgram:
-    with warnings.catch_warnings():
+    with warnings.catch_warnings(), _packing_kept_padded():
         warnings.simplefilter("ignore")  # "tensor attributes ... _flat_weights were assigned during export"
-        return torch.export.export(model, args)
+        exported = torch.export.export(model, args)
+    exported.graph.eliminate_dead_code()  # e.g. the lengths pad_packed_sequence returns, unused
+    return exported
 
 
 def _recurrent_nodes(program: torch.export.ExportedProgram) -> list[torch.fx.Node]:
@@ -178,6 +263,11 @@ class _Lowering:
         self.recurrent: dict[str, dict] = {}  # recurrent node name -> its op
         self.state_inputs: dict[str, dict] = {}  # input name -> {"op": index, "part": "h" | "c"}
         self.state_outputs: dict[str, dict] = {}  # getitem name -> the same
+        self.packed: dict[str, str] = {}  # a packed input's node name -> the value of its lengths
+        self.sorts: dict[str, str] = {}  # a sort's node name -> the value it sorts (lengths)
+        self.permutations: dict[str, int] = {}  # an index that reorders the batch: +1 sorts, -1 restores
+        self.scratch: set[str] = set()  # tensors an inverse permutation is built in
+        self.order: dict[str, int] = {}  # node name -> its batch order: 0 the inputs', 1 sorted
 
     # -- names -----------------------------------------------------------------------------------
     def value(self, node: torch.fx.Node) -> str:
@@ -222,8 +312,29 @@ class _Lowering:
             elif node.op == "call_function":
                 self.lower(node)
 
-    def lower(self, node: torch.fx.Node) -> None:  # noqa: C901 (one branch per supported operation)
+    def lower(self, node: torch.fx.Node) -> None:
+        """One node; then its batch order, that of its inputs, which must agree."""
+        self._lower(node)
+        if node.name not in self.order:
+            orders = {self.order.get(source.name, 0) for source in node.all_input_nodes  # zeros: any order
+                      if not {source.name} & (self.weights.keys() | self.permutations.keys() | self.zeros)}
+            if len(orders) > 1:
+                raise _fail(node, "combines batch columns in different orders (a batch sorted by length, as "
+                                  "pack_padded_sequence does, and not restored)")
+            self.order[node.name] = orders.pop() if orders else 0
+
+    def _lower(self, node: torch.fx.Node) -> None:  # noqa: C901 (one branch per supported operation)
         target, args = node.target, node.args
+        if target == torch.ops.sparsernn.packed.default:
+            self.alias[node.name] = self.value(args[0])
+            self.packed[node.name] = self.value(args[1])
+            return
+        if target in _CASTS or target in _SORTS or target in (aten.empty_like.default, aten.arange.start,
+                                                              aten.arange.default, aten.scatter_.src,
+                                                              aten.scatter.src, aten.index_select.default,
+                                                              aten.index.Tensor):
+            self._reordering(node)
+            return
         if target in _ALIASES or (target in _VIEWS and self._keeps_order(node)):
             self.alias[node.name] = self.value(args[0])
             return
@@ -279,7 +390,46 @@ class _Lowering:
         else:
             raise _fail(node, "operation not supported by the program lowering (supported: embedding, "
                               "linear, RNN/GRU/LSTM, layer_norm, tanh/relu/sigmoid, softmax/log_softmax, "
-                              "add/mul/sub/div, cat, slice/select/split, views, dropout)")
+                              "add/mul/sub/div, cat, slice/select/split, views, dropout, packed sequences)")
+
+    def _reordering(self, node: torch.fx.Node) -> None:
+        """Casts, and the batch's sorting by length and its restoring (``pack_padded_sequence`` with
+        ``enforce_sorted=False``, ``pad_packed_sequence``): aliases, the batch order followed."""
+        target, args = node.target, node.args
+        source = args[0]
+        if target in _CASTS:
+            if source.name in self.permutations:
+                self.permutations[node.name] = self.permutations[source.name]
+                return
+            before, after = source.meta["val"].dtype, node.meta["val"].dtype
+            if before != after and not (before.is_floating_point is after.is_floating_point is False):
+                raise _fail(node, f"a cast from {before} to {after} is not supported")
+            self.alias[node.name] = self.value(source)
+        elif target in _SORTS:
+            if self.axes(source) != ["B"]:
+                raise _fail(node, "sorting is supported for the batch's lengths only (pack_padded_sequence)")
+            self.sorts[node.name] = self.value(source)
+        elif target in (aten.empty_like.default, aten.arange.start, aten.arange.default):
+            self.scratch.add(node.name)  # where the inverse permutation is built; nothing else may read it
+        elif target in (aten.scatter_.src, aten.scatter.src):
+            empty, dim, index, counts = args[:4]
+            if empty.name not in self.scratch or counts.name not in self.scratch or \
+                    index.name not in self.permutations or dim != 0:
+                raise _fail(node, "scatter is supported as invert_permutation only (pack_padded_sequence)")
+            self.permutations[node.name] = -self.permutations[index.name]
+        else:  # index_select(x, dim, index), x[index]
+            dim, index = (args[1], args[2]) if target == aten.index_select.default else (0, args[1])
+            if target == aten.index.Tensor:
+                if len(index) != 1 or index[0] is None:
+                    raise _fail(node, "indexing is supported along the batch only")
+                index = index[0]
+            axes = self.axes(source)
+            if not isinstance(index, torch.fx.Node) or index.name not in self.permutations or \
+                    axes[dim % len(axes)] != "B":
+                raise _fail(node, "selecting along an axis is supported for reordering the batch only, as "
+                                  "pack_padded_sequence and pad_packed_sequence do")
+            self.alias[node.name] = self.value(source)
+            self.order[node.name] = self.order.get(source.name, 0) + self.permutations[index.name]
 
     def _emit(self, node: torch.fx.Node, op: str, **fields) -> None:
         self.ops.append({"op": op, "module": _module(node), **fields, "y": self.define(node)})
@@ -330,6 +480,8 @@ class _Lowering:
               "bidirectional": bool(bidirectional), "hidden_size": int(hidden_size),
               "proj_size": int(outputs) if "weight_hr" in weights[0] else 0, "weights": weights,
               "h0": None, "c0": None, "hn": None, "cn": None, "y": None}
+        if x.name in self.packed:  # run each batch column over its own length
+            op["lengths"] = self.packed[x.name]
         states = list(hx) if isinstance(hx, (list, tuple)) else [hx]
         for part, state in zip(("h0", "c0"), states, strict=False):
             if state.name in self.zeros:
@@ -343,6 +495,13 @@ class _Lowering:
 
     def _getitem(self, node: torch.fx.Node) -> None:
         source, index = node.args
+        if source.name in self.sorts:  # (sorted values, the permutation that sorts)
+            if index == 0:
+                self.alias[node.name] = self.sorts[source.name]
+                self.order[node.name] = self.order.get(source.args[0].name, 0) + 1
+            else:
+                self.permutations[node.name] = 1
+            return
         if source.name in self.recurrent:
             op = self.recurrent[source.name]
             if index == 0:
@@ -471,11 +630,20 @@ def _lower(model: nn.Module, example_inputs: tuple) -> dict:
     signature = base.graph_signature
     if len(leaves) != len(signature.user_inputs):
         raise LoweringError("the example inputs must be tensors only (no other arguments)")
+    lengths = {op["lengths"] for op in lowering.ops if op.get("lengths")}
+    if lengths - set(signature.user_inputs):
+        raise LoweringError("the lengths given to pack_padded_sequence must be an input of the forward (a "
+                            "tensor of one length per batch column)")
     inputs = []
     for name, leaf in zip(signature.user_inputs, leaves, strict=True):
         entry = {"name": name, "dtype": str(leaf.dtype).removeprefix("torch."), "axes": labels[name]}
         if name in lowering.state_inputs:
             entry["state"] = lowering.state_inputs[name]
+        elif name in lengths:
+            if leaf.dtype not in (torch.int64, torch.int32) or labels[name] != ["B"]:
+                raise LoweringError(f"input {name}: the lengths of pack_padded_sequence must be int64 or "
+                                    "int32, one per batch column")
+            entry["lengths"] = True
         elif leaf.dtype not in (torch.int64, torch.int32, torch.float32):
             raise LoweringError(f"input {name}: dtype {leaf.dtype} (token ids int64/int32 or features "
                                 "float32)")
@@ -486,6 +654,9 @@ def _lower(model: nn.Module, example_inputs: tuple) -> dict:
         value = lowering.alias.get(name, name)
         if value not in lowering.values or value in lowering.state_inputs:
             raise _fail(node, "an output that is not computed by the program")
+        if lowering.order.get(name, 0):
+            raise _fail(node, "an output whose batch is in another order than the inputs' (sorted by length "
+                              "and not restored)")
         entry = {"name": value, "axes": labels[name]}
         if value in lowering.state_outputs:
             entry["state"] = lowering.state_outputs[value]
@@ -494,7 +665,9 @@ def _lower(model: nn.Module, example_inputs: tuple) -> dict:
         raise LoweringError("the forward's first output must be a computed tensor (not a state)")
     bidirectional = any(op["op"] == "rnn" and op["bidirectional"] for op in lowering.ops)
     in_spec = pytree.tree_flatten(example_inputs)[1]
-    return {"version": 1, "mode": "whole" if bidirectional else "stream", "inputs": inputs,
+    # version 2: lengths (packed sequences); a program without them stays readable by version 1 readers
+    return {"version": 2 if lengths else 1, "mode": "whole" if bidirectional or lengths else "stream",
+            "inputs": inputs,
             "outputs": outputs, "values": lowering.values, "ops": lowering.ops,
             "in_spec": pytree.treespec_dumps(in_spec),
             "out_spec": pytree.treespec_dumps(base.call_spec.out_spec)}

@@ -46,8 +46,10 @@ class ProgramEngine:
         self.sizes = program["values"]
         self.inputs, self.outputs = program["inputs"], program["outputs"]
         self._prepared = [self._prepare(op, tensors) for op in self.ops]
-        self._sequence_inputs = [k for k, spec in enumerate(self.inputs) if "state" not in spec]
+        self._sequence_inputs = [k for k, spec in enumerate(self.inputs)
+                                 if "state" not in spec and "lengths" not in spec]
         self._state_inputs = [k for k, spec in enumerate(self.inputs) if "state" in spec]
+        self._length_inputs = [k for k, spec in enumerate(self.inputs) if "lengths" in spec]
         self._streams = program["mode"] == "stream"
         self._state: list | None = None  # per op: a RecurrentStack state for rnn ops, else None
         self._batch = 0
@@ -132,11 +134,18 @@ class ProgramEngine:
     # -- running ---------------------------------------------------------------------------------
     def run(self, inputs: list[np.ndarray | None]) -> list[np.ndarray]:
         """The program over whole sequences: ``inputs`` in the program's order, each ``(T, features, n)``
-        (token ids ``(T, 1, n)``; a state input ``(features, n)``, or None to carry the state on); returns
-        the outputs likewise (a state output is the state after the last step). One step in mode
-        ``"stream"`` is one compiled call."""
+        (token ids ``(T, 1, n)``; a state input ``(features, n)``, or None to carry the state on; the
+        lengths of packed sequences ``(1, n)``); returns the outputs likewise (a state output is the state
+        after the last step). One step in mode ``"stream"`` is one compiled call."""
         sequences = [inputs[k] for k in self._sequence_inputs]
         steps, batch = sequences[0].shape[0], sequences[0].shape[-1]
+        lengths = {}
+        for k in self._length_inputs:
+            lengths[self.inputs[k]["name"]] = column = np.asarray(inputs[k]).reshape(-1).astype(np.int64)
+            if column.shape != (batch,) or column.min() < 1 or column.max() != steps:
+                raise ValueError(f"input {self.inputs[k]['name']}: one length per batch column ({batch}), "
+                                 f"from 1 to the {steps} steps, the longest all {steps} (as "
+                                 f"pad_packed_sequence pads to the longest), got {column.tolist()}")
         if not self._streams:
             self.reset()
         if self._state is None or self._batch != batch:
@@ -146,7 +155,7 @@ class ProgramEngine:
                 self._set_state(self.inputs[k]["state"], inputs[k])
         if steps == 1 and self._streams and self.backend == "c":
             return self._compiled_step(sequences)
-        values = self._whole(sequences, steps, batch)
+        values = self._whole(sequences, steps, batch, lengths)
         return [values[spec["name"]] if "state" not in spec else self._get_state(spec["state"])
                 for spec in self.outputs]
 
@@ -154,7 +163,8 @@ class ProgramEngine:
         """Each step of the sequences on its own, one after the other, state carried (what the C runtime
         does): the outputs of every step stacked, as :meth:`run` returns them."""
         if self.program["mode"] != "stream":
-            raise ValueError("this program has a bidirectional layer: it runs whole sequences only")
+            raise ValueError("this program has a bidirectional layer or packed sequences: it runs whole "
+                             "sequences only")
         steps = next(a for a, spec in zip(inputs, self.inputs, strict=True) if "state" not in spec).shape[0]
         rows = []
         for t in range(steps):
@@ -190,8 +200,10 @@ class ProgramEngine:
         outputs = [buffers[spec["name"]] for spec in self.outputs]  # states copied there by the program
         return program, [buffers[spec["name"]] for spec in sequence_inputs], outputs
 
-    def _whole(self, sequences: list[np.ndarray], steps: int, batch: int) -> dict[str, np.ndarray]:
-        """Every op over all steps at once: values (features, T * n), columns in time order."""
+    def _whole(self, sequences: list[np.ndarray], steps: int, batch: int, lengths: dict[str, np.ndarray]
+               ) -> dict[str, np.ndarray]:
+        """Every op over all steps at once: values (features, T * n), columns in time order; a recurrent
+        op with lengths runs each column over its own (:func:`_by_length`)."""
         values = {}
         for array, spec in zip(sequences, [self.inputs[k] for k in self._sequence_inputs], strict=True):
             ids = spec["dtype"].startswith("int")
@@ -200,8 +212,9 @@ class ProgramEngine:
                                                          dtype=np.float32))
         for op, prepared, state in zip(self.ops, self._prepared, self._state, strict=True):
             if op["op"] == "rnn":
-                x = values[op["x"]]
-                out = prepared(np.ascontiguousarray(x.reshape(x.shape[0], steps, batch)), state)
+                x = np.ascontiguousarray(values[op["x"]].reshape(-1, steps, batch))
+                out = (_by_length(prepared, x, state, lengths[op["lengths"]]) if op.get("lengths") else
+                       prepared(x, state))
                 values[op["y"]] = out.reshape(out.shape[0], -1)
                 continue
             if op["y"] not in values:
@@ -210,6 +223,25 @@ class ProgramEngine:
                             backend_name=self.backend)()
         return {spec["name"]: values[spec["name"]].reshape(-1, steps, batch).transpose(1, 0, 2)
                 for spec in self.outputs if "state" not in spec}
+
+
+def _by_length(stack: RecurrentStack, x: np.ndarray, state, lengths: np.ndarray) -> np.ndarray:
+    """``stack`` over ``x`` (features, T, n) where column ``b`` is ``lengths[b]`` steps long (a packed
+    sequence): each group of columns of one length runs its steps (a backward direction from its own
+    last step), zeros after them, and the state left is each column's after its last step."""
+    steps, batch = x.shape[1:]
+    out = np.zeros((stack.output_size * len(stack.layers[0]), steps, batch), np.float32)
+    for length in np.unique(lengths):
+        columns = np.flatnonzero(lengths == length)
+        part = [[tuple(None if a is None else np.ascontiguousarray(a[:, columns]) for a in pair)
+                 for pair in layer] for layer in state]
+        out[:, :length, columns] = stack(np.ascontiguousarray(x[:, :length, columns]), part)
+        for pairs, part_pairs in zip(state, part, strict=True):
+            for pair, part_pair in zip(pairs, part_pairs, strict=True):
+                for whole, piece in zip(pair, part_pair, strict=True):
+                    if whole is not None:
+                        whole[:, columns] = piece
+    return out
 
 
 def _step_operations(op: dict, prepared, state, buffers: dict) -> list[tuple]:

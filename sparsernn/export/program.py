@@ -31,9 +31,9 @@ def _integer(value, what: str, low: int = 0) -> int:
 def check_program(program: dict, shapes: dict[str, tuple[int, ...]]) -> None:
     """Raise :class:`ProgramError` unless ``program`` is well formed against tensors of ``shapes`` (by
     name, ties resolved): every name defined before use, every size consistent."""
-    if not isinstance(program, dict) or program.get("version") != 1:
+    if not isinstance(program, dict) or program.get("version") not in (1, 2):
         version = program.get("version") if isinstance(program, dict) else None
-        raise ProgramError(f"program version {version!r}; this sparsernn reads 1")
+        raise ProgramError(f"program version {version!r}; this sparsernn reads 1 and 2")
     if program.get("mode") not in ("stream", "whole"):
         raise ProgramError(f"mode must be stream or whole, got {program.get('mode')!r}")
     sizes = program.get("values")
@@ -50,10 +50,14 @@ def check_program(program: dict, shapes: dict[str, tuple[int, ...]]) -> None:
         _check_axes(entry, sizes)
         if entry.get("dtype") not in ("int64", "int32", "float32"):
             raise ProgramError(f"input {name}: dtype must be int64, int32 or float32")
+        if "lengths" in entry and (entry["lengths"] is not True or program["version"] < 2 or
+                                   entry["dtype"] == "float32" or entry["axes"] != ["B"] or "state" in entry):
+            raise ProgramError(f"input {name}: lengths (program version 2) are true, integers, axes [\"B\"]")
         defined.add(name)
-    if all("state" in entry for entry in inputs):
-        raise ProgramError("the program needs an input that is not a state")
-    ids = {entry["name"] for entry in inputs if entry["dtype"] != "float32"}
+    if all("state" in entry or "lengths" in entry for entry in inputs):
+        raise ProgramError("the program needs a sequence input (not a state, not lengths)")
+    lengths = {entry["name"] for entry in inputs if "lengths" in entry}
+    ids = {entry["name"] for entry in inputs if entry["dtype"] != "float32"} - lengths
     recurrent = set()
     for index, op in enumerate(program.get("ops") or []):
         where = f"op {index} ({op.get('op')!r}, module {op.get('module')!r})"
@@ -63,6 +67,11 @@ def check_program(program: dict, shapes: dict[str, tuple[int, ...]]) -> None:
             if (op.get("op") == "embedding") != (op.get("x") in ids) or op.get("other") in ids:
                 raise ProgramError("token ids (integer inputs) are read by embedding ops only, and embedding "
                                    "ops read token ids only")
+            if {op.get(key) for key in ("x", "other", "h0", "c0")} & lengths or \
+                    (op.get("lengths") is not None and (op["op"] != "rnn" or op["lengths"] not in lengths)):
+                raise ProgramError("lengths are read by rnn ops only, as their lengths")
+            if op.get("lengths") is not None and program["mode"] != "whole":
+                raise ProgramError("an rnn op with lengths needs mode whole")
             _check_op(op, sizes, shapes, defined, program["mode"])
         except ProgramError as error:
             raise ProgramError(f"{where}: {error}") from None

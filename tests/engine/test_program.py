@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from sparsernn import kernels, load_sparse, save_sparse, sparsify
 from sparsernn.engine import LoweringError, ProgramEngine, SparseProgram
@@ -201,6 +202,96 @@ def test_features_in_and_the_ops_besides_products(backend):
         torch.testing.assert_close(torch.cat([s[k] for s in steps], dim=1), expected[k], **TOLERANCE)
 
 
+class PackedTagger(nn.Module):
+    """examples/gru_tagger.py's form: a bidirectional GRU over a padded batch packed by its lengths."""
+
+    def __init__(self, vocab=40):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, 12, padding_idx=0)
+        self.gru = nn.GRU(12, 16, num_layers=2, batch_first=True, bidirectional=True)
+        self.out = nn.Linear(32, 3)
+
+    def forward(self, tokens, lengths):  # (B, T), (B,)
+        packed = pack_padded_sequence(self.embedding(tokens), lengths, batch_first=True, enforce_sorted=False)
+        hidden, _ = pad_packed_sequence(self.gru(packed)[0], batch_first=True)
+        return self.out(hidden)
+
+
+class PackedLM(nn.Module):
+    """A unidirectional LSTM on a time-major batch packed sorted, its state given and returned."""
+
+    def __init__(self, vocab=40):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, 12)
+        self.rnn = nn.LSTM(12, 16, 2)
+        self.out = nn.Linear(16, vocab)
+
+    def forward(self, tokens, lengths, state):
+        packed = pack_padded_sequence(self.embedding(tokens), lengths)
+        output, state = self.rnn(packed, state)
+        return self.out(pad_packed_sequence(output)[0]).log_softmax(-1), state
+
+
+def _batch(steps: int, batch: int, *, sort: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (batch, steps), zero past each of the batch's lengths (the longest all ``steps``)."""
+    lengths = torch.randint(1, steps + 1, (batch,))
+    lengths[batch // 2] = steps
+    if sort:
+        lengths = lengths.sort(descending=True).values
+    tokens = torch.randint(1, 40, (batch, steps)) * (torch.arange(steps) < lengths[:, None])
+    return tokens, lengths
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_packed_sequences_run_each_column_over_its_own_length_as_pytorch(backend):
+    torch.manual_seed(6)
+    model = pruned(PackedTagger()).eval()
+    fast = sparsify(model, example_inputs=_batch(7, 3), backend=backend)
+    program = fast.engine.program
+    assert (program["version"], program["mode"]) == (2, "whole")
+    assert [op["op"] for op in program["ops"]] == ["embedding", "rnn", "linear"]
+    assert program["ops"][1]["lengths"] == "lengths" and program["inputs"][1]["lengths"] is True
+    with torch.no_grad():
+        for steps, batch in ((7, 3), (12, 5), (4, 1)):
+            tokens, lengths = _batch(steps, batch)
+            torch.testing.assert_close(fast(tokens, lengths), model(tokens, lengths), **TOLERANCE)
+        with pytest.raises(ValueError, match="the longest all 12"):
+            fast(*_batch(12, 2)[:1], torch.tensor([3, 5]))
+    # a time-major LSTM packed sorted, its state in and out (the state is reordered to the sorted batch)
+    torch.manual_seed(7)
+    model = pruned(PackedLM()).eval()
+    state = (torch.randn(2, 4, 16), torch.randn(2, 4, 16))
+    tokens, lengths = _batch(6, 4, sort=True)
+    fast = sparsify(model, example_inputs=(tokens.T, lengths, state), backend=backend)
+    with torch.no_grad():
+        got, got_state = fast(tokens.T, lengths, state)
+        expected, expected_state = model(tokens.T, lengths, state)
+    torch.testing.assert_close(got, expected, **TOLERANCE)
+    for part in range(2):
+        torch.testing.assert_close(got_state[part], expected_state[part], **TOLERANCE)
+    with pytest.raises(ValueError, match="packed sequences: it runs whole sequences only"):
+        fast.engine.stream([tokens.T.numpy()[:, None], lengths.numpy()[None], None])
+
+
+class SortsAndKeeps(PackedTagger):
+    def forward(self, tokens, lengths):
+        lengths, order = lengths.sort(descending=True)  # sorted here, never restored
+        return super().forward(tokens.index_select(0, order), lengths)
+
+
+class LengthsFromTokens(PackedTagger):
+    def forward(self, tokens):
+        return super().forward(tokens, (tokens != 0).sum(1))
+
+
+def test_packed_sequences_that_cannot_be_a_program_are_refused():
+    tokens, lengths = _batch(7, 3)
+    with pytest.raises(LoweringError, match="an output whose batch is in another order"):
+        sparsify(SortsAndKeeps().eval(), example_inputs=(tokens, lengths))
+    with pytest.raises(LoweringError, match="aten.ne.Scalar: operation not supported"):
+        sparsify(LengthsFromTokens().eval(), example_inputs=(tokens,))
+
+
 class Unknown(nn.Module):
     def __init__(self):
         super().__init__()
@@ -317,6 +408,19 @@ def test_format_2_files_still_load_and_the_program_is_checked(tmp_path):
     _rewrite(path, lambda m: m["program"]["values"].update(linear=7))
     with pytest.raises(ExportError, match=r"op 2 \('linear'.*holds 7 features, the op computes 40"):
         ProgramEngine.from_file(path)
+
+
+def test_lengths_are_checked_on_load(tmp_path):
+    path = tmp_path / "tagger.safetensors"
+    example = _batch(7, 3)
+    for edit, message in [(lambda p: p.update(version=1), "lengths .program version 2."),
+                          (lambda p: p["ops"][1].update(lengths="tokens"), "lengths are read by rnn ops only"),
+                          (lambda p: p["ops"][2].update(x="lengths"), "lengths are read by rnn ops only"),
+                          (lambda p: p.update(mode="stream"), "needs mode whole")]:
+        save_sparse(pruned(PackedTagger()).eval(), path, example_inputs=example)
+        _rewrite(path, lambda m, edit=edit: edit(m["program"]))
+        with pytest.raises(ExportError, match=message):
+            ProgramEngine.from_file(path)
 
 
 def test_an_altered_program_fails_the_digest(tmp_path):

@@ -41,10 +41,23 @@ def test_gru_tagger(tmp_path):
     lines = (" ".join(rng.choice(WORDS) for _ in range(rng.randint(2, 8))) for _ in range(600))
     text.write_text("\n".join(lines))
     result = load("gru_tagger").main(["--data", str(text), "--hidden", "32", "--steps", "200",
-                                      "--seconds", "0.05"])
+                                      "--seconds", "0.05", "--out", str(tmp_path / "out")])
     assert result["sparsity"] == pytest.approx(0.9, abs=0.01)
     scores = list(result["f1"].values())
-    assert scores[0] > 0.5 and scores == pytest.approx([scores[0]] * 3, abs=1e-6)
+    assert len(scores) == 4 and scores[0] > 0.5 and scores == pytest.approx([scores[0]] * 4, abs=1e-6)
+    assert set(result["us"]) == {"pytorch", "sparsified", "program"}
+    # the saved program (packed sequences) in the C runtime, a line at a time, as the Python engine
+    if shutil.which("cc") is None or shutil.which("make") is None:
+        return
+    subprocess.run(["make", "--no-print-directory", "-s", "runtime"], cwd=EXAMPLES.parent, check=True)
+    line = np.array([rng.randint(1, 16) for _ in range(23)], np.int64)  # the alphabet has 17
+    np.save(tmp_path / "line.npy", line)
+    model = tmp_path / "out/tagger.safetensors"
+    subprocess.run([str(EXAMPLES.parent / "build/runtime/sparsernn-run"), str(model), "--input",
+                    str(tmp_path / "line.npy"), "--output", str(tmp_path / "tags.npy"), "--whole"],
+                   check=True)
+    engine = ProgramEngine.from_file(model).run([line[:, None, None], np.array([[len(line)]])])[0]
+    np.testing.assert_allclose(np.load(tmp_path / "tags.npy"), engine[:, :, 0], rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(shutil.which("cc") is None or shutil.which("make") is None,
