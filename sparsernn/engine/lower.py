@@ -428,7 +428,8 @@ class _Lowering:
                     axes[dim % len(axes)] != "B":
                 raise _fail(node, "selecting along an axis is supported for reordering the batch only, as "
                                   "pack_padded_sequence and pad_packed_sequence do")
-            self.alias[node.name] = self.value(source)
+            state = self.alias.get(source.name, source.name)  # a final state, put back in the batch's order
+            self.alias[node.name] = state if state in self.state_outputs else self.value(source)
             self.order[node.name] = self.order.get(source.name, 0) + self.permutations[index.name]
 
     def _emit(self, node: torch.fx.Node, op: str, **fields) -> None:

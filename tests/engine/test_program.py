@@ -232,6 +232,21 @@ class PackedLM(nn.Module):
         return self.out(pad_packed_sequence(output)[0]).log_softmax(-1), state
 
 
+class PackedProjected(nn.Module):
+    """A bidirectional projected LSTM packed time-major, its final states returned (PyTorch restores their
+    batch order)."""
+
+    def __init__(self, vocab=40):
+        super().__init__()
+        self.embedding = nn.Embedding(vocab, 12)
+        self.rnn = nn.LSTM(12, 16, 2, bidirectional=True, proj_size=5)
+        self.out = nn.Linear(10, 3)
+
+    def forward(self, tokens, lengths):  # (T, B), (B,)
+        output, (h, c) = self.rnn(pack_padded_sequence(self.embedding(tokens), lengths, enforce_sorted=False))
+        return self.out(torch.tanh(pad_packed_sequence(output)[0])), h, c
+
+
 def _batch(steps: int, batch: int, *, sort: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (batch, steps), zero past each of the batch's lengths (the longest all ``steps``)."""
     lengths = torch.randint(1, steps + 1, (batch,))
@@ -271,6 +286,12 @@ def test_packed_sequences_run_each_column_over_its_own_length_as_pytorch(backend
         torch.testing.assert_close(got_state[part], expected_state[part], **TOLERANCE)
     with pytest.raises(ValueError, match="packed sequences: it runs whole sequences only"):
         fast.engine.stream([tokens.T.numpy()[:, None], lengths.numpy()[None], None])
+    model = pruned(PackedProjected()).eval()
+    fast = sparsify(model, example_inputs=(tokens.T, lengths), backend=backend)
+    tokens, lengths = _batch(9, 5)
+    with torch.no_grad():
+        for got, expected in zip(fast(tokens.T, lengths), model(tokens.T, lengths), strict=True):
+            torch.testing.assert_close(got, expected, **TOLERANCE)
 
 
 class SortsAndKeeps(PackedTagger):
