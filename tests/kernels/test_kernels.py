@@ -706,3 +706,22 @@ def test_the_compiled_matrix_refuses_int8_values_it_cannot_run():
         kernels._compiled().matrix(*csr, matrix.int8, matrix.scales[:-1], 16)
     with pytest.raises(ValueError, match="CSR with uint16 indices"):
         kernels._compiled().matrix(16, 16, 2, 1, *csr[4:], matrix.int8, matrix.scales, 16)
+
+
+def test_contiguous_copies_any_view_and_transposes_in_tiles_where_it_can():
+    """Against numpy: every permutation of a 4-D array (axes of size 1 included), a strided view, and
+    into a given array; the tiled transpose runs where the view regroups two row-major groups."""
+    rng = np.random.default_rng(0)
+    array = rng.random((7, 5, 1, 33), dtype=np.float32)
+    tiled = 0
+    for order in itertools.permutations(range(4)):
+        view = array.transpose(order)
+        got = kernels.contiguous(view)
+        assert got.flags.c_contiguous and np.array_equal(got, view), order
+        tiled += kernels._transposition(view) is not None
+    assert tiled == 8  # (5 33 | 7) and (33 | 7 5), the axis of size 1 anywhere
+    strided = rng.random((10, 6), dtype=np.float32)[:, ::2].T
+    assert kernels._transposition(strided) is None and np.array_equal(kernels.contiguous(strided), strided)
+    out = np.zeros((2, 33, 35), np.float32)
+    kernels.contiguous(array.reshape(35, 33).T, out=out[1])
+    assert np.array_equal(out[1], array.reshape(35, 33).T) and not out[0].any()
