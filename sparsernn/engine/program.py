@@ -206,10 +206,11 @@ class ProgramEngine:
         op with lengths runs each column over its own (:func:`_by_length`)."""
         values = {}
         for array, spec in zip(sequences, [self.inputs[k] for k in self._sequence_inputs], strict=True):
-            ids = spec["dtype"].startswith("int")
-            features = array.astype(np.float32, copy=False).transpose(1, 0, 2)  # (F, T, n)
-            values[spec["name"]] = (array.reshape(-1).astype(np.int32) if ids else
-                                    kernels.contiguous(features).reshape(array.shape[1], -1))
+            if spec["dtype"].startswith("int"):
+                values[spec["name"]] = array.reshape(-1).astype(np.int32)
+            else:  # (T, F, n) -> (F, T * n)
+                features = kernels.contiguous(array.astype(np.float32, copy=False).transpose(1, 0, 2))
+                values[spec["name"]] = features.reshape(array.shape[1], -1)
         for op, prepared, state in zip(self.ops, self._prepared, self._state, strict=True):
             if op["op"] == "rnn":
                 x = np.ascontiguousarray(values[op["x"]].reshape(-1, steps, batch))
