@@ -47,7 +47,7 @@ class NgramModel:
     backoffs: list[dict[Gram, float]]  # [n - 1][gram] -> log10 gamma(gram), grams that are contexts
     discounts: list[tuple[float, float, float]]  # per order (D1, D2, D3+)
     fallback: list[bool]  # per order: the discounts are FALLBACK
-    sentences: int  # estimated from
+    sentences: int  # the sentences it was estimated from
 
 
 def tokenize(lines: Iterable[str]) -> list[list[str]]:

@@ -316,8 +316,9 @@ class _Lowering:
         """One node; then its batch order, that of its inputs, which must agree."""
         self._lower(node)
         if node.name not in self.order:
-            orders = {self.order.get(source.name, 0) for source in node.all_input_nodes  # zeros: any order
-                      if not {source.name} & (self.weights.keys() | self.permutations.keys() | self.zeros)}
+            orderless = self.weights.keys() | self.permutations.keys() | self.zeros  # zeros: any order
+            orders = {self.order.get(source.name, 0) for source in node.all_input_nodes
+                      if source.name not in orderless}
             if len(orders) > 1:
                 raise _fail(node, "combines batch columns in different orders (a batch sorted by length, as "
                                   "pack_padded_sequence does, and not restored)")
