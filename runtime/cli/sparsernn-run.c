@@ -94,8 +94,7 @@ int main(int argc, char **argv) {
         const size_t size = sr_run_size(model, T, threads);
         if (!(memory = malloc(size))) goto memory;
         /* timed: the second of two runs, as a program that runs sequences one after another sees it (the
-         * first touches the scratch's and the output's fresh pages: 70 ms of 250 for a 10,000-word LM over
-         * 2,000 tokens) */
+         * first also pays for the first touch of the scratch's and the output's fresh pages) */
         if (timed && T && sr_run(model, T, in.data, out, memory, size, threads, error, sizeof error)) goto failed;
         clock_gettime(CLOCK_MONOTONIC, &start);
         if (T && sr_run(model, T, in.data, out, memory, size, threads, error, sizeof error)) goto failed;
