@@ -1,7 +1,8 @@
 """Where a streamed token's time goes when a model runs as one program from Python: the compiled step
 alone, the step as the extension runs it with the copies in and out, the whole `SparseProgram` call (and
 that of a forward returning the logits alone), and the family engine on the same file; the PTB-shaped LSTM LM
-(2x200, vocabulary 10,000, 90% pruned at random), batch 1, one thread, best of five runs of 3,000 calls.
+(2x200, vocabulary 10,000, 90% pruned at random), batch 1, one thread, best of five runs of 3,000 calls;
+then per token in the loop `sparsernn bench --end-to-end` times (a slice of a token stream per call).
 
     python benchmarks/probes/program_overhead.py
 """
@@ -63,6 +64,21 @@ def main() -> None:
             "the same for a forward returning the logits alone": microseconds(lambda: logits_only(token)),
             "LanguageModelEngine on the same file (logits only)": microseconds(lambda: engine(token.numpy())),
         }
+        # the bench's loop (sparsernn bench --end-to-end): a slice of a token stream per call
+        stream, compiled = torch.zeros(200, 1, dtype=torch.long), kernels._compiled()
+
+        def floor():  # the least a Python call can do: the slice in, the step, three tensors out
+            for t in range(200):
+                arrays = compiled.step(step._program, [(stream[t:t + 1].numpy(), buffers[0])], results)
+                torch.from_numpy(arrays[0]), torch.from_numpy(arrays[1]), torch.from_numpy(arrays[2])
+
+        def called():
+            for t in range(200):
+                program(stream[t:t + 1])
+
+        rows["in the bench's loop: the extension's step, the slice in and three tensors out"] = \
+            microseconds(floor, 15) / 200
+        rows["in the bench's loop: SparseProgram called"] = microseconds(called, 15) / 200
     print("| one streamed token, LSTM 2x200 LM | us |\n|---|---|")
     for name, us in rows.items():
         print(f"| {name} | {us:.1f} |")
