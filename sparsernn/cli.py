@@ -47,6 +47,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
     if args.beam is not None and args.beam < 0:
         raise UserError(f"--beam must be >= 0, got {args.beam}")
+    if args.lexicon and args.lm is None:
+        raise UserError("--lexicon keeps transcripts to the words of --lm: give --lm")
     config = RunConfig.model_validate(load_checkpoint(args.checkpoint)["config"])
     if config.translation:
         from sparsernn.train.translate import evaluate_translation
@@ -64,13 +66,15 @@ def _evaluate(args: argparse.Namespace) -> int:
         width = 16 if args.beam is None else args.beam
         if args.lm is not None and width == 0:
             raise UserError("--lm needs a beam search: --beam must be > 0")
-        result = evaluate_speech(args.checkpoint, args.split, width, args.lm, args.alpha, args.beta)
+        result = evaluate_speech(args.checkpoint, args.split, width, args.lm, args.alpha, args.beta,
+                                 args.lexicon)
         beam = (f"; beam {width}: CER {result['cer_beam']:.2%}, WER {result['wer_beam']:.2%}"
                 if width else "")
         if args.lm is not None:
+            words = ", its words only" if args.lexicon else ""
             beam += (f"; beam {width} + {result['lm_order']}-gram LM (alpha {args.alpha:g}, beta "
-                     f"{args.beta:g}): CER {result['cer_lm']:.2%}, WER {result['wer_lm']:.2%} (search RTF "
-                     f"{result['rtf_lm']:.3f})")
+                     f"{args.beta:g}{words}): CER {result['cer_lm']:.2%}, WER {result['wer_lm']:.2%} "
+                     f"(search RTF {result['rtf_lm']:.3f})")
         print(f"{args.checkpoint} ({args.split}, {result['utterances']} utterances, step {result['step']}): "
               f"greedy CER {result['cer_greedy']:.2%}, WER {result['wer_greedy']:.2%}{beam}; "
               f"{result['nonzero_parameters']:,} non-zero of {result['parameters']:,} parameters")
@@ -106,7 +110,9 @@ def _transcribe(args: argparse.Namespace) -> int:
         raise UserError(f"--beam must be >= 0, got {args.beam}")
     if args.lm is not None and args.beam == 0:
         raise UserError("--lm needs a beam search: --beam must be > 0")
-    texts = transcribe(args.checkpoint, args.files, args.beam, args.lm, args.alpha, args.beta)
+    if args.lexicon and args.lm is None:
+        raise UserError("--lexicon keeps transcripts to the words of --lm: give --lm")
+    texts = transcribe(args.checkpoint, args.files, args.beam, args.lm, args.alpha, args.beta, args.lexicon)
     for path, text in zip(args.files, texts, strict=True):
         print(f"{path}\t{text}")
     return 0
@@ -168,10 +174,11 @@ def _lm_tune(args: argparse.Namespace) -> int:
               f"CER {point['cer']:.2%}", flush=True)
 
     result = tune_lm(args.checkpoint, args.lm, args.beam, grid(args.alphas, ALPHAS, "alphas"),
-                     grid(args.betas, BETAS, "betas"), progress=show)
+                     grid(args.betas, BETAS, "betas"), progress=show, lexicon=args.lexicon)
     print(f"best on the validation split ({result['utterances']} utterances, beam {args.beam}): alpha "
           f"{result['alpha']:g}, beta {result['beta']:g} (WER {result['wer']:.2%}, CER {result['cer']:.2%}); "
-          f"use --lm {args.lm} --alpha {result['alpha']:g} --beta {result['beta']:g}")
+          f"use --lm {args.lm} --alpha {result['alpha']:g} --beta {result['beta']:g}"
+          f"{' --lexicon' if args.lexicon else ''}")
     return 0
 
 
@@ -234,6 +241,12 @@ def _lm_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--alpha", type=float, default=0.5,
                         help="with --lm: weight of the LM's log-probability (sparsernn lm tune finds one)")
     parser.add_argument("--beta", type=float, default=1.0, help="with --lm: bonus per word")
+    _lexicon_option(parser)
+
+
+def _lexicon_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--lexicon", action="store_true",
+                        help="with --lm: spell transcripts from the LM's words only (as a lexicon decoder)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -292,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--beam", type=int, default=16)
     tune.add_argument("--alphas", help="comma-separated (default 0,0.25,0.5,0.75,1,1.5,2)")
     tune.add_argument("--betas", help="comma-separated (default 0,0.5,1,2,3,4,5)")
+    _lexicon_option(tune)
     tune.set_defaults(handler=_lm_tune)
 
     score = commands.add_parser("score", help="perplexity of a checkpoint on text files")

@@ -7,10 +7,11 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 
 import torch
 
-from sparsernn.ngram import BOS, EOS, NgramLM
+from sparsernn.ngram import BOS, EOS, UNK, NgramLM
 
 
 def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
@@ -52,11 +53,31 @@ def _add(a: float, b: float) -> float:
 class LMFusion:
     """A word language model fused into the prefix beam search (Hannun et al. 2014): a transcript W
     scores ``log P_ctc(W | audio) + alpha * log P_lm(W) + beta * words(W)``, natural logs, the
-    sentence's end included in ``P_lm``. Words are the runs of non-space characters."""
+    sentence's end included in ``P_lm``. Words are the runs of non-space characters. With ``lexicon``,
+    transcripts are spelled from the LM's words only (as a lexicon decoder's are): a word that is no
+    prefix of one is not extended, and a transcript whose words are not all the LM's is dropped."""
 
     lm: NgramLM
     alpha: float = 0.5
     beta: float = 1.0
+    lexicon: bool = False
+
+    @cached_property
+    def words(self) -> frozenset[str]:
+        """The LM's vocabulary, sentence marks and ``<unk>`` left out."""
+        return frozenset(self.lm.words) - {BOS, EOS, UNK}
+
+    @cached_property
+    def prefixes(self) -> frozenset[str]:
+        return frozenset(word[:k] for word in self.words for k in range(1, len(word) + 1))
+
+    def spells(self, partial: str) -> bool:
+        """Whether a word may begin so: any, or with ``lexicon`` the beginning of one of the LM's."""
+        return not self.lexicon or partial in self.prefixes
+
+    def closes(self, partial: str) -> bool:
+        """Whether a word may end so: any, or with ``lexicon`` one of the LM's."""
+        return not self.lexicon or partial in self.words
 
     def word(self, history: tuple[str, ...], word: str) -> float:
         return self.alpha * self.lm.log_prob((BOS, *history), word) + self.beta
@@ -78,7 +99,8 @@ def prefix_beam_search(log_probs: torch.Tensor, alphabet: Sequence[str], beam: i
     end in its last label, so that alignments collapsing to the same text are summed, which greedy
     decoding does not do. Labels below ``prune`` (log-probability) at a frame are not extended. With
     ``lm``, a prefix's score adds the LM's part for each word it completes (at the space after it), and
-    the final scores add the last word's and the sentence end's.
+    the final scores add the last word's and the sentence end's; with ``lm.lexicon``, only the spellings
+    of the LM's words are extended, and only transcripts of its words are returned.
     """
     frames = log_probs.double().tolist()
     space = alphabet.index(" ") if " " in alphabet else None
@@ -86,14 +108,19 @@ def prefix_beam_search(log_probs: torch.Tensor, alphabet: Sequence[str], beam: i
     # Per prefix (with an LM): its completed words, the word it is in, and the LM's part so far.
     words: dict[tuple[int, ...], tuple[tuple[str, ...], str, float]] = {(): ((), "", 0.0)}
 
-    def extended(prefix: tuple[int, ...], c: int) -> tuple[int, ...]:
+    def extended(prefix: tuple[int, ...], c: int) -> tuple[int, ...] | None:
+        """The prefix and ``c``; None where the lexicon has no word spelled so."""
         new = (*prefix, c)
         if lm is not None and new not in words:
             done, partial, part = words[prefix]
             if c == space:
+                if partial and not lm.closes(partial):
+                    return None
                 words[new] = (done + (partial,), "", part + lm.word(done, partial)) if partial else \
                     (done, "", part)
             else:
+                if not lm.spells(partial + alphabet[c]):
+                    return None
                 words[new] = (done, partial + alphabet[c], part)
         return new
 
@@ -112,14 +139,15 @@ def prefix_beam_search(log_probs: torch.Tensor, alphabet: Sequence[str], beam: i
                     entry = next_beams[prefix]
                     entry[0] = _add(entry[0], total + p)
                     continue
-                longer = next_beams[extended(prefix, c)]
-                if prefix and prefix[-1] == c:
+                repeat = bool(prefix) and prefix[-1] == c
+                longer = extended(prefix, c)
+                if longer is not None:
                     # A repeat extends only from a blank; without one it collapses into the prefix.
-                    longer[1] = _add(longer[1], p_blank + p)
+                    entry = next_beams[longer]
+                    entry[1] = _add(entry[1], (p_blank if repeat else total) + p)
+                if repeat:
                     same = next_beams[prefix]
                     same[1] = _add(same[1], p_label + p)
-                else:
-                    longer[1] = _add(longer[1], total + p)
         best = sorted(next_beams.items(), key=lambda item: ranked(*item), reverse=True)[:beam]
         beams = {prefix: (scores[0], scores[1]) for prefix, scores in best}
 
@@ -127,17 +155,19 @@ def prefix_beam_search(log_probs: torch.Tensor, alphabet: Sequence[str], beam: i
         score = _add(*beams[prefix])
         if lm is not None:
             done, partial, part = words[prefix]
+            if partial and not lm.closes(partial):
+                return -math.inf
             if partial:
                 part, done = part + lm.word(done, partial), (*done, partial)
             score += part + lm.end(done)
         return score
 
-    reachable = [prefix for prefix, scores in beams.items() if _add(*scores) > -math.inf]
-    results = [("".join(alphabet[c] for c in prefix), final(prefix)) for prefix in reachable]
-    return sorted(results, key=lambda item: item[1], reverse=True)
+    results = [("".join(alphabet[c] for c in prefix), final(prefix)) for prefix in beams]
+    return sorted([item for item in results if item[1] > -math.inf], key=lambda item: item[1], reverse=True)
 
 
 def prefix_beam_decode(log_probs: torch.Tensor, alphabet: Sequence[str], beam: int = 16,
                        blank: int = 0, prune: float = -12.0, lm: LMFusion | None = None) -> str:
-    """The best transcript of :func:`prefix_beam_search`."""
-    return prefix_beam_search(log_probs, alphabet, beam, blank, prune, lm)[0][0]
+    """The best transcript of :func:`prefix_beam_search` ("" where a lexicon leaves it none)."""
+    results = prefix_beam_search(log_probs, alphabet, beam, blank, prune, lm)
+    return results[0][0] if results else ""

@@ -27,11 +27,12 @@ def transcripts_lm(data_config, order: int) -> ngram.NgramModel:
     return ngram.build(ngram.tokenize(lines), order)
 
 
-def load_lm(path: str | Path, vocabulary, alpha: float, beta: float) -> LMFusion:
-    """An ARPA model checked against the speech model's alphabet, with its fusion weights."""
+def load_lm(path: str | Path, vocabulary, alpha: float, beta: float, lexicon: bool = False) -> LMFusion:
+    """An ARPA model checked against the speech model's alphabet, with its fusion weights (and, with
+    ``lexicon``, transcripts kept to its words)."""
     lm = NgramLM.load(path)
     lm.check_alphabet(vocabulary, str(path))
-    return LMFusion(lm, alpha, beta)
+    return LMFusion(lm, alpha, beta, lexicon)
 
 
 @torch.no_grad()
@@ -63,12 +64,13 @@ def load_split(config, model, split: str) -> speech.SpeechSet:
 
 
 def evaluate_speech(path: str | Path, split: str = "test", beam: int = 16, lm: str | Path | None = None,
-                    alpha: float = 0.5, beta: float = 1.0) -> dict:
+                    alpha: float = 0.5, beta: float = 1.0, lexicon: bool = False) -> dict:
     """CER and WER of a saved speech model on a split of the data it was trained on: greedy, with
-    prefix beam search of width ``beam`` and (given an ARPA file ``lm``) with the LM fused; with the
-    search's real-time factor (decoding seconds per second of audio, the network excluded)."""
+    prefix beam search of width ``beam`` and (given an ARPA file ``lm``) with the LM fused (``lexicon``:
+    its words only); with the search's real-time factor (decoding seconds per second of audio, the
+    network excluded)."""
     model, config, vocabulary, checkpoint = load_trained(path, speech=True)
-    fusion = load_lm(lm, vocabulary, alpha, beta) if lm is not None else None
+    fusion = load_lm(lm, vocabulary, alpha, beta, lexicon) if lm is not None else None
     data = load_split(config, model, split)
     frames = frames_of(model, data, config.data.eval_batch_size)
     result = {"split": split, "utterances": len(data), "skipped": len(data.skipped),
@@ -79,7 +81,8 @@ def evaluate_speech(path: str | Path, split: str = "test", beam: int = 16, lm: s
         searches["beam"] = (beam, None)
         if fusion is not None:
             searches["lm"] = (beam, fusion)
-            result |= {"lm": str(lm), "lm_order": fusion.lm.order, "alpha": alpha, "beta": beta}
+            result |= {"lm": str(lm), "lm_order": fusion.lm.order, "alpha": alpha, "beta": beta,
+                       "lexicon": lexicon}
     return result | search_rates(frames, data, vocabulary, searches, config.data.hop_ms)
 
 
@@ -96,16 +99,16 @@ def search_rates(frames: list[torch.Tensor], data: speech.SpeechSet, vocabulary,
 
 
 def tune_lm(path: str | Path, lm: str | Path, beam: int = 16, alphas=ALPHAS, betas=BETAS,
-            progress=None) -> dict:
+            progress=None, lexicon: bool = False) -> dict:
     """The LM weights (alpha, beta) with the lowest WER on the validation split (ties: lower CER), and
-    every point of the grid. The test split is never read."""
+    every point of the grid (``lexicon``: searching the LM's words only). The test split is never read."""
     model, config, vocabulary, _ = load_trained(path, speech=True)
     language_model = load_lm(lm, vocabulary, 0.0, 0.0).lm  # checked before any decoding
     data = load_split(config, model, "valid")
     frames = frames_of(model, data, config.data.eval_batch_size)
     grid = []
     for alpha, beta in itertools.product(alphas, betas):
-        hypotheses, _ = decode_all(frames, vocabulary, beam, LMFusion(language_model, alpha, beta))
+        hypotheses, _ = decode_all(frames, vocabulary, beam, LMFusion(language_model, alpha, beta, lexicon))
         grid.append({"alpha": alpha, "beta": beta, **error_rates(data.texts, hypotheses)})
         if progress is not None:
             progress(grid[-1])
@@ -115,11 +118,12 @@ def tune_lm(path: str | Path, lm: str | Path, beam: int = 16, alphas=ALPHAS, bet
 
 
 def transcribe(path: str | Path, files: list[str | Path], beam: int = 16, lm: str | Path | None = None,
-               alpha: float = 0.5, beta: float = 1.0) -> list[str]:
+               alpha: float = 0.5, beta: float = 1.0, lexicon: bool = False) -> list[str]:
     """One transcript per audio file (any format :func:`~sparsernn.data.speech.read_audio` reads), by
-    prefix beam search (greedy with ``beam`` 0), with an ARPA language model fused if given."""
+    prefix beam search (greedy with ``beam`` 0), with an ARPA language model fused if given (``lexicon``:
+    its words only)."""
     model, config, vocabulary, _ = load_trained(path, speech=True)
-    fusion = load_lm(lm, vocabulary, alpha, beta) if lm is not None else None
+    fusion = load_lm(lm, vocabulary, alpha, beta, lexicon) if lm is not None else None
     transcripts = []
     with torch.no_grad():
         for file in files:

@@ -97,6 +97,30 @@ def test_fused_search_scores_every_transcript_as_brute_force_does(seed):
     assert prefix_beam_decode(log_probs, SPACED, beam=100_000, prune=-math.inf, lm=fusion) == best
 
 
+@pytest.mark.parametrize("seed", range(4))
+def test_lexicon_search_returns_the_brute_force_scores_of_transcripts_of_the_lm_words(seed):
+    generator = torch.Generator().manual_seed(seed)
+    log_probs = torch.randn(5, 4, generator=generator, dtype=torch.float64).mul(2).log_softmax(-1)
+    fusion = LMFusion(tiny_lm(order=1 + seed % 3), alpha=0.8, beta=0.5, lexicon=True)
+    assert fusion.words == {"A", "B", "AB"}
+    expected = {text: score for text, score in brute_force_scores(log_probs, fusion).items()
+                if all(word in fusion.words for word in text.split())}  # "BA", "BB", "AAB"... dropped
+    found = dict(prefix_beam_search(log_probs, SPACED, beam=100_000, prune=-math.inf, lm=fusion))
+    assert found.keys() == expected.keys()
+    for text, score in expected.items():
+        assert found[text] == pytest.approx(score, abs=1e-9), text
+
+
+def test_a_lexicon_keeps_the_search_to_the_lm_words_where_the_open_one_misspells():
+    # The frames say "BA" (no word of the LM; "B A" is two): the open search writes "BA", the lexicon
+    # one "B A" even without the LM's weight.
+    lm = ngram.NgramLM(*ngram.parse_arpa(ARPA_B_A))
+    log_probs = frames([.05, .05, .05, .85], [.5, .3, .1, .1], [.05, .05, .85, .05])
+    assert prefix_beam_decode(log_probs, SPACED, beam=16, lm=LMFusion(lm, alpha=0.0, beta=0.0)) == "BA"
+    assert prefix_beam_decode(log_probs, SPACED, beam=16,
+                              lm=LMFusion(lm, alpha=0.0, beta=0.0, lexicon=True)) == "B A"
+
+
 def test_fusion_score_is_alpha_times_the_sentence_log_prob_plus_beta_per_word():
     lm = tiny_lm()
     fusion = LMFusion(lm, alpha=0.7, beta=2.0)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import yaml
 
+from sparsernn import ngram
 from sparsernn.checkpoint import load_checkpoint
 from sparsernn.cli import main
 from sparsernn.config import RunConfig
@@ -67,6 +68,15 @@ def test_language_model_built_from_the_training_transcripts_tuned_and_fused(spee
     wav = str(next((an4_dir / "wav/an4test_clstk").rglob("*.wav")))
     assert main(["transcribe", best, wav, "--lm", arpa, "--beam", "4"]) == 0
     assert capsys.readouterr().out.startswith(wav)
+    # --lexicon: every word of every transcript is one of the LM's
+    lexicon = evaluate_speech(best, "test", beam=4, lm=arpa, alpha=1.0, beta=2.0, lexicon=True)
+    assert lexicon["lexicon"] and 0 <= lexicon["cer_lm"]
+    words = ngram.NgramLM.load(arpa).words
+    assert main(["transcribe", best, wav, wav, "--lm", arpa, "--beam", "4", "--lexicon"]) == 0
+    for line in capsys.readouterr().out.splitlines():
+        assert set(line.split("\t")[1].split()) <= words
+    assert main(["evaluate", best, "--lm", arpa, "--beam", "4", "--lexicon"]) == 0
+    assert "(alpha 0.5, beta 1, its words only)" in capsys.readouterr().out
 
 
 def test_language_model_mistakes_are_clear_errors(speech_run, tmp_path, capsys):
@@ -86,6 +96,8 @@ def test_language_model_mistakes_are_clear_errors(speech_run, tmp_path, capsys):
     assert "bad.arpa:2: expected 'ngram N=COUNT'" in capsys.readouterr().err
     assert main(["evaluate", best, "--lm", str(tmp_path / "up.arpa"), "--beam", "0"]) == 2
     assert "--lm needs a beam search" in capsys.readouterr().err
+    assert main(["transcribe", best, "x.wav", "--lexicon"]) == 2
+    assert "--lexicon keeps transcripts to the words of --lm" in capsys.readouterr().err
 
 
 def test_a_checkpoint_from_before_the_input_norm_loads_without_it(speech_run, tmp_path):
