@@ -226,8 +226,6 @@ void sr_binary(int fn, const float *a, const float *b, float *y, long count, lon
     }
 }
 
-/* For p < outer: features [p * y_stride + y_offset, + length) of y = features [p * x_stride + x_offset,
- * + length) of x, n columns each (a concatenation's part, a slice). */
 /* x (rows, columns) row-major into y (columns, rows), y's rows y_stride apart, in tiles of 8 x 8: the
  * tile's 8 rows of x stay in the cache while its columns are written out contiguously. A 10000 x 2000
  * matrix: a plain double loop 118-127 ms, tiles of 8 or 16 14-15 ms, of 32 or 64 18-22 ms, memcpy 7 ms
@@ -244,6 +242,8 @@ void sr_transpose(const float *x, float *y, long rows, long columns, long y_stri
     }
 }
 
+/* For p < outer: features [p * y_stride + y_offset, + length) of y = features [p * x_stride + x_offset,
+ * + length) of x, n columns each (a concatenation's part, a slice). */
 void sr_copy_features(const float *x, float *y, long outer, long length, long x_stride, long x_offset,
                           long y_stride, long y_offset, long n) {
     for (long p = 0; p < outer; ++p)

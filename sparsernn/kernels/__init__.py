@@ -508,8 +508,8 @@ def contiguous(view: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     """``view`` copied into a C-contiguous array (``out`` where given, of its shape). A float32 view that
     transposes a contiguous buffer (its axes of size above 1 fall into two groups, each row-major in
     the buffer, the second group's elements further apart) is copied by the C core's transpose in tiles
-    (``sr_transpose``: benchmarks/probes/transpose_probe.c), which beats numpy's element-by-element
-    strided copy on matrices beyond the cache; any other view by numpy."""
+    (``sr_transpose``; benchmarks/probes/transpose_probe.c times it against a plain double loop);
+    any other view by numpy."""
     out = np.empty(view.shape, np.float32) if out is None else out
     split = _transposition(view) if view.dtype == np.float32 and backend() == "c" else None
     if split is None:

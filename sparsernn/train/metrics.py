@@ -155,9 +155,9 @@ def prefix_beam_search(log_probs: torch.Tensor, alphabet: Sequence[str], beam: i
         score = _add(*beams[prefix])
         if lm is not None:
             done, partial, part = words[prefix]
-            if partial and not lm.closes(partial):
-                return -math.inf
             if partial:
+                if not lm.closes(partial):
+                    return -math.inf
                 part, done = part + lm.word(done, partial), (*done, partial)
             score += part + lm.end(done)
         return score
