@@ -29,7 +29,8 @@ static double now(void) {
 __attribute__((target("avx512f,avx512bw"))) static void weight_only(const Matrix *m, const int8_t *v8,
                                                                      const float *lane_scale, const float *X,
                                                                      float *Y) {
-    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
+    const int width = sr_slice_width(m->cols), per_window = (m->sigma + 15) / 16;
+    const int slices = (m->cols + width - 1) / width;
     const uint8_t *ix = m->sell_index;
     for (int g = 0; g < m->rows / m->sigma * per_window; ++g) {
         __m512 a0 = _mm512_setzero_ps(), a1 = _mm512_setzero_ps();
@@ -39,12 +40,13 @@ __attribute__((target("avx512f,avx512bw"))) static void weight_only(const Matrix
             const int32_t end = ptr[j + 1];
             if (s == end) continue;
             __m512 x[4];
-            for (int q = 0; q < 4; ++q) x[q] = _mm512_loadu_ps(X + SLICE * j + 16 * q); /* X padded */
+            for (int q = 0; q < width / 16; ++q) x[q] = _mm512_loadu_ps(X + width * j + 16 * q); /* X padded */
             for (; s < end; ++s) {
                 const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)(ix + 16 * (size_t)s)));
                 const __mmask16 upper = _mm512_test_epi32_mask(i, _mm512_set1_epi32(32));
-                const __m512 xs = _mm512_mask_blend_ps(upper, _mm512_permutex2var_ps(x[0], i, x[1]),
-                                                       _mm512_permutex2var_ps(x[2], i, x[3]));
+                const __m512 xs = width == 32 ? _mm512_permutex2var_ps(x[0], i, x[1])
+                                              : _mm512_mask_blend_ps(upper, _mm512_permutex2var_ps(x[0], i, x[1]),
+                                                                     _mm512_permutex2var_ps(x[2], i, x[3]));
                 const __m512 w = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(v8 + 16 * (size_t)s))));
                 if (s & 1)
                     a1 = _mm512_fmadd_ps(w, xs, a1);
@@ -104,7 +106,8 @@ static void probe(int rows, int cols, long rows_unit) {
     int8.q = q, int8.scale = scale;
     sr_int8_copy(&int8, rows_unit, owned[2]);
     /* weight-only: the float32 sliced layout's values as int8, the lane scales per group */
-    const int slots = f32.sell_ptr[(size_t)rows / f32.sigma * ((f32.sigma + 15) / 16) * ((cols + SLICE - 1) / SLICE)];
+    const int width = sr_slice_width(cols), slices = (cols + width - 1) / width;
+    const int slots = f32.sell_ptr[(size_t)rows / f32.sigma * ((f32.sigma + 15) / 16) * slices];
     int8_t *v8 = aligned_alloc(64, (size_t)slots * 16 + 64);
     const int groups = rows / f32.sigma * ((f32.sigma + 15) / 16);
     float *lane_scale = aligned_alloc(64, 64 * (size_t)groups);
@@ -113,7 +116,6 @@ static void probe(int rows, int cols, long rows_unit) {
             const int32_t row = f32.sell_order[16 * g + lane];
             lane_scale[16 * g + lane] = row >= 0 ? scale[row] : 0.0f;
         }
-    const int slices = (cols + SLICE - 1) / SLICE;
     for (int g = 0; g < groups; ++g)
         for (int s = f32.sell_ptr[(size_t)g * slices]; s < f32.sell_ptr[(size_t)(g + 1) * slices]; ++s)
             for (int lane = 0; lane < 16; ++lane) {

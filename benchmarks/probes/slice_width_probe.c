@@ -1,19 +1,21 @@
-/* Stand-alone probe behind the sliced kernel's slice width (BENCHMARKS.md, "Slices of 64 columns"): the
- * AVX-512 one-column product over the sliced layout with x held in registers, slices of 32 columns (two
- * registers, one vpermi2ps a slot; unrolled by 4 as the kernel was, and by 2), 64 (four registers, two
- * vpermi2ps and a blend; the kept kernel) and 128 (eight registers, four vpermi2ps and three blends),
- * against a 4-row AVX-512 dense GEMV. No Python, aligned buffers; methods take turns (15 rounds of 200
- * calls) and each keeps its fastest round. benchmarks/probes/slice_width_probe.py writes the layouts and runs
- * this file. */
+/* Stand-alone probe behind the sliced kernel's slice width (kernels.h, sr_slice_width): the AVX-512
+ * one-column product over the sliced layout with x held in registers, slices of 32 columns (two
+ * registers, one vpermi2ps a slot; unrolled by 4, and by 2 as the kernel is), 64 (four registers, two
+ * vpermi2ps and a blend; by 2 as the kernel is) and 128 (eight registers, four vpermi2ps and three blends), against a 4-row
+ * AVX-512 dense GEMV. Each data file given is one matrix; a call runs all of them one after another (one
+ * file: a matrix alone; several: a model's products, each evicting the others from the caches). No Python,
+ * aligned buffers; methods take turns (15 rounds of 200 calls) and each keeps its fastest round.
+ * benchmarks/probes/slice_width_probe.py writes the layouts and runs this file. */
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
 
 #include "probe.h"
 typedef struct { int nseg, nslots; int32_t *ptr, *order; uint8_t *ix; float *vals; } Layout;
-static int rows, cols;
-static Layout lay[3]; /* slices of 32, 64, 128 */
-static float *x, *yref, *W;
+#define MOST 8
+static int rows, cols, count, shape[MOST][2];
+static Layout lay[3], lays[MOST][3]; /* slices of 32, 64, 128 */
+static float *x, *yref, *W, *xs[MOST], *yrefs[MOST], *Ws[MOST];
 static inline __attribute__((always_inline)) __m512 look(const uint8_t *index, const __m512 *t, const int S) {
     const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)index));
     const __m512 p0 = _mm512_permutex2var_ps(t[0], i, t[1]);
@@ -69,36 +71,51 @@ static void s32u2(const float *X, float *Y) { sliced(&lay[0], X, Y, 32, 2); }
 static void s64u2(const float *X, float *Y) { sliced(&lay[1], X, Y, 64, 2); }
 static void s128u2(const float *X, float *Y) { sliced(&lay[2], X, Y, 128, 2); }
 static void dense(const float *X, float *Y) { dense4(W, rows, cols, X, Y); }
+static void (*fn[5])(const float *, float *) = {s32u4, s32u2, s64u2, s128u2, dense};
+/* method k on matrix i: the globals the methods read set to that matrix */
+static void on(int i, int k, float *y) {
+    rows = shape[i][0], cols = shape[i][1], x = xs[i], yref = yrefs[i], W = Ws[i];
+    memcpy(lay, lays[i], sizeof lay);
+    fn[k](x, y);
+}
 int main(int argc, char **argv) {
-    FILE *f = fopen(argv[1], "rb");
-    int32_t h[2];
-    if (!f || fread(h, 4, 2, f) != 2) return 1;
-    rows = h[0], cols = h[1];
-    const int widths[3] = {32, 64, 128};
-    for (int w = 0; w < 3; ++w) {
-        Layout *l = &lay[w];
-        if (fread(h, 4, 2, f) != 2) return 1;
-        l->nseg = h[0], l->nslots = h[1];
-        l->ptr = read_aligned(f, 4 * (size_t)(l->nseg + 1));
-        l->order = read_aligned(f, 64 * (size_t)(l->nseg / ((cols + widths[w] - 1) / widths[w])));
-        l->ix = read_aligned(f, 16 * (size_t)l->nslots);
-        l->vals = read_aligned(f, 64 * (size_t)l->nslots);
+    count = argc - 1;
+    if (count < 1 || count > MOST) return 1;
+    size_t most_rows = 0;
+    for (int i = 0; i < count; ++i) {
+        FILE *f = fopen(argv[i + 1], "rb");
+        int32_t h[2];
+        if (!f || fread(h, 4, 2, f) != 2) return 1;
+        rows = shape[i][0] = h[0], cols = shape[i][1] = h[1];
+        most_rows = (size_t)rows > most_rows ? (size_t)rows : most_rows;
+        const int widths[3] = {32, 64, 128};
+        for (int w = 0; w < 3; ++w) {
+            Layout *l = &lays[i][w];
+            if (fread(h, 4, 2, f) != 2) return 1;
+            l->nseg = h[0], l->nslots = h[1];
+            l->ptr = read_aligned(f, 4 * (size_t)(l->nseg + 1));
+            l->order = read_aligned(f, 64 * (size_t)(l->nseg / ((cols + widths[w] - 1) / widths[w])));
+            l->ix = read_aligned(f, 16 * (size_t)l->nslots);
+            l->vals = read_aligned(f, 64 * (size_t)l->nslots);
+        }
+        xs[i] = read_aligned(f, 4 * (size_t)cols), yrefs[i] = read_aligned(f, 4 * (size_t)rows);
+        Ws[i] = dense_like(rows, cols);
+        fclose(f);
     }
-    x = read_aligned(f, 4 * (size_t)cols), yref = read_aligned(f, 4 * (size_t)rows);
-    W = dense_like(rows, cols);
-    float *y = calloc(rows, 4);
-    void (*fn[5])(const float *, float *) = {s32u4, s32u2, s64u2, s128u2, dense};
+    float *y = calloc(most_rows, 4);
     double best[5] = {1e9, 1e9, 1e9, 1e9, 1e9};
-    for (int k = 0; k < 4; ++k) {
-        memset(y, 0, 4 * (size_t)rows);
-        fn[k](x, y);
-        for (int i = 0; i < rows; ++i)
-            if (fabs(y[i] - yref[i]) > 1e-3) return fprintf(stderr, "method %d row %d wrong\n", k, i), 3;
-    }
+    for (int i = 0; i < count; ++i)
+        for (int k = 0; k < 4; ++k) {
+            memset(y, 0, 4 * most_rows);
+            on(i, k, y);
+            for (int r = 0; r < rows; ++r)
+                if (fabs(y[r] - yref[r]) > 1e-3) return fprintf(stderr, "method %d row %d wrong\n", k, r), 3;
+        }
     for (int round = 0; round < 15; ++round)
         for (int k = 0; k < 5; ++k) {
             const double t0 = now();
-            for (int r = 0; r < 200; ++r) fn[k](x, y);
+            for (int r = 0; r < 200; ++r)
+                for (int i = 0; i < count; ++i) on(i, k, y);
             const double t = (now() - t0) / 200;
             if (t < best[k]) best[k] = t;
         }

@@ -13,14 +13,14 @@
  *           then taken 8 at a time; group g holds slots [ptr[g], ptr[g+1]), slot s the s-th non-zero of
  *           each of its 8 rows (lanes) in values[8s..8s+8] and index[8s..8s+8] (uint16; zero value,
  *           index 0 past a row's end), and lane l computes row order[8g + l].
- *     lanes 16, sliced (AVX-512): columns in slices of SLICE (64); each window of sigma rows, sorted by
+ *     lanes 16, sliced (AVX-512): columns in slices of sr_slice_width(cols); each window of sigma rows, sorted by
  *           length, split into ceil(sigma/16) groups of 16 rows (lane l of group g computes row
  *           order[16g + l], -1 for a lane past the window); segment (g, j) = group g's non-zeros in slice j,
  *           slots [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
  *           each lane's row: values[16s..16s+16], index[16s..16s+16] (uint8 column within the slice).
  *     With int8 values (sell_int8), lanes 8 is the interleaved layout with int8 values (AVX2), and lanes 16
- *     quad (the VNNI and NEON dotprod kernels): the sliced layout of 16 lanes with every
- *           segment a multiple of 4 slots, slots in fours: slot s of lane l at byte 64 (s / 4) + 4 l + s % 4
+ *     quad (the VNNI and NEON dotprod kernels): the sliced layout of 16 lanes, slices of QUAD_SLICE
+ *           (64) columns and every segment a multiple of 4 slots, slots in fours: slot s of lane l at byte 64 (s / 4) + 4 l + s % 4
  *           of sell_values (int8 q) and of sell_index (uint8 column within the slice), so that one 64-byte
  *           load holds 4 consecutive slots of all 16 lanes, a dot product of 4 per lane.
  *     Either layout's values are float32 or, with bf16 = 1, bfloat16 (the upper 16 bits of the float32,
@@ -37,7 +37,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
-#define SLICE 64  /* columns in a slice of the sliced one-column copy; sparsernn.kernels.SLICE */
+/* Columns in a slice of an unstructured matrix's sliced one-column copy (sparsernn.kernels.slice_width):
+ * 32 (one lookup a slot: faster where the product is bound by its shuffles, as a small model's are) for
+ * at most 256 columns, 64 (two lookups and a blend, but fewer padding slots: fewer bytes, which bound a
+ * large model's products) above; benchmarks/probes/slice_width_probe.py. */
+#define SLICE_NARROW_COLUMNS 256
+static inline int sr_slice_width(long cols) { return cols <= SLICE_NARROW_COLUMNS ? 32 : 64; }
+#define QUAD_SLICE 64 /* columns in a slice of the quad copy (int8: 64 bytes of x in one register) */
 #define NSHAPES 9 /* block shapes with kernels: 1x1, 4x1, 8x1, 16x1, 1x4, 1x8, 1x16, 4x4, 8x8 (kernels.c) */
 
 typedef struct Matrix Matrix;

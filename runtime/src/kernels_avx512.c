@@ -9,16 +9,16 @@
 #include "simd.h"
 
 #ifdef __AVX2__
-/* Unstructured, one contiguous column, from the sliced copy (AVX-512, chosen at run time): the 64 values
- * of x in a slice sit in four registers and each slot looks its 16 lanes' values up in them (one
- * vpermi2ps per pair of registers by the index's low 5 bits, a blend by bit 5), so no x value is loaded
- * per non-zero. Costs padding (a segment runs as long as its longest row) but no gathers. Slices of 64
- * rather than 32 columns: a third fewer padding slots (1.70 instead of 2.01 slots a non-zero at 90%),
- * which is what the product is bound by once the matrix is not in L2 (benchmarks/probes/slice_width_probe.py).
- * Rows [br0, br1) must be whole windows, else CSR. */
+/* Unstructured, one contiguous column, from the sliced copy (AVX-512, chosen at run time): the values of
+ * x in a slice sit in registers and each slot looks its 16 lanes' values up in them, so no x value is
+ * loaded per non-zero: with slices of 32 columns one vpermi2ps a slot, with 64 two and a blend by the
+ * index's bit 5 (sr_slice_width says which a matrix has). Costs padding (a segment runs as long as its
+ * longest row) but no gathers. Rows [br0, br1) must be whole windows, else CSR. */
 #define AVX512 __attribute__((target("avx512f")))
-AVX512 static inline __m512 lookup16(const uint8_t *index, const __m512 *x) {
+AVX512 static inline __attribute__((always_inline)) __m512 lookup16(const uint8_t *index, const __m512 *x,
+                                                                    const int width) {
     const __m512i i = _mm512_cvtepu8_epi32(_mm_loadu_si128((const __m128i *)index));
+    if (width == 32) return _mm512_permutex2var_ps(x[0], i, x[1]);
     const __mmask16 upper = _mm512_test_epi32_mask(i, _mm512_set1_epi32(32)); /* columns 32-63 */
     return _mm512_mask_blend_ps(upper, _mm512_permutex2var_ps(x[0], i, x[1]), _mm512_permutex2var_ps(x[2], i, x[3]));
 }
@@ -30,17 +30,17 @@ AVX512 static inline __m512 values16(const void *v, size_t at, const int bf16) {
 }
 AVX512 static inline __attribute__((always_inline)) void sliced(const Matrix *m, int br0, int br1, const float *X,
                                                                 long ldx, float *Y, long ldy, const float *bias,
-                                                                const int bf16) {
+                                                                const int bf16, const int width) {
     if (ldx != 1 || br0 % m->sigma || br1 % m->sigma) {
         sr_avx2_csr_gather_u16(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
     const void *v = m->sell_values;
     const uint8_t *ix = m->sell_index;
-    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
-    __mmask16 last[SLICE / 16]; /* the last slice's columns in each register of x (0: past the end) */
-    for (int q = 0; q < SLICE / 16; ++q) {
-        const int left = m->cols - SLICE * (slices - 1) - 16 * q;
+    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + width - 1) / width;
+    __mmask16 last[4]; /* the last slice's columns in each register of x (0: past the end) */
+    for (int q = 0; q < width / 16; ++q) {
+        const int left = m->cols - width * (slices - 1) - 16 * q;
         last[q] = left >= 16 ? 0xffff : left > 0 ? (__mmask16)((1u << left) - 1) : 0;
     }
     for (int g = br0 / m->sigma * per_window; g < br1 / m->sigma * per_window; ++g) {
@@ -50,19 +50,19 @@ AVX512 static inline __attribute__((always_inline)) void sliced(const Matrix *m,
             int32_t s = ptr[j];
             const int32_t end = ptr[j + 1];
             if (s == end) continue;
-            __m512 x[SLICE / 16];
-            for (int q = 0; q < SLICE / 16; ++q) /* zeros past the columns (masked lanes are not read) */
-                x[q] = j + 1 < slices ? _mm512_loadu_ps(X + SLICE * j + 16 * q)
-                                      : _mm512_maskz_loadu_ps(last[q], X + SLICE * j + 16 * q);
+            __m512 x[4];
+            for (int q = 0; q < width / 16; ++q) /* zeros past the columns (masked lanes are not read) */
+                x[q] = j + 1 < slices ? _mm512_loadu_ps(X + width * j + 16 * q)
+                                      : _mm512_maskz_loadu_ps(last[q], X + width * j + 16 * q);
             /* two slots a step: segments are short (about 11 slots at 90%), so a longer unrolled step
              * mostly adds tail iterations */
             for (; s + 2 <= end; s += 2) {
                 const size_t at = 16 * (size_t)s;
-                a0 = _mm512_fmadd_ps(values16(v, at, bf16), lookup16(ix + at, x), a0);
-                a1 = _mm512_fmadd_ps(values16(v, at + 16, bf16), lookup16(ix + at + 16, x), a1);
+                a0 = _mm512_fmadd_ps(values16(v, at, bf16), lookup16(ix + at, x, width), a0);
+                a1 = _mm512_fmadd_ps(values16(v, at + 16, bf16), lookup16(ix + at + 16, x, width), a1);
             }
             if (s < end)
-                a0 = _mm512_fmadd_ps(values16(v, 16 * (size_t)s, bf16), lookup16(ix + 16 * (size_t)s, x), a0);
+                a0 = _mm512_fmadd_ps(values16(v, 16 * (size_t)s, bf16), lookup16(ix + 16 * (size_t)s, x, width), a0);
         }
         float sums[16];
         _mm512_storeu_ps(sums, _mm512_add_ps(a0, a1));
@@ -72,14 +72,15 @@ AVX512 static inline __attribute__((always_inline)) void sliced(const Matrix *m,
         }
     }
 }
-AVX512 static void sliced_f32(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                              const float *bias) {
-    sliced(m, br0, br1, X, ldx, Y, ldy, bias, 0);
-}
-AVX512 static void sliced_bf16(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy,
-                               const float *bias) {
-    sliced(m, br0, br1, X, ldx, Y, ldy, bias, 1);
-}
+#define SLICED(name, bf16, width)                                                                            \
+    AVX512 static void name(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, \
+                            const float *bias) {                                                             \
+        sliced(m, br0, br1, X, ldx, Y, ldy, bias, bf16, width);                                              \
+    }
+SLICED(sliced32_f32, 0, 32)
+SLICED(sliced32_bf16, 1, 32)
+SLICED(sliced64_f32, 0, 64)
+SLICED(sliced64_bf16, 1, 64)
 
 /* The same with AVX-512 (chosen at run time): one 16-wide FMA per non-zero instead of two 8-wide. */
 AVX512 static void csr_tile16_avx512(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y,
@@ -113,12 +114,12 @@ VNNI void sr_avx512_int8_quad(const Matrix *m, int br0, int br1, const float *X,
         sr_int8_csr(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
-    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
-    int8_t xq[SLICE * slices];
+    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + QUAD_SLICE - 1) / QUAD_SLICE;
+    int8_t xq[QUAD_SLICE * slices];
     float xs;
-    sr_quantize(X, ldx, m->cols, SLICE * slices, xq, &xs);
-    uint8_t xu[SLICE * slices]; /* x + 128 */
-    for (int i = 0; i < SLICE * slices; ++i) xu[i] = (uint8_t)(xq[i] + 128);
+    sr_quantize(X, ldx, m->cols, QUAD_SLICE * slices, xq, &xs);
+    uint8_t xu[QUAD_SLICE * slices]; /* x + 128 */
+    for (int i = 0; i < QUAD_SLICE * slices; ++i) xu[i] = (uint8_t)(xq[i] + 128);
     const int8_t *v = m->sell_values;
     const uint8_t *ix = m->sell_index;
     for (int g = br0 / m->sigma * per_window; g < br1 / m->sigma * per_window; ++g) {
@@ -128,7 +129,7 @@ VNNI void sr_avx512_int8_quad(const Matrix *m, int br0, int br1, const float *X,
             int32_t s = ptr[j] / 4;
             const int32_t end = ptr[j + 1] / 4;
             if (s == end) continue;
-            const __m512i x = _mm512_loadu_si512(xu + SLICE * j);
+            const __m512i x = _mm512_loadu_si512(xu + QUAD_SLICE * j);
             for (; s + 2 <= end; s += 2) {
                 const size_t at = 64 * (size_t)s;
                 a0 = _mm512_dpbusd_epi32(a0, _mm512_permutexvar_epi8(_mm512_loadu_si512(ix + at), x),
@@ -148,7 +149,8 @@ VNNI void sr_avx512_int8_quad(const Matrix *m, int br0, int br1, const float *X,
 
 kernel_fn sr_avx512_kernel(const Matrix *m, int nn_slot, int shape) {
     if (m->wide || shape != 0) return NULL;
-    if (nn_slot == 2 && m->lanes == 16) return m->sell_bf16 ? sliced_bf16 : sliced_f32;
+    if (nn_slot == 2 && m->lanes == 16 && sr_slice_width(m->cols) == 32) return m->sell_bf16 ? sliced32_bf16 : sliced32_f32;
+    if (nn_slot == 2 && m->lanes == 16) return m->sell_bf16 ? sliced64_bf16 : sliced64_f32;
     if (nn_slot == 0) return csr_tile16_avx512;
     return NULL;
 }

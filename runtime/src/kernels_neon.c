@@ -60,10 +60,10 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) void sr_neon_int8_quad(const M
         sr_int8_csr(m, br0, br1, X, ldx, Y, ldy, bias);
         return;
     }
-    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
-    int8_t xq[SLICE * slices];
+    const int per_window = (m->sigma + 15) / 16, slices = (m->cols + QUAD_SLICE - 1) / QUAD_SLICE;
+    int8_t xq[QUAD_SLICE * slices];
     float xs;
-    sr_quantize(X, ldx, m->cols, SLICE * slices, xq, &xs);
+    sr_quantize(X, ldx, m->cols, QUAD_SLICE * slices, xq, &xs);
     const int8_t *v = m->sell_values;
     const uint8_t *ix = m->sell_index;
     for (int g = br0 / m->sigma * per_window; g < br1 / m->sigma * per_window; ++g) {
@@ -71,7 +71,7 @@ __attribute__((target("arch=armv8.2-a+dotprod"))) void sr_neon_int8_quad(const M
         const int32_t *ptr = m->sell_ptr + (size_t)g * slices;
         for (int j = 0; j < slices; ++j) {
             if (ptr[j] == ptr[j + 1]) continue;
-            const int8x16x4_t x = vld1q_s8_x4(xq + SLICE * j);
+            const int8x16x4_t x = vld1q_s8_x4(xq + QUAD_SLICE * j);
             for (int32_t s = ptr[j] / 4; s < ptr[j + 1] / 4; ++s)
                 for (int r = 0; r < 4; ++r) {
                     const size_t at = 64 * (size_t)s + 16 * (size_t)r;

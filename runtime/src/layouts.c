@@ -108,7 +108,8 @@ static int one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, int i
                     store(values, at, m->values[k], bf16);
             }
     } else {
-        const int per_window = (sigma + 15) / 16, slices = (m->cols + SLICE - 1) / SLICE;
+        const int width = quad ? QUAD_SLICE : sr_slice_width(m->cols);
+        const int per_window = (sigma + 15) / 16, slices = (m->cols + width - 1) / width;
         const int32_t groups = rows / sigma * per_window;
         const size_t segments = (size_t)groups * (size_t)slices;
         ptr = aligned_zeros(sizeof(int32_t) * (segments + 1));
@@ -128,7 +129,7 @@ static int one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, int i
         for (int32_t row = 0; row < rows; ++row) {
             int32_t rank = 0, slice = -1;
             for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) {
-                const int32_t s = column[k] / SLICE;
+                const int32_t s = column[k] / width;
                 rank = s == slice ? rank + 1 : 0, slice = s;
                 int32_t *length = &ptr[(size_t)group[row] * (size_t)slices + (size_t)s + 1];
                 *length = rank + 1 > *length ? rank + 1 : *length;
@@ -147,11 +148,11 @@ static int one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, int i
         for (int32_t row = 0; row < rows; ++row) {
             int32_t rank = 0, slice = -1;
             for (int32_t k = m->rowptr[row]; k < m->rowptr[row + 1]; ++k) { /* columns ascend within a row */
-                const int32_t s = column[k] / SLICE;
+                const int32_t s = column[k] / width;
                 rank = s == slice ? rank + 1 : 0, slice = s;
                 const size_t slot = (size_t)(ptr[(size_t)group[row] * (size_t)slices + (size_t)s] + rank);
                 const size_t at = quad ? 64 * (slot / 4) + 4 * (size_t)lane[row] + slot % 4 : 16 * slot + (size_t)lane[row];
-                ((uint8_t *)index)[at] = (uint8_t)(column[k] % SLICE);
+                ((uint8_t *)index)[at] = (uint8_t)(column[k] % width);
                 if (quad)
                     ((int8_t *)values)[at] = m->q[k];
                 else

@@ -29,8 +29,15 @@ from sparsernn.kernels import reference
 #: Cell names and their gate counts (PyTorch's gate order: LSTM i|f|g|o, GRU r|z|n).
 CELLS = {"rnn_tanh": 1, "rnn_relu": 1, "gru": 3, "lstm": 4, "rnn_clipped_relu": 1}
 _CELL_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "gru": 2, "lstm": 3, "rnn_clipped_relu": 4}
-#: Columns in a slice of the sliced one-column copy (the C extension's ``SLICE``).
-SLICE = 64
+#: Matrices of at most this many columns get slices of 32 columns in their sliced one-column copy, wider
+#: ones 64 (the C core's ``SLICE_NARROW_COLUMNS``; benchmarks/probes/slice_width_probe.py).
+NARROW_COLUMNS = 256
+
+
+def slice_width(cols: int) -> int:
+    """Columns in a slice of the sliced one-column copy of a matrix with ``cols`` columns: 32 (one lookup
+    of x a slot) up to :data:`NARROW_COLUMNS`, 64 (two lookups and a blend, but fewer padding slots) above."""
+    return 32 if cols <= NARROW_COLUMNS else 64
 
 
 class FormatError(ValueError):
@@ -47,12 +54,12 @@ class OneColumn(NamedTuple):
     the group's 8 rows in ``values[s]`` and ``index[s]`` (value 0, index 0 past a row's end); lane ``l``
     computes row ``order[8 * g + l]``. One vector multiply then serves 8 rows, with no per-row tail.
 
-    ``lanes == 16``, sliced (the AVX-512 kernel): columns in slices of :data:`SLICE` (64), each window
-    of ``sigma`` rows sorted by length and taken in ``ceil(sigma / 16)`` groups of 16
+    ``lanes == 16``, sliced (the AVX-512 kernel): columns in slices of :func:`slice_width` (32 or 64), each
+    window of ``sigma`` rows sorted by length and taken in ``ceil(sigma / 16)`` groups of 16
     (``order[16 * g + l]`` is lane ``l``'s row, -1 past the window). Segment ``(g, j)``, slots
     ``ptr[g * slices + j]`` to ``ptr[g * slices + j + 1]``, holds group ``g``'s non-zeros in slice
     ``j``: slot ``k`` of it the ``k``-th of each lane's row, ``index`` being the column within the slice
-    (uint8). The kernel keeps a slice of x in four registers and looks 16 values up in them at once:
+    (uint8). The kernel keeps a slice of x in two or four registers and looks 16 values up in them at once:
     no x is loaded per non-zero.
 
     ``values`` are float32, or for a :attr:`SparseMatrix.bf16` matrix the bfloat16 bits (uint16), which
@@ -246,10 +253,10 @@ class SparseMatrix:
     def sliced(self) -> OneColumn | None:
         """The 16-lane one-column layout (see :class:`OneColumn`), built on first use; None where
         :attr:`interleaved` is."""
-        return self.sliced_copy(SLICE)
+        return self.sliced_copy(slice_width(self.shape[1]))
 
     def sliced_copy(self, width: int) -> OneColumn | None:
-        """The 16-lane layout with slices of ``width`` columns (the kernels read :data:`SLICE`; other
+        """The 16-lane layout with slices of ``width`` columns (the kernels read :func:`slice_width`'s; other
         widths are for benchmarks/probes/slice_width_probe.py)."""
         sigma = self._window(16)
         if sigma is None:

@@ -61,7 +61,7 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
         }
         /* lanes 8: a group per 8 rows; lanes 16: ceil(sigma / 16) groups per window, a segment per slice */
         const Py_ssize_t groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / sigma) * ((sigma + 15) / 16);
-        const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + SLICE - 1) / SLICE);
+        const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + sr_slice_width(cols) - 1) / sr_slice_width(cols));
         if (check_len(sell_ptr, (segments + 1) * 4, "one-column ptr") ||
             check_len(sell_order, groups * lanes * 4, "one-column order"))
             return -1;
@@ -586,7 +586,7 @@ static PyObject *py_one_column(PyObject *self, PyObject *args) {
         goto done;
     }
     const Py_ssize_t groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / m.sigma) * ((m.sigma + 15) / 16);
-    const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + SLICE - 1) / SLICE);
+    const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + sr_slice_width(cols) - 1) / sr_slice_width(cols));
     const Py_ssize_t slots = m.sell_ptr[segments];
     result = Py_BuildValue("iy#y#y#y#", m.sigma, (const char *)m.sell_ptr, (segments + 1) * 4,
                            (const char *)m.sell_order, groups * lanes * 4, (const char *)m.sell_index,
@@ -666,7 +666,7 @@ PyMODINIT_FUNC PyInit__kernels(void) {
     if (!mod) return NULL;
     PyModule_AddIntConstant(mod, "avx2", sr_avx2());
     PyModule_AddIntConstant(mod, "avx512", sr_avx2() && sr_use_avx512()); /* SPARSERNN_ISA=avx2: off */
-    PyModule_AddIntConstant(mod, "SLICE", SLICE);
+    PyModule_AddIntConstant(mod, "NARROW_COLUMNS", SLICE_NARROW_COLUMNS);
     PyModule_AddIntConstant(mod, "openmp", sr_openmp());
     return mod;
 }

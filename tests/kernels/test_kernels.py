@@ -111,11 +111,13 @@ def test_interleaved_copy_holds_each_row_within_its_window(shape, window):
 
 
 @pytest.mark.parametrize("shape", [(600, 200), (192, 64), (1760, 1760), (24, 40), (48, 96), (48, 120),
-                                   (24, 88)])
+                                   (24, 88), (48, 264), (48, 296), (48, 312), (48, 360)])
 def test_one_column_products_match_dense(shape, isa):
     """One column, with thread shares that start inside a window (moved to its start) or not, and a
-    last slice of 64 columns that is whole (64) or not: ending inside the first (200), second (88), third
-    (40) or fourth (120) of the kernel's registers of x, or at the end of the second (96, 1760)."""
+    last slice that is whole or not. Slices of 32 (up to 256 columns): ending inside the first (200, 40,
+    88, 120) or second (24 + 16: 40 is that too) of the kernel's registers of x, or at the end of the
+    second (64, 96); slices of 64 (wider): ending inside the first (264), second (296), third (312) or
+    fourth (360) register, or at the end of the fourth (1760)."""
     rng = np.random.default_rng(12)
     dense, matrix = random_sparse(rng, shape, (1, 1), 0.1)
     assert matrix.interleaved is not None and matrix.sliced is not None
@@ -277,14 +279,15 @@ def test_the_sliced_layout_is_refused_without_avx512():
 def test_the_extension_slices_columns_as_the_layout_does():
     if kernels.backend() != "c":
         pytest.skip("the compiled kernels are not built")
-    assert kernels._compiled().SLICE == kernels.SLICE
+    assert kernels._compiled().NARROW_COLUMNS == kernels.NARROW_COLUMNS
+    assert [kernels.slice_width(n) for n in (1, 200, 256, 257, 1024)] == [32, 32, 32, 64, 64]
 
 
 def sliced_to_dense(matrix):
     """The slow oracle for the sliced copy: every slot's lanes written back to their rows and columns."""
     lanes, sigma, ptr, order, index, values = matrix.sliced
     rows, cols = matrix.shape
-    width = kernels.SLICE
+    width = kernels.slice_width(cols)
     slices = -(-cols // width)
     dense = np.zeros(matrix.shape, np.float32)
     for group in range(len(order) // 16):
@@ -292,7 +295,7 @@ def sliced_to_dense(matrix):
             for slot in range(ptr[group * slices + j], ptr[group * slices + j + 1]):
                 for lane in range(16):
                     if order[16 * group + lane] >= 0:
-                        dense[order[16 * group + lane], width * j + index[slot, lane]] += values[slot, lane]
+                        dense[order[16 * group + lane], width * j + int(index[slot, lane])] += values[slot, lane]
                     else:
                         assert values[slot, lane] == 0
     return dense
@@ -300,7 +303,7 @@ def sliced_to_dense(matrix):
 
 @pytest.mark.parametrize("shape, window, groups",
                          [((48, 96), 48, 3), ((600, 200), 40, 45), ((64, 64), 64, 4), ((24, 40), 8, 3),
-                          ((40, 70), None, None)])
+                          ((48, 304), 16, 3), ((40, 70), None, None)])
 def test_sliced_copy_holds_each_row_within_its_window(shape, window, groups):
     """Windows are whole 16-row groups where a multiple of 16 divides the shape (48, 64), else padded
     (40 rows: groups of 16, 16 and 8); rows stay in their window, longest first."""
@@ -319,7 +322,7 @@ def test_sliced_copy_holds_each_row_within_its_window(shape, window, groups):
     assert np.array_equal(rows // window, np.arange(shape[0]) // window)
     lengths = np.diff(matrix.rowptr)[rows]
     assert np.all(np.diff(lengths.reshape(-1, window), axis=1) <= 0)
-    assert np.all(index < kernels.SLICE)
+    assert np.all(index < kernels.slice_width(shape[1]))
     assert np.array_equal(sliced_to_dense(matrix), dense)
 
 
@@ -594,7 +597,8 @@ def test_a_gather_outside_its_table_raises_and_bad_copies_are_refused():
 
 @pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize(("shape", "rows_unit", "density"), [((64, 64), None, 0.3), ((96, 200), 32, 0.1),
-                                                             ((400, 130), 200, 0.05), ((24, 8), None, 0.5)])
+                                                             ((400, 130), 200, 0.05), ((24, 8), None, 0.5),
+                                                             ((48, 300), 48, 0.1)])
 def test_the_c_runtime_builds_the_same_one_column_copies(shape, rows_unit, density, bf16):
     """The C runtime builds its one-column copies at load (runtime/src/layouts.c); the Python package
     builds them in numpy: the same arrays, so both run the kernels on the same layout."""
