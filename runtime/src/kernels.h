@@ -14,7 +14,8 @@
  *           each of its 8 rows (lanes) in values[8s..8s+8] and index[8s..8s+8] (uint16; zero value,
  *           index 0 past a row's end), and lane l computes row order[8g + l].
  *     lanes 16, sliced (AVX-512): columns in slices of sr_slice_width(cols); each window of sigma rows, sorted by
- *           length, split into ceil(sigma/16) groups of 16 rows (lane l of group g computes row
+ *           the rows' non-zeros in each slice (most first, slice by slice, then by row), split into
+ *           ceil(sigma/16) groups of 16 rows (lane l of group g computes row
  *           order[16g + l], -1 for a lane past the window); segment (g, j) = group g's non-zeros in slice j,
  *           slots [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
  *           each lane's row: values[16s..16s+16], index[16s..16s+16] (uint8 column within the slice).
@@ -43,6 +44,13 @@
  * large model's products) above; benchmarks/probes/slice_width_probe.py. */
 #define SLICE_NARROW_COLUMNS 256
 static inline int sr_slice_width(long cols) { return cols <= SLICE_NARROW_COLUMNS ? 32 : 64; }
+/* The largest window of rows a one-column copy sorts its rows in (sparsernn.kernels.most_window): an
+ * eighth of rows_unit (a thread's share stays whole windows for up to 8 threads), at least 64, at most
+ * 512, a multiple of 8. */
+static inline int sr_most_window(long rows_unit) {
+    const long most = rows_unit / 8 < 64 ? 64 : rows_unit / 8 > 512 ? 512 : rows_unit / 8;
+    return (int)(most / 8 * 8);
+}
 #define QUAD_SLICE 64 /* columns in a slice of the quad copy (int8: 64 bytes of x in one register) */
 #define NSHAPES 9 /* block shapes with kernels: 1x1, 4x1, 8x1, 16x1, 1x4, 1x8, 1x16, 4x4, 8x8 (kernels.c) */
 

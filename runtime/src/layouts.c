@@ -1,6 +1,7 @@
 /* The one-column copies of an unstructured matrix (kernels.h: interleaved for AVX2, sliced for AVX-512),
  * built from its CSR arrays as sparsernn.kernels.SparseMatrix.interleaved and .sliced build them in numpy:
- * rows sorted by length (longest first, then by row) within windows of sigma rows. */
+ * rows sorted within windows of sigma rows, by length for the interleaved copy (longest first, then by
+ * row), by their non-zeros in each slice for the sliced ones (most first, slice by slice, then by row). */
 #ifndef _POSIX_C_SOURCE
 #define _POSIX_C_SOURCE 200809L /* posix_memalign */
 #endif
@@ -9,12 +10,12 @@
 
 #include "layouts.h"
 
-/* The window: a multiple of 8 up to 64 dividing rows_unit; for groups of `lanes` rows, the one that wastes
- * the fewest lanes, then the largest. 0 when none divides. */
+/* The window: a multiple of 8 up to sr_most_window(rows_unit) dividing rows_unit; for groups of `lanes`
+ * rows, the one that wastes the fewest lanes, then the largest. 0 when none divides. */
 static int window(long rows_unit, int lanes) {
     int best = 0;
     double best_waste = 0.0;
-    for (int w = 64; w >= 8; w -= 8) {
+    for (int w = sr_most_window(rows_unit); w >= 8; w -= 8) {
         if (rows_unit % w) continue;
         const double waste = (double)((w + lanes - 1) / lanes * lanes) / w;
         if (!best || waste < best_waste) best = w, best_waste = waste;
@@ -22,30 +23,41 @@ static int window(long rows_unit, int lanes) {
     return best;
 }
 
+/* A row's sort key: its window, then `count` numbers, larger first (its length, or its non-zeros in each
+ * slice), then the row. */
 typedef struct {
-    int32_t row, length, window;
+    int32_t row, window, count;
+    const int32_t *counts;
 } row_key;
 
-static int by_window_then_length(const void *a, const void *b) {
+static int by_window_then_counts(const void *a, const void *b) {
     const row_key *x = a, *y = b;
     if (x->window != y->window) return x->window < y->window ? -1 : 1;
-    if (x->length != y->length) return x->length > y->length ? -1 : 1;
+    for (int32_t j = 0; j < x->count; ++j)
+        if (x->counts[j] != y->counts[j]) return x->counts[j] > y->counts[j] ? -1 : 1;
     return x->row < y->row ? -1 : x->row > y->row;
 }
 
-/* position[row]: the row's place once sorted within its window; NULL when out of memory. */
-static int32_t *positions(const Matrix *m, int sigma) {
+/* position[row]: the row's place once sorted within its window, by length (width 0) or by its non-zeros
+ * in each slice of `width` columns; NULL when out of memory. */
+static int32_t *positions(const Matrix *m, int sigma, int width) {
+    const int32_t slices = width ? (m->cols + width - 1) / width : 1;
     row_key *keys = malloc(sizeof(row_key) * (size_t)m->rows);
     int32_t *position = malloc(sizeof(int32_t) * (size_t)m->rows);
-    if (!keys || !position) {
-        free(keys), free(position);
+    int32_t *counts = calloc((size_t)m->rows * (size_t)slices, sizeof(int32_t));
+    if (!keys || !position || !counts) {
+        free(keys), free(position), free(counts);
         return NULL;
     }
-    for (int32_t i = 0; i < m->rows; ++i)
-        keys[i] = (row_key){i, m->rowptr[i + 1] - m->rowptr[i], i / sigma};
-    qsort(keys, (size_t)m->rows, sizeof(row_key), by_window_then_length);
+    const uint16_t *column = m->index;
+    for (int32_t i = 0; i < m->rows; ++i) {
+        for (int32_t k = m->rowptr[i]; k < m->rowptr[i + 1]; ++k)
+            ++counts[(size_t)i * (size_t)slices + (size_t)(width ? column[k] / width : 0)];
+        keys[i] = (row_key){i, i / sigma, slices, counts + (size_t)i * (size_t)slices};
+    }
+    qsort(keys, (size_t)m->rows, sizeof(row_key), by_window_then_counts);
     for (int32_t i = 0; i < m->rows; ++i) position[keys[i].row] = i;
-    free(keys);
+    free(keys), free(counts);
     return position;
 }
 
@@ -72,9 +84,9 @@ static int one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, int i
     memset(owned, 0, sizeof(void *) * 4);
     if (m->r != 1 || m->c != 1 || m->wide || (lanes != 8 && lanes != 16) || (int8 && !m->q)) return 0;
     const int quad = int8 && lanes == 16;
-    const int sigma = window(rows_unit, lanes);
+    const int sigma = window(rows_unit, lanes), width = lanes == 8 ? 0 : quad ? QUAD_SLICE : sr_slice_width(m->cols);
     if (!sigma || m->rows % sigma) return 0;
-    int32_t *position = positions(m, sigma);
+    int32_t *position = positions(m, sigma, width);
     if (!position) return -1;
     const int32_t rows = m->rows;
     const uint16_t *column = m->index;
@@ -108,7 +120,6 @@ static int one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, int i
                     store(values, at, m->values[k], bf16);
             }
     } else {
-        const int width = quad ? QUAD_SLICE : sr_slice_width(m->cols);
         const int per_window = (sigma + 15) / 16, slices = (m->cols + width - 1) / width;
         const int32_t groups = rows / sigma * per_window;
         const size_t segments = (size_t)groups * (size_t)slices;

@@ -34,6 +34,14 @@ _CELL_CODES = {"rnn_tanh": 0, "rnn_relu": 1, "gru": 2, "lstm": 3, "rnn_clipped_r
 NARROW_COLUMNS = 256
 
 
+def most_window(rows_unit: int) -> int:
+    """The largest window of rows a one-column copy sorts its rows in (the C core's ``sr_most_window``):
+    an eighth of ``rows_unit`` (a thread's share of the rows stays whole windows for up to 8 threads),
+    but at least 64 and at most 512, a multiple of 8. Larger windows group rows of more alike lengths, so
+    fewer padding slots."""
+    return min(512, max(64, rows_unit // 8)) // 8 * 8
+
+
 def slice_width(cols: int) -> int:
     """Columns in a slice of the sliced one-column copy of a matrix with ``cols`` columns: 32 (one lookup
     of x a slot) up to :data:`NARROW_COLUMNS`, 64 (two lookups and a blend, but fewer padding slots) above."""
@@ -55,7 +63,8 @@ class OneColumn(NamedTuple):
     computes row ``order[8 * g + l]``. One vector multiply then serves 8 rows, with no per-row tail.
 
     ``lanes == 16``, sliced (the AVX-512 kernel): columns in slices of :func:`slice_width` (32 or 64), each
-    window of ``sigma`` rows sorted by length and taken in ``ceil(sigma / 16)`` groups of 16
+    window of ``sigma`` rows sorted by its rows' non-zeros in each slice (most first, slice by slice) and
+    taken in ``ceil(sigma / 16)`` groups of 16
     (``order[16 * g + l]`` is lane ``l``'s row, -1 past the window). Segment ``(g, j)``, slots
     ``ptr[g * slices + j]`` to ``ptr[g * slices + j + 1]``, holds group ``g``'s non-zeros in slice
     ``j``: slot ``k`` of it the ``k``-th of each lane's row, ``index`` being the column within the slice
@@ -219,10 +228,12 @@ class SparseMatrix:
         return self.rowptr.nbytes + self.index.nbytes + self.values.nbytes // (2 if self.bf16 else 1)
 
     def _window(self, lanes: int) -> int | None:
-        """The rows a thread's share and a gate of a recurrent matrix fall on whole multiples of: a
-        multiple of 8 up to 64 dividing ``rows_unit``; for ``lanes``-row groups, the one that wastes the
-        fewest lanes, then the largest."""
-        windows = [w for w in range(64, 7, -8) if (self.rows_unit or math.gcd(*self.shape)) % w == 0]
+        """The rows a thread's share and a gate of a recurrent matrix fall on whole multiples of, and
+        within which the one-column copies sort rows: a multiple of 8 dividing ``rows_unit``, at most
+        :func:`most_window` of it; for ``lanes``-row groups, the one that wastes the fewest lanes, then the
+        largest."""
+        unit = self.rows_unit or math.gcd(*self.shape)
+        windows = [w for w in range(most_window(unit), 7, -8) if unit % w == 0]
         if self.block != (1, 1) or self.index.dtype != np.uint16 or not windows:
             return None
         return min(windows, key=lambda w: (-(-w // lanes) * lanes / w, -w))
@@ -264,17 +275,19 @@ class SparseMatrix:
         rows, cols = self.shape
         per_window, slices = -(-sigma // 16), -(-cols // width)
         groups = rows // sigma * per_window
-        # rows sorted by length within their window, so that long rows share groups (less padding)
-        lengths = np.diff(self.rowptr)
+        # rows sorted within their window by their non-zeros in each slice, most first, slice by slice
+        # (lexicographically), so that rows of alike counts share groups: less padding
+        row = np.repeat(np.arange(rows), np.diff(self.rowptr))
+        column = self.index.astype(np.int64)
+        counts = np.bincount(row * slices + column // width, minlength=rows * slices).reshape(rows, slices)
         position = np.empty(rows, dtype=np.int64)
-        position[np.lexsort((-lengths, np.arange(rows) // sigma))] = np.arange(rows)
+        keys = [-counts[:, j] for j in reversed(range(slices))]
+        position[np.lexsort((np.arange(rows), *keys, np.arange(rows) // sigma))] = np.arange(rows)
         within = position % sigma
         group = position // sigma * per_window + within // 16
         lane = within % 16
         order = np.full(groups * 16, -1, dtype=np.int32)
         order[group * 16 + lane] = np.arange(rows)
-        row = np.repeat(np.arange(rows), np.diff(self.rowptr))
-        column = self.index.astype(np.int64)
         # the k-th non-zero of its row in its slice: rank within the (row, slice) runs
         key = row * slices + column // width
         by_key = np.argsort(key, kind="stable")

@@ -195,7 +195,9 @@ def test_windows_divide_the_rows_unit():
     matrix = SparseMatrix.from_dense(np.ones((10000, 200), np.float32))
     assert matrix._window(16) == 40  # gcd(10000, 200) = 200: a window of 40 leaves 8 of 48 lanes idle
     whole = SparseMatrix(matrix.shape, (1, 1), matrix.rowptr, matrix.index, matrix.values, rows_unit=10000)
-    assert (whole._window(16), whole._window(8)) == (16, 40)  # no idle lane; the longest without
+    assert (whole._window(16), whole._window(8)) == (400, 400)  # no idle lane, the longest up to 512
+    # an eighth of the unit (whole windows for 8 threads), within 64 and 512, a multiple of 8
+    assert [kernels.most_window(n) for n in (8, 200, 600, 1024, 1100, 10000)] == [64, 64, 72, 128, 136, 512]
     with pytest.raises(FormatError, match="rows_unit 300 does not divide the 10000 rows"):
         SparseMatrix(matrix.shape, (1, 1), matrix.rowptr, matrix.index, matrix.values, rows_unit=300)
 
@@ -294,8 +296,9 @@ def sliced_to_dense(matrix):
         for j in range(slices):
             for slot in range(ptr[group * slices + j], ptr[group * slices + j + 1]):
                 for lane in range(16):
-                    if order[16 * group + lane] >= 0:
-                        dense[order[16 * group + lane], width * j + int(index[slot, lane])] += values[slot, lane]
+                    row, column = order[16 * group + lane], width * j + int(index[slot, lane])
+                    if row >= 0:
+                        dense[row, column] += values[slot, lane]
                     else:
                         assert values[slot, lane] == 0
     return dense
@@ -306,7 +309,8 @@ def sliced_to_dense(matrix):
                           ((48, 304), 16, 3), ((40, 70), None, None)])
 def test_sliced_copy_holds_each_row_within_its_window(shape, window, groups):
     """Windows are whole 16-row groups where a multiple of 16 divides the shape (48, 64), else padded
-    (40 rows: groups of 16, 16 and 8); rows stay in their window, longest first."""
+    (40 rows: groups of 16, 16 and 8); rows stay in their window, sorted by their non-zeros in each
+    slice, most first, slice by slice (then by row)."""
     rng = np.random.default_rng(13)
     dense, _ = random_sparse(rng, shape, (1, 1), 0.15)
     dense[5] = 0.0  # an empty row
@@ -320,9 +324,12 @@ def test_sliced_copy_holds_each_row_within_its_window(shape, window, groups):
     rows = order[order >= 0]
     assert sorted(rows) == list(range(shape[0]))
     assert np.array_equal(rows // window, np.arange(shape[0]) // window)
-    lengths = np.diff(matrix.rowptr)[rows]
-    assert np.all(np.diff(lengths.reshape(-1, window), axis=1) <= 0)
-    assert np.all(index < kernels.slice_width(shape[1]))
+    width = kernels.slice_width(shape[1])
+    counts = [tuple(-np.count_nonzero(dense[row, j:j + width]) for j in range(0, shape[1], width)) + (row,)
+              for row in rows]
+    for start in range(0, len(rows), window):
+        assert counts[start:start + window] == sorted(counts[start:start + window])
+    assert np.all(index < width)
     assert np.array_equal(sliced_to_dense(matrix), dense)
 
 
@@ -598,7 +605,7 @@ def test_a_gather_outside_its_table_raises_and_bad_copies_are_refused():
 @pytest.mark.parametrize("bf16", [False, True])
 @pytest.mark.parametrize(("shape", "rows_unit", "density"), [((64, 64), None, 0.3), ((96, 200), 32, 0.1),
                                                              ((400, 130), 200, 0.05), ((24, 8), None, 0.5),
-                                                             ((48, 300), 48, 0.1)])
+                                                             ((48, 300), 48, 0.1), ((1200, 40), 1200, 0.1)])
 def test_the_c_runtime_builds_the_same_one_column_copies(shape, rows_unit, density, bf16):
     """The C runtime builds its one-column copies at load (runtime/src/layouts.c); the Python package
     builds them in numpy: the same arrays, so both run the kernels on the same layout."""
