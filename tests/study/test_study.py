@@ -297,7 +297,7 @@ def test_the_study_overrides_every_run_before_its_own(tmp_path, tiny_config):
 
 
 @pytest.mark.parametrize("name, schedule", [("ptb", (8, 6)), ("an4", (16, 11))])
-def test_the_frontier_studies_train_every_run_on_one_schedule_and_seed_their_claims_three_times(
+def test_the_frontier_studies_train_every_run_on_one_schedule_and_seed_their_claims_three_times_or_more(
         name, schedule, tmp_path, monkeypatch):
     root = Path(__file__).parents[2]
     study = load_study(root / f"configs/studies/{name}-frontier.yaml")
@@ -306,7 +306,8 @@ def test_the_frontier_studies_train_every_run_on_one_schedule_and_seed_their_cla
     assert {(c.train.epochs, c.train.anneal_from) for c in configs.values()} == {schedule}
     for claim in study.claims:
         for names in (claim.runs, claim.against):
-            assert sorted(configs[name].train.seed for name in names) == [0, 1, 2]
+            seeds = sorted(configs[name].train.seed for name in names)
+            assert len(seeds) >= 3 and seeds == list(range(len(seeds)))
             assert len({str(configs[name].model_dump(exclude={"train": {"seed"}})) for name in names}) == 1
 
 
