@@ -13,17 +13,18 @@
  *           then taken 8 at a time; group g holds slots [ptr[g], ptr[g+1]), slot s the s-th non-zero of
  *           each of its 8 rows (lanes) in values[8s..8s+8] and index[8s..8s+8] (uint16; zero value,
  *           index 0 past a row's end), and lane l computes row order[8g + l].
- *     lanes 16, sliced (AVX-512): columns in slices of sr_slice_width(cols); each window of sigma rows, sorted by
- *           the rows' non-zeros in each slice (most first, slice by slice, then by row), split into
- *           ceil(sigma/16) groups of 16 rows (lane l of group g computes row
- *           order[16g + l], -1 for a lane past the window); segment (g, j) = group g's non-zeros in slice j,
+ *     lanes 16, sliced (AVX-512): columns in slices of sr_slice_width(cols); each window of sigma rows,
+ *           sorted by the rows' non-zeros in each slice (most first, slice by slice, then by row), split
+ *           into ceil(sigma/16) groups of 16 rows (lane l of group g computes row order[16g + l], -1 for
+ *           a lane past the window); segment (g, j) = group g's non-zeros in slice j,
  *           slots [ptr[g*S + j], ptr[g*S + j + 1]) with S slices, slot s the k-th non-zero in the slice of
  *           each lane's row: values[16s..16s+16], index[16s..16s+16] (uint8 column within the slice).
  *     With int8 values (sell_int8), lanes 8 is the interleaved layout with int8 values (AVX2), and lanes 16
  *     quad (the VNNI and NEON dotprod kernels): the sliced layout of 16 lanes, slices of QUAD_SLICE
- *           (64) columns and every segment a multiple of 4 slots, slots in fours: slot s of lane l at byte 64 (s / 4) + 4 l + s % 4
- *           of sell_values (int8 q) and of sell_index (uint8 column within the slice), so that one 64-byte
- *           load holds 4 consecutive slots of all 16 lanes, a dot product of 4 per lane.
+ *           (64) columns and every segment a multiple of 4 slots, slots in fours: slot s of lane l at
+ *           byte 64 (s / 4) + 4 l + s % 4 of sell_values (int8 q) and of sell_index (uint8 column within
+ *           the slice), so that one 64-byte load holds 4 consecutive slots of all 16 lanes, a dot product
+ *           of 4 per lane.
  *     Either layout's values are float32 or, with bf16 = 1, bfloat16 (the upper 16 bits of the float32,
  *           uint16): the kernels widen them in registers and read half the value bytes. With bf16 = 1
  *           and no copy (lanes = 0), sell_values holds the matrix's block values in bfloat16, which

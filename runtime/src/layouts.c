@@ -84,7 +84,8 @@ static int one_column_copy(Matrix *m, long rows_unit, int lanes, int bf16, int i
     memset(owned, 0, sizeof(void *) * 4);
     if (m->r != 1 || m->c != 1 || m->wide || (lanes != 8 && lanes != 16) || (int8 && !m->q)) return 0;
     const int quad = int8 && lanes == 16;
-    const int sigma = window(rows_unit, lanes), width = lanes == 8 ? 0 : quad ? QUAD_SLICE : sr_slice_width(m->cols);
+    const int sigma = window(rows_unit, lanes);
+    const int width = lanes == 8 ? 0 : quad ? QUAD_SLICE : sr_slice_width(m->cols); /* 0: sort by length */
     if (!sigma || m->rows % sigma) return 0;
     int32_t *position = positions(m, sigma, width);
     if (!position) return -1;
