@@ -148,6 +148,31 @@ def test_a_streamed_step_is_one_compiled_call(monkeypatch, batch):
     torch.testing.assert_close(torch.cat([first, second]), expected, **TOLERANCE)
 
 
+def test_repeated_streamed_steps_take_the_short_path_and_keep_every_check():
+    """Calls with the last streamed step's shapes and dtypes go straight to its compiled call: their outputs
+    stay the model's and are fresh tensors each call; other inputs (another shape, one that needs a
+    gradient) take the full path and its checks."""
+    if "c" not in BACKENDS:
+        pytest.skip("the compiled kernels are not built")
+    torch.manual_seed(2)
+    model = pruned(WordLM(nn.LSTM)).eval()
+    tokens = torch.randint(0, 40, (8, 1))
+    fast = sparsify(model, example_inputs=(tokens[:5],))
+    with torch.no_grad():
+        expected = model(tokens)
+        steps = [fast(tokens[t:t + 1]) for t in range(6)]
+        assert fast._last is not None
+        kept = steps[0].clone()
+        steps += [fast(tokens.t().contiguous().t()[t:t + 1]) for t in (6, 7)]  # views of another tensor
+    torch.testing.assert_close(torch.cat(steps), expected, **TOLERANCE)
+    torch.testing.assert_close(steps[0], kept)  # later calls wrote into fresh tensors
+    fast.reset()
+    with torch.no_grad():
+        torch.testing.assert_close(fast(tokens), expected, **TOLERANCE)  # another shape: the full path
+    with pytest.raises(RuntimeError, match="inference only"):
+        fast(torch.zeros(1, 1, requires_grad=True))
+
+
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_state_passed_in_the_forward_is_used_and_returned_as_pytorch(backend):
     torch.manual_seed(1)
