@@ -327,12 +327,13 @@ static int whole_windows(const Matrix *m, int bound) { return m->sigma ? bound -
 /* Split H/r unit blocks among threads by their non-zeros over all gates. */
 static void partition(const Matrix *m, int G, int threads, int *bounds) {
     const int units = m->rows / G / m->r;
+    bounds[0] = 0, bounds[threads] = units;
+    if (threads == 1) return; /* every step of a streamed layer calls this: no count for one thread */
     double total = 0.0;
     for (int u = 0; u < units; ++u)
         for (int g = 0; g < G; ++g) total += m->rowptr[g * units + u + 1] - m->rowptr[g * units + u] + 1;
     double seen = 0.0;
     int t = 1;
-    bounds[0] = 0;
     for (int u = 0; u < units && t < threads; ++u) {
         for (int g = 0; g < G; ++g) seen += m->rowptr[g * units + u + 1] - m->rowptr[g * units + u] + 1;
         while (t < threads && seen >= total * t / threads) bounds[t++] = u + 1;
