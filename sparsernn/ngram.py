@@ -19,6 +19,7 @@ import math
 from collections import Counter, defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 from sparsernn.errors import UserError
@@ -202,10 +203,20 @@ class NgramLM:
             history.append(word)
         return total
 
+    @cached_property
+    def spelled(self) -> frozenset[str]:
+        """The words a transcript may spell: the vocabulary, sentence marks and ``<unk>`` left out."""
+        return frozenset(self.words) - {BOS, EOS, UNK}
+
+    @cached_property
+    def prefixes(self) -> frozenset[str]:
+        """Every beginning of a :attr:`spelled` word (the word itself included)."""
+        return frozenset(word[:k] for word in self.spelled for k in range(1, len(word) + 1))
+
     def check_alphabet(self, alphabet: Sequence[str], source: str) -> None:
         """Refuse a model whose words use characters a CTC model with this alphabet cannot emit."""
         emitted = set(alphabet)
-        missing = sorted({c for word in self.words if word not in (BOS, EOS, UNK) for c in word} - emitted)
+        missing = sorted({c for word in self.spelled for c in word} - emitted)
         if missing:
             raise UserError(f"{source}: the language model's words use characters the speech model cannot "
                             f"emit: {' '.join(missing)} (build it from text in the model's alphabet, e.g. "

@@ -7,11 +7,10 @@ import math
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
 import torch
 
-from sparsernn.ngram import BOS, EOS, UNK, NgramLM
+from sparsernn.ngram import BOS, EOS, NgramLM
 
 
 def edit_distance(reference: Sequence, hypothesis: Sequence) -> int:
@@ -62,22 +61,13 @@ class LMFusion:
     beta: float = 1.0
     lexicon: bool = False
 
-    @cached_property
-    def words(self) -> frozenset[str]:
-        """The LM's vocabulary, sentence marks and ``<unk>`` left out."""
-        return frozenset(self.lm.words) - {BOS, EOS, UNK}
-
-    @cached_property
-    def prefixes(self) -> frozenset[str]:
-        return frozenset(word[:k] for word in self.words for k in range(1, len(word) + 1))
-
     def spells(self, partial: str) -> bool:
         """Whether a word may begin so: any, or with ``lexicon`` the beginning of one of the LM's."""
-        return not self.lexicon or partial in self.prefixes
+        return not self.lexicon or partial in self.lm.prefixes
 
     def closes(self, partial: str) -> bool:
         """Whether a word may end so: any, or with ``lexicon`` one of the LM's."""
-        return not self.lexicon or partial in self.words
+        return not self.lexicon or partial in self.lm.spelled
 
     def word(self, history: tuple[str, ...], word: str) -> float:
         return self.alpha * self.lm.log_prob((BOS, *history), word) + self.beta

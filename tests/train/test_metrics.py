@@ -102,9 +102,9 @@ def test_lexicon_search_returns_the_brute_force_scores_of_transcripts_of_the_lm_
     generator = torch.Generator().manual_seed(seed)
     log_probs = torch.randn(5, 4, generator=generator, dtype=torch.float64).mul(2).log_softmax(-1)
     fusion = LMFusion(tiny_lm(order=1 + seed % 3), alpha=0.8, beta=0.5, lexicon=True)
-    assert fusion.words == {"A", "B", "AB"}
+    assert fusion.lm.spelled == {"A", "B", "AB"}
     expected = {text: score for text, score in brute_force_scores(log_probs, fusion).items()
-                if all(word in fusion.words for word in text.split())}  # "BA", "BB", "AAB"... dropped
+                if all(word in fusion.lm.spelled for word in text.split())}  # "BA", "BB", "AAB"... dropped
     found = dict(prefix_beam_search(log_probs, SPACED, beam=100_000, prune=-math.inf, lm=fusion))
     assert found.keys() == expected.keys()
     for text, score in expected.items():
