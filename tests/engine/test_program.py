@@ -150,8 +150,8 @@ def test_a_streamed_step_is_one_compiled_call(monkeypatch, batch):
 
 def test_repeated_streamed_steps_take_the_short_path_and_keep_every_check():
     """Calls with the last streamed step's shapes and dtypes go straight to its compiled call: their outputs
-    stay the model's and are fresh tensors each call; other inputs (another shape, one that needs a
-    gradient) take the full path and its checks."""
+    stay the model's and are fresh tensors each call; other inputs (another shape; features that are not
+    contiguous or need a gradient) take the full path and its checks."""
     if "c" not in BACKENDS:
         pytest.skip("the compiled kernels are not built")
     torch.manual_seed(2)
@@ -169,8 +169,18 @@ def test_repeated_streamed_steps_take_the_short_path_and_keep_every_check():
     fast.reset()
     with torch.no_grad():
         torch.testing.assert_close(fast(tokens), expected, **TOLERANCE)  # another shape: the full path
+    # features in, streamed at batch 1: a strided step (not contiguous) after contiguous ones
+    mixer = Mixer().eval()
+    features = torch.randn(1, 4, 16)[..., ::2]
+    fast = sparsify(mixer, example_inputs=(features.contiguous(),))
+    with torch.no_grad():
+        expected = mixer(features)
+        steps = [fast(features[:, t:t + 1].contiguous()) for t in range(3)] + [fast(features[:, 3:4])]
+    assert fast._last is not None and not features[:, 3:4].is_contiguous()
+    for k in range(2):
+        torch.testing.assert_close(torch.cat([s[k] for s in steps], dim=1), expected[k], **TOLERANCE)
     with pytest.raises(RuntimeError, match="inference only"):
-        fast(torch.zeros(1, 1, requires_grad=True))
+        fast(features[:, :1].contiguous().requires_grad_())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
