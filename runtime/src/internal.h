@@ -12,14 +12,13 @@
 
 enum { DT_F32, DT_F16, DT_U16, DT_I32, DT_I64, DT_U8, DT_I8, DT_I16, DT_U32, DT_U64, DT_F64, DT_BOOL };
 
-/* A tensor of the file (its data in memory the model owns, aligned to its values' size). */
+/* A tensor of the file (its data in the model's arena, on a 64-byte boundary). */
 typedef struct {
     char *name;
     int dtype, rank;
     long long shape[8];
     size_t count; /* elements */
-    void *data;   /* into the model's copy of the file, or (owned) a copy where that is not aligned */
-    int owned;
+    void *data;
 } tensor;
 
 /* A stored weight as the program uses it: a matrix for products (sparse as stored, dense as blocks), or
@@ -71,7 +70,7 @@ typedef struct {
 } value;
 
 struct sr_model {
-    unsigned char *file; /* the file's bytes (64-byte aligned, owned): the tensors point into it */
+    unsigned char *arena; /* every tensor's bytes, each on a 64-byte boundary (owned) */
     json *metadata;
     tensor *tensors;
     int tensor_count;

@@ -88,30 +88,59 @@ static void digest(const sr_model *model, char hex[65]) {
     for (int i = 0; i < 32; ++i) snprintf(hex + 2 * i, 3, "%02x", bytes[i]);
 }
 
-/* The safetensors container: the header's tensors, each checked against the data section and copied. */
-static sr_status read_container(sr_model *model, const unsigned char *file, size_t size, json **metadata_text,
-                                char *error, size_t error_size) {
+/* Where a file's bytes come from: a caller's buffer, or an open file (size bytes either way). */
+typedef struct {
+    const unsigned char *buffer;
+    FILE *file;
+    size_t size;
+} source;
+
+/* n bytes at offset `at` of the source (the caller checked they lie inside it) into `to`: 0, or -1 when
+ * the file cannot be read. */
+static int fetch(const source *from, size_t at, void *to, size_t n) {
+    if (from->buffer) return memcpy(to, from->buffer + at, n), 0;
+    return n && (fseek(from->file, (long)at, SEEK_SET) || fread(to, 1, n, from->file) != n) ? -1 : 0;
+}
+
+#define LINE(n) (((n) + 63) / 64 * 64)
+
+/* The safetensors container: the header's tensors, each checked against the data section and read into
+ * model->arena on a 64-byte boundary of its own (a block's vector loads never span two cache lines: the
+ * data section packs tensors at any offset). */
+static sr_status read_container(sr_model *model, const source *from, json **metadata_text, char *error,
+                                size_t error_size) {
+    const size_t size = from->size;
+    unsigned char length[8];
     if (size < 8) return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "not a safetensors file (%zu bytes)", size);
+    if (fetch(from, 0, length, 8)) return SR_FAIL(SR_ERROR_IO, error, error_size, "cannot read the file");
     uint64_t header_size = 0;
-    for (int i = 7; i >= 0; --i) header_size = header_size << 8 | file[i];
+    for (int i = 7; i >= 0; --i) header_size = header_size << 8 | length[i];
     if (header_size > MAX_HEADER || header_size > size - 8)
         return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "truncated or not a safetensors file (header of %" PRIu64
                        " bytes in a file of %zu)", header_size, size);
+    char *text = malloc(header_size ? (size_t)header_size : 1);
+    if (!text) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+    if (fetch(from, 8, text, (size_t)header_size)) {
+        free(text);
+        return SR_FAIL(SR_ERROR_IO, error, error_size, "cannot read the file");
+    }
     char reason[160];
-    json *header = json_parse((const char *)file + 8, (size_t)header_size, reason, sizeof reason);
+    json *header = json_parse(text, (size_t)header_size, reason, sizeof reason);
+    free(text);
     if (!header || header->kind != JSON_OBJECT) {
         json_free(header);
         return SR_FAIL(SR_ERROR_FORMAT, error, error_size, "safetensors header is not a JSON object (%s)",
                        header ? "another value" : reason);
     }
-    const unsigned char *data = file + 8 + header_size;
-    const size_t data_size = size - 8 - (size_t)header_size;
+    const size_t data_at = 8 + (size_t)header_size, data_size = size - data_at;
     model->tensors = calloc(header->count + 1, sizeof(tensor));
-    if (!model->tensors) {
-        json_free(header);
+    size_t *begins = calloc(header->count + 1, sizeof(size_t)); /* each tensor's offset in the data section */
+    if (!model->tensors || !begins) {
+        json_free(header), free(begins);
         return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
     }
     sr_status status = SR_OK;
+    size_t arena = 0; /* bytes of model->arena */
     for (json *entry = header->child; entry && !status; entry = entry->next) {
         if (!strcmp(entry->key, "__metadata__")) {
             const char *text = json_string(json_get(entry, "sparsernn"));
@@ -153,21 +182,25 @@ static sr_status read_container(sr_model *model, const unsigned char *file, size
                              entry->key, end - begin, t->count, DTYPES[t->dtype].name);
             break;
         }
-        t->name = strdup(entry->key);
-        t->data = (void *)(data + begin);
-        if (t->name && (uintptr_t)t->data % (uintptr_t)DTYPES[t->dtype].size) { /* not aligned: a copy */
-            t->data = aligned((size_t)(end - begin)), t->owned = 1;
-            if (t->data) memcpy(t->data, data + begin, (size_t)(end - begin));
-        }
-        if (!t->name || !t->data) {
-            free(t->name);
-            if (t->owned) free(t->data);
+        if (!(t->name = strdup(entry->key))) {
             status = SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
             break;
         }
-        model->tensor_count++;
+        begins[model->tensor_count++] = (size_t)begin;
+        arena += LINE((size_t)(end - begin));
     }
     json_free(header);
+    if (!status && !(model->arena = aligned(arena))) status = SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
+    size_t at = 0;
+    for (int i = 0; !status && i < model->tensor_count; ++i) {
+        tensor *t = &model->tensors[i];
+        const size_t bytes = t->count * (size_t)DTYPES[t->dtype].size;
+        t->data = model->arena + at;
+        at += LINE(bytes);
+        if (fetch(from, data_at + begins[i], t->data, bytes))
+            status = SR_FAIL(SR_ERROR_IO, error, error_size, "cannot read the file");
+    }
+    free(begins);
     if (!status && !*metadata_text) status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "no sparsernn metadata; not a sparsernn model file");
     return status;
 }
@@ -339,10 +372,10 @@ static sr_status read_weights(sr_model *model, char *error, size_t error_size) {
     return SR_OK;
 }
 
-/* Reads and checks the file held in model->file (file_bytes of it). */
-static sr_status load(sr_model *model, char *error, size_t error_size) {
-    sr_status status = read_container(model, model->file, (size_t)model->file_bytes, &model->metadata, error,
-                                      error_size);
+/* Reads and checks a model file. */
+static sr_status load(sr_model *model, const source *from, char *error, size_t error_size) {
+    model->file_bytes = (long long)from->size;
+    sr_status status = read_container(model, from, &model->metadata, error, error_size);
     long long format = 0;
     if (!status && json_integer(json_get(model->metadata, "format"), 0, 1000, &format))
         status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "metadata has no format version");
@@ -372,22 +405,14 @@ static sr_status load(sr_model *model, char *error, size_t error_size) {
     return status;
 }
 
-/* A model whose file is `size` bytes, to be read into model->file; NULL when out of memory. */
-static sr_model *new_model(size_t size) {
-    sr_model *model = calloc(1, sizeof(sr_model));
-    if (model && !(model->file = aligned(size))) free(model), model = NULL;
-    if (model) model->file_bytes = (long long)size;
-    return model;
-}
-
 sr_status sr_model_from_buffer(const void *data, size_t size, sr_model **out, char *error, size_t error_size) {
     char scratch[8];
     if (!error || !error_size) error = scratch, error_size = sizeof scratch;
     *out = NULL;
-    sr_model *model = new_model(size);
+    sr_model *model = calloc(1, sizeof(sr_model));
     if (!model) return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
-    memcpy(model->file, data, size);
-    const sr_status status = load(model, error, error_size);
+    const source from = {data, NULL, size};
+    const sr_status status = load(model, &from, error, error_size);
     if (status) sr_model_free(model);
     else *out = model;
     return status;
@@ -401,16 +426,16 @@ sr_status sr_model_from_file(const char *path, sr_model **out, char *error, size
     if (!file) return SR_FAIL(SR_ERROR_IO, error, error_size, "%s: cannot open the file", path);
     long size = -1;
     if (!fseek(file, 0, SEEK_END)) size = ftell(file);
-    sr_model *model = size >= 0 && !fseek(file, 0, SEEK_SET) ? new_model((size_t)size) : NULL;
-    const int read = model && fread(model->file, 1, (size_t)size, file) == (size_t)size;
-    fclose(file);
-    if (!read) {
-        sr_model_free(model);
-        return size < 0 || model ? SR_FAIL(SR_ERROR_IO, error, error_size, "%s: cannot read the file", path)
-                                 : SR_FAIL(SR_ERROR_MEMORY, error, error_size, "%s: out of memory", path);
+    sr_model *model = size >= 0 ? calloc(1, sizeof(sr_model)) : NULL;
+    if (!model) {
+        fclose(file);
+        return size < 0 ? SR_FAIL(SR_ERROR_IO, error, error_size, "%s: cannot read the file", path)
+                        : SR_FAIL(SR_ERROR_MEMORY, error, error_size, "%s: out of memory", path);
     }
     char reason[400];
-    const sr_status status = load(model, reason, sizeof reason); /* read in place: no second copy */
+    const source from = {NULL, file, (size_t)size};
+    const sr_status status = load(model, &from, reason, sizeof reason); /* each tensor read to its place */
+    fclose(file);
     if (status) {
         snprintf(error, error_size, "%s: %s", path, reason);
         sr_model_free(model);
@@ -427,12 +452,9 @@ void sr_model_free(sr_model *model) {
         for (int j = 0; j < 10; ++j) free(model->weights[i].owned[j]);
         free(model->weights[i].name);
     }
-    for (int i = 0; i < model->tensor_count; ++i) {
-        free(model->tensors[i].name);
-        if (model->tensors[i].owned) free(model->tensors[i].data);
-    }
+    for (int i = 0; i < model->tensor_count; ++i) free(model->tensors[i].name);
     free(model->weights), free(model->tensors);
     json_free(model->metadata);
-    free(model->file);
+    free(model->arena);
     free(model);
 }

@@ -1,7 +1,8 @@
 /* The C runtime's tests, with no Python: every fixture (runtime/tests/fixtures, written by
  * make_fixtures.py from PyTorch) run and compared with PyTorch's output; no allocation in a step (malloc,
  * calloc, realloc and posix_memalign are wrapped and counted: -Wl,--wrap=...); one model shared by two
- * states; whole-sequence runs equal to stepping; and the errors a caller meets.
+ * states; whole-sequence runs equal to stepping; every tensor on a cache line, from a file or a buffer;
+ * and the errors a caller meets.
  *
  *   test_runtime FIXTURE_DIRECTORY      exit status 0 when every check passes */
 #include <math.h>
@@ -9,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "../src/internal.h" /* the model's tensors, whose alignment one test checks */
 #include "npy.h"
 #include "sparsernn.h"
 
@@ -142,6 +144,35 @@ static void fixture(const char *directory, const char *name) {
     sr_model_free(model);
 }
 
+/* Every tensor of a loaded model starts a cache line (the file packs them at any offset: the fixture's
+ * are not all aligned there), read from the file or from a buffer; the offsets in the file are checked to
+ * include unaligned ones, so that the test sees the reader place them. */
+static void aligned(const char *directory) {
+    char path[512], error[256];
+    snprintf(path, sizeof path, "%s/gru_8x1.safetensors", directory);
+    sr_model *models[2] = {NULL, NULL};
+    CHECK(sr_model_from_file(path, &models[0], error, sizeof error) == SR_OK, "%s", error);
+    FILE *f = fopen(path, "rb");
+    unsigned char *data = malloc(1 << 20);
+    const size_t size = f ? fread(data, 1, 1 << 20, f) : 0;
+    if (f) fclose(f);
+    CHECK(size > 8 && size < (1 << 20), "%s read", path);
+    CHECK(sr_model_from_buffer(data, size, &models[1], error, sizeof error) == SR_OK, "%s", error);
+    for (int k = 0; k < 2 && models[k]; ++k) {
+        int misplaced = 0;
+        for (int i = 0; i < models[k]->tensor_count; ++i) misplaced += (uintptr_t)models[k]->tensors[i].data % 64 != 0;
+        CHECK(models[k]->tensor_count > 3 && !misplaced, "%d tensor(s) off a cache line", misplaced);
+    }
+    int unaligned = 0; /* tensors the file holds off a 64-byte boundary: "data_offsets":[begin, */
+    const size_t length = (size_t)data[0] | (size_t)data[1] << 8 | (size_t)data[2] << 16;
+    char *header = size > 8 + length ? strndup((const char *)data + 8, length) : NULL;
+    for (const char *at = header; at && (at = strstr(at, "\"data_offsets\":[")) != NULL; at += 16)
+        unaligned += (8 + length + strtoull(at + 16, NULL, 10)) % 64 != 0;
+    free(header);
+    CHECK(unaligned > 0, "the fixture has no tensor off a cache line in its file");
+    free(data), sr_model_free(models[0]), sr_model_free(models[1]);
+}
+
 static sr_status load(const void *data, size_t size, char *error) {
     sr_model *model;
     const sr_status s = sr_model_from_buffer(data, size, &model, error, 256);
@@ -200,6 +231,7 @@ int main(int argc, char **argv) {
     }
     for (size_t i = 0; i < sizeof FIXTURES / sizeof *FIXTURES; ++i) fixture(argv[1], FIXTURES[i]);
     errors(argv[1]);
+    aligned(argv[1]);
     if (failures) fprintf(stderr, "%d check(s) failed\n", failures);
     else printf("runtime tests passed\n");
     return failures ? 1 : 0;
