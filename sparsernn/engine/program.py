@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -377,8 +378,7 @@ class SparseProgram(nn.Module):
     def _direct(self, plan: _Plan, leaves) -> object:
         """A streamed step of one column as one call of the extension: contiguous inputs in, the compiled
         step, copies of the outputs out in the forward's structure."""
-        sources = [(leaf.numpy(), buffer) for leaf, buffer in zip(leaves, plan.direct, strict=True)]
-        arrays = kernels._compiled().step(plan.step[0]._program, sources, plan.direct_out)
+        arrays = plan.call([(leaf.numpy(), buffer) for leaf, buffer in zip(leaves, plan.direct, strict=True)])
         return self._build([torch.from_numpy(array) for array in arrays])
 
     def _plan(self, key: tuple) -> _Plan:
@@ -433,8 +433,10 @@ class SparseProgram(nn.Module):
         taken = [getattr(torch, entry["dtype"]) for entry in engine.inputs]
         if batch == 1 and not engine._state_inputs and dtypes == taken:
             plan.direct = buffers
-            plan.direct_out = [buffer.reshape(shape) for buffer, (_, _, shape) in zip(results, plan.outputs,
-                                                                                       strict=True)]
+            plan.direct_out = outputs = [buffer.reshape(shape) for buffer, (_, _, shape)
+                                         in zip(results, plan.outputs, strict=True)]
+            step, program = kernels._compiled().step, engine._step[0]._program
+            plan.call = lambda sources: step(program, sources, outputs)
 
 
 @dataclasses.dataclass
@@ -444,8 +446,9 @@ class _Plan:
     shape that take it back. For a streamed step (one time step, mode stream, compiled): ``step``, the
     engine's compiled step (program, input buffers, output buffers); ``views_in`` and ``views_out``,
     torch views of those buffers in the forward's layouts; ``direct``, at batch 1, the input buffers that
-    the extension's ``step()`` copies the inputs into, and ``direct_out``, the output buffers in the
-    forward's shapes, which it copies out."""
+    the extension's ``step()`` copies the inputs into, ``direct_out``, the output buffers in the
+    forward's shapes, which it copies out, and ``call``, that step bound to the program and those
+    outputs: (source, buffer) pairs in, the copies out."""
 
     inputs: list
     outputs: list
@@ -454,13 +457,18 @@ class _Plan:
     views_out: list | None = None
     direct: list | None = None
     direct_out: list | None = None
+    call: Callable | None = None
 
 
 def _same_inputs(args: tuple, key: tuple) -> bool:
     """Whether ``args`` are contiguous tensors of ``key``'s shapes and dtypes that need no gradient."""
-    return len(args) == len(key) and all(
-        type(arg) is torch.Tensor and arg.shape == shape and arg.dtype == dtype and not arg.requires_grad
-        and arg.is_contiguous() for arg, (shape, dtype) in zip(args, key, strict=True))
+    if len(args) != len(key):
+        return False
+    for arg, (shape, dtype) in zip(args, key, strict=True):  # a loop, not all(): on every streamed step
+        if (type(arg) is not torch.Tensor or arg.shape != shape or arg.dtype != dtype or arg.requires_grad
+                or not arg.is_contiguous()):
+            return False
+    return True
 
 
 def _builder(spec: pytree.TreeSpec, start: int = 0):
