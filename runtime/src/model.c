@@ -140,7 +140,7 @@ static sr_status read_container(sr_model *model, const source *from, json **meta
         return SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");
     }
     sr_status status = SR_OK;
-    size_t arena = 0; /* bytes of model->arena */
+    size_t arena = 0, stored = 0; /* bytes of model->arena, and of the tensors as stored */
     for (json *entry = header->child; entry && !status; entry = entry->next) {
         if (!strcmp(entry->key, "__metadata__")) {
             const char *text = json_string(json_get(entry, "sparsernn"));
@@ -188,6 +188,9 @@ static sr_status read_container(sr_model *model, const source *from, json **meta
         }
         begins[model->tensor_count++] = (size_t)begin;
         arena += LINE((size_t)(end - begin));
+        if ((stored += (size_t)(end - begin)) > data_size) /* overlapping tensors: each would be copied */
+            status = SR_FAIL(SR_ERROR_FORMAT, error, error_size, "tensors hold more bytes than the file's %zu "
+                             "data bytes (overlapping data_offsets)", data_size);
     }
     json_free(header);
     if (!status && !(model->arena = aligned(arena))) status = SR_FAIL(SR_ERROR_MEMORY, error, error_size, "out of memory");

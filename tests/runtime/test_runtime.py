@@ -2,6 +2,7 @@
 gives the same outputs in C on x86, in C on aarch64 under qemu, in the Python engine and in the masked
 PyTorch model; the CLI's errors are one line; the committed fixtures are what make_fixtures.py writes."""
 
+import json
 import shutil
 import subprocess
 import sys
@@ -105,6 +106,17 @@ def test_errors_are_one_line_naming_the_file(cli, tmp_path):
     plain = tmp_path / "plain.safetensors"
     save_sparse(pruned(WordLM()).eval(), plain)  # no program
     assert "no program in this file" in error(plain, "--info")
+    # many names for one tensor's bytes: refused before the reader copies each one
+    data = (FIXTURES / "gru.safetensors").read_bytes()
+    length = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8:8 + length])
+    largest = max((entry for name, entry in header.items() if name != "__metadata__"),
+                  key=lambda entry: entry["data_offsets"][1] - entry["data_offsets"][0])
+    header |= {f"copy{k}": largest for k in range(100)}
+    text = json.dumps(header).encode()
+    repeated = tmp_path / "repeated.safetensors"
+    repeated.write_bytes(len(text).to_bytes(8, "little") + text + data[8 + length:])
+    assert "overlapping data_offsets" in error(repeated, "--info")
 
 
 def test_info_describes_the_program_and_the_matrices(cli):
