@@ -149,9 +149,9 @@ static void interleaved_bf16(const Matrix *m, int br0, int br1, const float *X, 
 }
 
 /* R x 1 blocks (R = 8 or 16 consecutive rows of one column), one contiguous column: per block one
- * broadcast of x and R/8 FMAs; four blocks in flight, their four indices in one 64-bit load (bound by
- * loads, the kernel ran 1.15x faster so: benchmarks/probes/column_blocks_probe.c). VALUES8(k, h) loads the
- * 8 values h of block k: float32, or bfloat16 (m->sell_values) widened by a shift. */
+ * broadcast of x and R/8 FMAs; four blocks in flight, their four indices in one 64-bit load (the kernel is
+ * bound by its loads: 1.15x faster so, benchmarks/probes/column_blocks_probe.c). VALUES8(k, h) loads the 8
+ * values h of block k: float32, or bfloat16 (m->sell_values) widened by a shift. */
 #define COLUMN_BLOCKS(NAME, R, VALUES8)                                                          \
     static void NAME(const Matrix *m, int br0, int br1, const float *X, long ldx, float *Y, long ldy, \
                      const float *bias) {                                                        \
