@@ -45,6 +45,8 @@
  * large model's products) above; benchmarks/probes/slice_width_probe.py. */
 #define SLICE_NARROW_COLUMNS 256
 static inline int sr_slice_width(long cols) { return cols <= SLICE_NARROW_COLUMNS ? 32 : 64; }
+/* Slices of the sliced copy of a matrix with cols columns. */
+static inline long sr_slices(long cols) { return (cols + sr_slice_width(cols) - 1) / sr_slice_width(cols); }
 /* The largest window of rows a one-column copy sorts its rows in (sparsernn.kernels.most_window): an
  * eighth of rows_unit (a thread's share stays whole windows for up to 8 threads), at least 64, at most
  * 512, a multiple of 8. */

@@ -61,7 +61,7 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
         }
         /* lanes 8: a group per 8 rows; lanes 16: ceil(sigma / 16) groups per window, a segment per slice */
         const Py_ssize_t groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / sigma) * ((sigma + 15) / 16);
-        const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + sr_slice_width(cols) - 1) / sr_slice_width(cols));
+        const Py_ssize_t segments = lanes == 8 ? groups : groups * sr_slices(cols);
         if (check_len(sell_ptr, (segments + 1) * 4, "one-column ptr") ||
             check_len(sell_order, groups * lanes * 4, "one-column order"))
             return -1;
@@ -586,7 +586,7 @@ static PyObject *py_one_column(PyObject *self, PyObject *args) {
         goto done;
     }
     const Py_ssize_t groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / m.sigma) * ((m.sigma + 15) / 16);
-    const Py_ssize_t segments = lanes == 8 ? groups : groups * ((cols + sr_slice_width(cols) - 1) / sr_slice_width(cols));
+    const Py_ssize_t segments = lanes == 8 ? groups : groups * sr_slices(cols);
     const Py_ssize_t slots = m.sell_ptr[segments];
     result = Py_BuildValue("iy#y#y#y#", m.sigma, (const char *)m.sell_ptr, (segments + 1) * 4,
                            (const char *)m.sell_order, groups * lanes * 4, (const char *)m.sell_index,
