@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sparsernn import kernels, load_sparse, save_sparse, sparsify
+from sparsernn import load_sparse, save_sparse, sparsify
 from sparsernn.bench.end_to_end import SHAPES, _pruned_model
 from sparsernn.config import ModelConfig
 from sparsernn.engine import LanguageModelEngine
@@ -61,22 +61,22 @@ def main() -> None:
     with torch.no_grad():
         program(token)
         plan = program._plans[((token.shape, token.dtype),)]  # the compiled step and its buffers
-        step, buffers, results = plan.step[0], plan.direct, plan.direct_out
+        step, buffers = plan.step[0], plan.direct
         sources = [(np.ascontiguousarray(token.numpy()), buffers[0])]
         rows = {
             "the compiled step alone": microseconds(step),
             "the extension's step(): token in, step, copies of the outputs": microseconds(
-                lambda: kernels._compiled().step(step._program, sources, results)),
+                lambda: plan.call(sources)),
             "SparseProgram called (what a user calls)": microseconds(lambda: program(token)),
             "the same for a forward returning the logits alone": microseconds(lambda: logits_only(token)),
             "LanguageModelEngine on the same file (logits only)": microseconds(lambda: engine(token.numpy())),
         }
         # the bench's loop (sparsernn bench --end-to-end): a slice of a token stream per call
-        stream, compiled = torch.zeros(200, 1, dtype=torch.long), kernels._compiled()
+        stream = torch.zeros(200, 1, dtype=torch.long)
 
         def floor():  # the least a Python call can do: the slice in, the step, the outputs' tensors out
             for t in range(200):
-                arrays = compiled.step(step._program, [(stream[t:t + 1].numpy(), buffers[0])], results)
+                arrays = plan.call([(stream[t:t + 1].numpy(), buffers[0])])
                 [torch.from_numpy(array) for array in arrays]
 
         def called():

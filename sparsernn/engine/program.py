@@ -433,8 +433,8 @@ class SparseProgram(nn.Module):
         taken = [getattr(torch, entry["dtype"]) for entry in engine.inputs]
         if batch == 1 and not engine._state_inputs and dtypes == taken:
             plan.direct = buffers
-            plan.direct_out = outputs = [buffer.reshape(shape) for buffer, (_, _, shape)
-                                         in zip(results, plan.outputs, strict=True)]
+            outputs = [buffer.reshape(shape) for buffer, (_, _, shape)
+                       in zip(results, plan.outputs, strict=True)]
             step, program = kernels._compiled().step, engine._step[0]._program
             plan.call = lambda sources: step(program, sources, outputs)
 
@@ -446,9 +446,8 @@ class _Plan:
     shape that take it back. For a streamed step (one time step, mode stream, compiled): ``step``, the
     engine's compiled step (program, input buffers, output buffers); ``views_in`` and ``views_out``,
     torch views of those buffers in the forward's layouts; ``direct``, at batch 1, the input buffers that
-    the extension's ``step()`` copies the inputs into, ``direct_out``, the output buffers in the
-    forward's shapes, which it copies out, and ``call``, that step bound to the program and those
-    outputs: (source, buffer) pairs in, the copies out."""
+    the extension's ``step()`` copies the inputs into, and ``call``, that step bound to the program and
+    to the output buffers in the forward's shapes: (source, buffer) pairs in, copies of the outputs out."""
 
     inputs: list
     outputs: list
@@ -456,7 +455,6 @@ class _Plan:
     views_in: list | None = None
     views_out: list | None = None
     direct: list | None = None
-    direct_out: list | None = None
     call: Callable | None = None
 
 
