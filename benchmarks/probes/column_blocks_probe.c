@@ -15,7 +15,7 @@
 typedef struct { int rows, cols; int32_t *rowptr; uint16_t *index; float *values, *x, *y; } M;
 
 static M make(int rows, int cols, unsigned seed) {
-    M m = {rows, cols};
+    M m = {.rows = rows, .cols = cols};
     const int brows = rows / 8;
     m.rowptr = malloc(4 * (size_t)(brows + 1));
     m.index = aligned_alloc(64, (2 * (size_t)brows * cols + 127) / 64 * 64);
@@ -45,6 +45,13 @@ static void reference(const M *m, float *y) {
         }
 }
 
+/* Every variant's tail: the blocks [k, end) of block row br one at a time, added to sum, and the row stored. */
+static inline __attribute__((always_inline)) void finish(const M *m, int br, int32_t k, int32_t end, __m256 sum) {
+    for (; k < end; ++k)
+        sum = _mm256_fmadd_ps(_mm256_loadu_ps(m->values + 8 * (size_t)k), _mm256_broadcast_ss(m->x + m->index[k]), sum);
+    _mm256_storeu_ps(m->y + 8 * br, sum);
+}
+
 /* 0: the kernel as it is: a broadcast of x and an FMA a block, four blocks in flight. */
 static void current(const M *m) {
     const float *X = m->x, *v = m->values;
@@ -55,8 +62,7 @@ static void current(const M *m) {
         for (; k + 4 <= end; k += 4)
             for (int u = 0; u < 4; ++u)
                 a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)(k + u)), _mm256_broadcast_ss(X + m->index[k + u]), a[u]);
-        for (; k < end; ++k) a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k), _mm256_broadcast_ss(X + m->index[k]), a[0]);
-        _mm256_storeu_ps(m->y + 8 * br, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+        finish(m, br, k, end, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
     }
 }
 
@@ -71,9 +77,8 @@ static void eight(const M *m) {
         for (; k + 8 <= end; k += 8)
             for (int u = 0; u < 8; ++u)
                 a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)(k + u)), _mm256_broadcast_ss(X + m->index[k + u]), a[u]);
-        for (; k < end; ++k) a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k), _mm256_broadcast_ss(X + m->index[k]), a[0]);
         for (int u = 1; u < 8; ++u) a[0] = _mm256_add_ps(a[0], a[u]);
-        _mm256_storeu_ps(m->y + 8 * br, a[0]);
+        finish(m, br, k, end, a[0]);
     }
 }
 
@@ -92,8 +97,7 @@ static void paired(const M *m) {
         for (; k + 2 <= end; k += 2) a[0] = _mm512_fmadd_ps(_mm512_loadu_ps(v + 8 * (size_t)k), PAIR(k), a[0]);
         __m512 s = _mm512_add_ps(_mm512_add_ps(a[0], a[1]), _mm512_add_ps(a[2], a[3]));
         __m256 t = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
-        if (k < end) t = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k), _mm256_broadcast_ss(X + ix[k]), t);
-        _mm256_storeu_ps(m->y + 8 * br, t);
+        finish(m, br, k, end, t);
     }
 }
 
@@ -112,8 +116,7 @@ static void index64(const M *m) {
             a[2] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k + 16), _mm256_broadcast_ss(X + ((i >> 32) & 0xffff)), a[2]);
             a[3] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k + 24), _mm256_broadcast_ss(X + (i >> 48)), a[3]);
         }
-        for (; k < end; ++k) a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k), _mm256_broadcast_ss(X + m->index[k]), a[0]);
-        _mm256_storeu_ps(m->y + 8 * br, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+        finish(m, br, k, end, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
     }
 }
 
@@ -131,8 +134,7 @@ static void prefetched(const M *m) {
             for (int u = 0; u < 4; ++u)
                 a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)(k + u)), _mm256_broadcast_ss(X + m->index[k + u]), a[u]);
         }
-        for (; k < end; ++k) a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k), _mm256_broadcast_ss(X + m->index[k]), a[0]);
-        _mm256_storeu_ps(m->y + 8 * br, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+        finish(m, br, k, end, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
     }
 }
 
@@ -150,10 +152,8 @@ static void tworows(const M *m) {
             a1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k + 8), _mm256_broadcast_ss(X + m->index[k + 1]), a1);
             b1 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)j + 8), _mm256_broadcast_ss(X + m->index[j + 1]), b1);
         }
-        for (; k < e; ++k) a0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k), _mm256_broadcast_ss(X + m->index[k]), a0);
-        for (; j < f; ++j) b0 = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)j), _mm256_broadcast_ss(X + m->index[j]), b0);
-        _mm256_storeu_ps(m->y + 8 * br, _mm256_add_ps(a0, a1));
-        if (br + 1 < brows) _mm256_storeu_ps(m->y + 8 * br + 8, _mm256_add_ps(b0, b1));
+        finish(m, br, k, e, _mm256_add_ps(a0, a1));
+        if (br + 1 < brows) finish(m, br + 1, j, f, _mm256_add_ps(b0, b1));
     }
 }
 
@@ -172,8 +172,7 @@ static void index64x8(const M *m) {
                 a[u % 4] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)(k + u)),
                                            _mm256_broadcast_ss(X + ((i[u / 4] >> (16 * (u % 4))) & 0xffff)), a[u % 4]);
         }
-        for (; k < end; ++k) a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k), _mm256_broadcast_ss(X + m->index[k]), a[0]);
-        _mm256_storeu_ps(m->y + 8 * br, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
+        finish(m, br, k, end, _mm256_add_ps(_mm256_add_ps(a[0], a[1]), _mm256_add_ps(a[2], a[3])));
     }
 }
 
@@ -198,8 +197,7 @@ static void paired64(const M *m) {
         }
         const __m512 s = _mm512_add_ps(a0, a1);
         __m256 t = _mm256_add_ps(_mm512_castps512_ps256(s), _mm512_extractf32x8_ps(s, 1));
-        for (; k < end; ++k) t = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k), _mm256_broadcast_ss(X + ix[k]), t);
-        _mm256_storeu_ps(m->y + 8 * br, t);
+        finish(m, br, k, end, t);
     }
 }
 
@@ -219,9 +217,8 @@ static void index64acc8(const M *m) {
                 a[u] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)(k + u)),
                                        _mm256_broadcast_ss(X + ((i[u / 4] >> (16 * (u % 4))) & 0xffff)), a[u]);
         }
-        for (; k < end; ++k) a[0] = _mm256_fmadd_ps(_mm256_loadu_ps(v + 8 * (size_t)k), _mm256_broadcast_ss(X + m->index[k]), a[0]);
         for (int u = 1; u < 8; ++u) a[0] = _mm256_add_ps(a[0], a[u]);
-        _mm256_storeu_ps(m->y + 8 * br, a[0]);
+        finish(m, br, k, end, a[0]);
     }
 }
 
