@@ -88,7 +88,8 @@ def main() -> None:
         for future in [pool.submit(train, *job) for job in jobs]:
             future.result()
     command = " ".join(["python scripts/speech_seeds.py", *map(str, args.configs), f"--seeds {args.seeds}",
-                        f"--epochs {args.epochs}", f"--out {args.out}", f"--jobs {args.jobs}",
+                        f"--epochs {args.epochs}", f"--bar {args.bar:g}", f"--out {args.out}",
+                        f"--jobs {args.jobs}",
                         *(f"--set {s}" for s in args.set)])
     (args.out / "table.md").write_text(table(runs, args.epochs, args.bar, command))
     print((args.out / "table.md").read_text())
