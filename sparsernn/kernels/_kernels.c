@@ -27,6 +27,13 @@ static int check_len(const Py_buffer *b, Py_ssize_t need, const char *what) {
 
 
 /* Fills m from the buffers after checking their sizes against the shape and block shape. */
+/* The one-column copy's segments, and its groups in *groups: lanes 8, a group per 8 rows (a segment
+ * each); lanes 16, ceil(sigma / 16) groups per window of sigma rows, a segment per group and slice. */
+static Py_ssize_t one_column_segments(int rows, int cols, int sigma, int lanes, Py_ssize_t *groups) {
+    *groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / sigma) * ((sigma + 15) / 16);
+    return lanes == 8 ? *groups : *groups * sr_slices(cols);
+}
+
 static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py_buffer *rowptr, Py_buffer *index,
                        Py_buffer *values, int lanes, int sigma, int bf16, Py_buffer *sell_ptr, Py_buffer *sell_order,
                        Py_buffer *sell_index, Py_buffer *sell_values, Py_buffer *q, Py_buffer *scale, long rows_unit,
@@ -59,9 +66,8 @@ static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py
                          rows, cols, r, c);
             return -1;
         }
-        /* lanes 8: a group per 8 rows; lanes 16: ceil(sigma / 16) groups per window, a segment per slice */
-        const Py_ssize_t groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / sigma) * ((sigma + 15) / 16);
-        const Py_ssize_t segments = lanes == 8 ? groups : groups * sr_slices(cols);
+        Py_ssize_t groups;
+        const Py_ssize_t segments = one_column_segments(rows, cols, sigma, lanes, &groups);
         if (check_len(sell_ptr, (segments + 1) * 4, "one-column ptr") ||
             check_len(sell_order, groups * lanes * 4, "one-column order"))
             return -1;
@@ -585,8 +591,8 @@ static PyObject *py_one_column(PyObject *self, PyObject *args) {
         Py_INCREF(result);
         goto done;
     }
-    const Py_ssize_t groups = lanes == 8 ? rows / 8 : (Py_ssize_t)(rows / m.sigma) * ((m.sigma + 15) / 16);
-    const Py_ssize_t segments = lanes == 8 ? groups : groups * sr_slices(cols);
+    Py_ssize_t groups;
+    const Py_ssize_t segments = one_column_segments(rows, cols, m.sigma, lanes, &groups);
     const Py_ssize_t slots = m.sell_ptr[segments];
     result = Py_BuildValue("iy#y#y#y#", m.sigma, (const char *)m.sell_ptr, (segments + 1) * 4,
                            (const char *)m.sell_order, groups * lanes * 4, (const char *)m.sell_index,
