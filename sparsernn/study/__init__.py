@@ -24,6 +24,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -159,7 +160,13 @@ def _train_in_turn(study: StudyConfig, out: Path) -> None:
 
 def _train_side_by_side(study: StudyConfig, out: Path, jobs: int) -> None:
     """``jobs`` runs at a time, each a ``sparsernn train`` process on its share of the cores (its log in
-    ``train.log`` beside it); a run starts once the runs it names are finished."""
+    ``train.log`` beside it); a run starts once the runs it names are finished. Stopped by Ctrl-C or a
+    SIGTERM (a job scheduler's, ``kill``'s), it stops its runs too: left running, they would go on
+    writing into directories the next ``sparsernn study`` resumes."""
+    def stop(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, stop)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pending = [run for run in study.runs if not is_finished(run_dir(out, run.name))]
     for run in study.runs:
@@ -205,6 +212,7 @@ def _train_side_by_side(study: StudyConfig, out: Path, jobs: int) -> None:
             process.terminate()
             process.wait()
             log.close()
+        signal.signal(signal.SIGTERM, previous)
 
 
 def run_study(path: str | Path, out: str | Path, command: str, jobs: int = 1) -> Path:

@@ -2,6 +2,11 @@
 
 import csv
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -95,6 +100,45 @@ def test_runs_side_by_side_wait_for_the_runs_they_name(tmp_path, tiny_config, ca
     sizing = json.loads((out / "runs/small/sizing.json").read_text())
     narang = json.loads((out / "runs/narang/result.json").read_text())
     assert sizing["target_nonzeros"] == narang["nonzero_parameters"]
+
+
+def test_a_terminated_study_stops_its_runs(tmp_path, tiny_config):
+    """SIGTERM (a scheduler's, ``kill``'s) stops the side-by-side runs with the study, so that none goes
+    on writing into a directory the next study resumes."""
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("needs /proc to list processes")
+    tiny_config["train"]["epochs"] = 10_000  # trains until stopped
+    dense = write_config(tmp_path, "dense", {**tiny_config, "prune": {"method": "dense"}})
+    study = write_study(tmp_path, [{"name": "dense", "config": dense},
+                                        {"name": "seed1", "config": dense, "set": ["train.seed=1"]}])
+    out = tmp_path / "out"
+
+    def trainings() -> list[int]:
+        found = []
+        for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+            try:
+                words = cmdline.read_bytes().split(b"\0")
+            except OSError:
+                continue
+            if b"train" in words and any(str(out).encode() in word for word in words):
+                found.append(int(cmdline.parent.name))
+        return found
+
+    process = subprocess.Popen([sys.executable, "-m", "sparsernn", "study", str(study), "--out", str(out),
+                                "--jobs", "2"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while process.poll() is None and time.monotonic() < deadline and not all(
+                (out / "runs" / name / "metrics.jsonl").exists() for name in ("dense", "seed1")):
+            time.sleep(0.2)
+        assert len(trainings()) == 2
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 128 + signal.SIGTERM
+        assert trainings() == []
+    finally:  # whatever failed, leave nothing running
+        process.kill()
+        for pid in trainings():
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_an_interrupted_study_resumes_its_run(tmp_path, tiny_config, monkeypatch):
