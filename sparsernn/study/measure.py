@@ -150,13 +150,18 @@ def _speed(config: RunConfig, model, baseline, model_file: Path, study, checkpoi
 
 def _baseline_source(study, out: Path) -> str:
     """The run whose dense model is timed as the baseline: the baseline, or where its checkpoint is
-    gone (a study continued on another machine) a seed of it that has one. Dense speed depends on the
-    shapes, not on the weights, so any seed times the same."""
-    from sparsernn.study import run_dir, setup
+    gone (a study continued on another machine) the first run that differs from it only in its seed or
+    its dropout and has one. Dense speed depends on the shapes, not on the weights, so any such run
+    times the same."""
+    from sparsernn.study import run_dir
+
+    def shape(run) -> tuple:
+        return str(run.config), tuple(item for item in run.set
+                                      if not item.startswith(("train.seed=", "model.dropout=")))
 
     runs = {run.name: run for run in study.runs}
-    seeds = [run.name for run in study.runs if setup(run) == setup(runs[study.baseline])]
-    present = [name for name in seeds if (run_dir(out, name) / "checkpoints" / "best.pt").exists()]
+    alike = [run.name for run in study.runs if shape(run) == shape(runs[study.baseline])]
+    present = [name for name in alike if (run_dir(out, name) / "checkpoints" / "best.pt").exists()]
     return study.baseline if study.baseline in present or not present else present[0]
 
 

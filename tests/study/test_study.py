@@ -249,17 +249,19 @@ def test_report_compares_the_engine_with_the_best_dense_runtime(tmp_path):
     assert float(rows["sparse"]["engine_speedup_vs_best_dense"]) == pytest.approx(1.5)
 
 
-def test_a_seed_of_the_baseline_is_timed_where_the_baselines_checkpoint_is_gone(tmp_path):
+def test_a_seed_of_the_baseline_or_its_dropout_twin_is_timed_where_its_checkpoint_is_gone(tmp_path):
     from sparsernn.study.measure import _baseline_source
 
     study = load_study(write_study(tmp_path, [
         {"name": "dense", "config": "d.yaml"},
         {"name": "sparse", "config": "s.yaml", "set": ["train.seed=1"]},
-        {"name": "dense-seed1", "config": "d.yaml", "set": ["train.seed=1"]}]))
+        {"name": "dense-seed1", "config": "d.yaml", "set": ["train.seed=1"]},
+        {"name": "dense-drop", "config": "d.yaml", "set": ["model.dropout=0.3", "train.seed=2"]},
+        {"name": "wide", "config": "d.yaml", "set": ["model.hidden_size=256"]}]))
     out = tmp_path / "out"
 
     def checkpoints(*names):
-        for name in ("dense", "sparse", "dense-seed1"):
+        for name in ("dense", "sparse", "dense-seed1", "dense-drop", "wide"):
             path = out / "runs" / name / "checkpoints" / "best.pt"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.unlink(missing_ok=True)
@@ -270,7 +272,9 @@ def test_a_seed_of_the_baseline_is_timed_where_the_baselines_checkpoint_is_gone(
     assert _baseline_source(study, out) == "dense"
     checkpoints("sparse", "dense-seed1")
     assert _baseline_source(study, out) == "dense-seed1"
-    checkpoints("sparse")  # no seed of the baseline left: the baseline, which then fails to load
+    checkpoints("sparse", "wide", "dense-drop")  # dropout leaves the shapes alone
+    assert _baseline_source(study, out) == "dense-drop"
+    checkpoints("sparse", "wide")  # none of the baseline's shape left: the baseline, which then fails
     assert _baseline_source(study, out) == "dense"
 
 
