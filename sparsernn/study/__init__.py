@@ -166,13 +166,13 @@ def _train_side_by_side(study: StudyConfig, out: Path, jobs: int) -> None:
     def stop(signum, frame):
         raise SystemExit(128 + signum)
 
-    previous = signal.signal(signal.SIGTERM, stop)
     threads = max(1, (os.cpu_count() or 1) // jobs)
     pending = [run for run in study.runs if not is_finished(run_dir(out, run.name))]
     for run in study.runs:
         if run not in pending:
             print(f"{run.name}: finished earlier, skipped", flush=True)
     running: dict[str, tuple[subprocess.Popen, object]] = {}
+    previous = signal.signal(signal.SIGTERM, stop)
     try:
         while pending or running:
             for run in [r for r in pending if all(is_finished(run_dir(out, d)) for d in references(r))]:
