@@ -26,7 +26,6 @@ static int check_len(const Py_buffer *b, Py_ssize_t need, const char *what) {
 }
 
 
-/* Fills m from the buffers after checking their sizes against the shape and block shape. */
 /* The one-column copy's segments, and its groups in *groups: lanes 8, a group per 8 rows (a segment
  * each); lanes 16, ceil(sigma / 16) groups per window of sigma rows, a segment per group and slice. */
 static Py_ssize_t one_column_segments(int rows, int cols, int sigma, int lanes, Py_ssize_t *groups) {
@@ -34,6 +33,7 @@ static Py_ssize_t one_column_segments(int rows, int cols, int sigma, int lanes, 
     return lanes == 8 ? *groups : *groups * sr_slices(cols);
 }
 
+/* Fills m from the buffers after checking their sizes against the shape and block shape. */
 static int make_matrix(Matrix *m, int rows, int cols, int r, int c, int wide, Py_buffer *rowptr, Py_buffer *index,
                        Py_buffer *values, int lanes, int sigma, int bf16, Py_buffer *sell_ptr, Py_buffer *sell_order,
                        Py_buffer *sell_index, Py_buffer *sell_values, Py_buffer *q, Py_buffer *scale, long rows_unit,
