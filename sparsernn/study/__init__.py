@@ -120,9 +120,10 @@ def references(run: StudyRun) -> list[str]:
     return re.findall(r"\{run:([^}]*)\}", " ".join(run.set))
 
 
-def setup(run: StudyRun) -> tuple:
-    """What a run trains apart from its seed: runs with equal setups are seeds of one another."""
-    return str(run.config), tuple(item for item in run.set if not item.startswith("train.seed="))
+def setup(run: StudyRun, ignoring: tuple[str, ...] = ("train.seed=",)) -> tuple:
+    """What a run trains apart from its seed (and the other overrides named in ``ignoring``): runs with
+    equal setups are seeds of one another."""
+    return str(run.config), tuple(item for item in run.set if not item.startswith(ignoring))
 
 
 def overrides(study: StudyConfig, run: StudyRun, out: Path) -> list[str]:

@@ -153,11 +153,10 @@ def _baseline_source(study, out: Path) -> str:
     gone (a study continued on another machine) the first run that differs from it only in its seed or
     its dropout and has one. Dense speed depends on the shapes, not on the weights, so any such run
     times the same."""
-    from sparsernn.study import run_dir
+    from sparsernn.study import run_dir, setup
 
     def shape(run) -> tuple:
-        return str(run.config), tuple(item for item in run.set
-                                      if not item.startswith(("train.seed=", "model.dropout=")))
+        return setup(run, ignoring=("train.seed=", "model.dropout="))
 
     runs = {run.name: run for run in study.runs}
     alike = [run.name for run in study.runs if shape(run) == shape(runs[study.baseline])]
