@@ -18,8 +18,11 @@ The measure is the **relative loss** of ``runs`` against ``against``: ``(mean(ru
 mean(against)`` for metrics where lower is better (perplexity, CER), the negative of that for BLEU, so a
 positive loss is always worse. Its 95% interval is Welch's t interval on the difference of the two means
 (``scipy.stats.ttest_ind(equal_var=False)``), divided by ``mean(against)`` (the denominator's own
-uncertainty is left out). It needs two or more runs on each side; with fewer the verdict is "not shown
-(one seed)". Verdicts:
+uncertainty is left out). A ``paired`` claim lists its two sides seed by seed (``runs[i]`` and
+``against[i]`` share a seed: the same initialisation and batches until one of them starts pruning); its
+interval is the paired t interval on the per-seed differences (``scipy.stats.ttest_rel``), over the seeds
+measured on both sides, so that what a seed does to both runs alike cancels. It needs two or more runs
+on each side; with fewer the verdict is "not shown (one seed)". Verdicts:
 
 - ``better``: holds if the whole interval is below 0 (``runs`` better), contradicted if it is all above
   0, else not shown;
@@ -34,7 +37,7 @@ import statistics
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Claim(BaseModel):
@@ -46,6 +49,15 @@ class Claim(BaseModel):
     against: tuple[str, ...] = Field(min_length=1, description="the runs they are compared with")
     test: Literal["better", "within"]
     margin: float = Field(0.0, ge=0.0, description="within: the largest relative loss that still holds")
+    paired: bool = Field(False, description="runs[i] and against[i] share a seed and all training before "
+                         "pruning: compare them seed by seed")
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Claim:
+        if self.paired and len(self.runs) != len(self.against):
+            raise ValueError(f"a paired claim lists as many runs as against ({len(self.runs)} and "
+                             f"{len(self.against)}): {self.claim!r}")
+        return self
 
 
 def headline_metric(result: dict) -> tuple[str, float]:
@@ -66,19 +78,23 @@ def verdict(claim: Claim, metric: dict[str, float], higher_is_better: bool) -> d
     interval (None with fewer than two runs on a side) and the verdict."""
     from scipy import stats
 
-    runs = [metric[name] for name in claim.runs if name in metric]
-    against = [metric[name] for name in claim.against if name in metric]
+    if claim.paired:  # the seeds measured on both sides
+        pairs = [(metric[a], metric[b]) for a, b in zip(claim.runs, claim.against, strict=True)
+                 if a in metric and b in metric]
+        runs, against = [a for a, _ in pairs], [b for _, b in pairs]
+    else:
+        runs = [metric[name] for name in claim.runs if name in metric]
+        against = [metric[name] for name in claim.against if name in metric]
     result = {"claim": claim.claim, "runs": len(runs), "against": len(against)}
     if not runs or not against:
         return result | {"verdict": "not measured"}
     base = statistics.fmean(against)
-    loss = (statistics.fmean(_signed(runs, higher_is_better)) - statistics.fmean(_signed(against,
-                                                                                       higher_is_better)))
+    signed = _signed(runs, higher_is_better), _signed(against, higher_is_better)
+    loss = statistics.fmean(signed[0]) - statistics.fmean(signed[1])
     result |= {"mean": statistics.fmean(runs), "mean_against": base, "loss": loss / abs(base)}
     if len(runs) < 2 or len(against) < 2:
         return result | {"low": None, "high": None, "verdict": "not shown (one seed)"}
-    test = stats.ttest_ind(_signed(runs, higher_is_better), _signed(against, higher_is_better),
-                           equal_var=False)
+    test = stats.ttest_rel(*signed) if claim.paired else stats.ttest_ind(*signed, equal_var=False)
     interval = test.confidence_interval(0.95)
     low, high = interval.low / abs(base), interval.high / abs(base)
     bound = claim.margin if claim.test == "within" else 0.0
@@ -91,8 +107,10 @@ def claims_table(claims: tuple[Claim, ...], metric: dict[str, float], metric_nam
     """The report's claims table (markdown lines), each row computed by :func:`verdict`."""
     if not claims:
         return []
+    paired = ", or the paired t over per-seed differences where the test says paired" * any(
+        claim.paired for claim in claims)
     lines = [f"Claims (test {metric_name}; loss = how much worse than the runs compared with, relative; "
-             "95% interval: Welch's t over seeds):", "",
+             f"95% interval: Welch's t over seeds{paired}):", "",
              "| claim | runs (seeds) | against (seeds) | loss | 95% interval | test | verdict |",
              "|---|---|---|---|---|---|---|"]
     for claim in claims:
@@ -100,6 +118,7 @@ def claims_table(claims: tuple[Claim, ...], metric: dict[str, float], metric_nam
         shown = "-" if "loss" not in v else f"{v['loss']:+.1%}"
         interval = "-" if v.get("low") is None else f"{v['low']:+.1%} to {v['high']:+.1%}"
         test = "better" if claim.test == "better" else f"loss under {claim.margin:.0%}"
+        test += ", paired" if claim.paired else ""
         lines.append(f"| {claim.claim} | {', '.join(claim.runs)} ({v['runs']}) "
                      f"| {', '.join(claim.against)} ({v['against']}) | {shown} | {interval} | {test} "
                      f"| {v['verdict']} |")

@@ -5,11 +5,12 @@ import pytest
 from sparsernn.study import StudyConfig
 from sparsernn.study.claims import Claim, claims_table, verdict
 
-METRIC = {"a0": 1.0, "a1": 2.0, "a2": 3.0, "b0": 4.0, "b1": 5.0, "b2": 6.0, "c0": 4.5, "c1": 5.5}
+METRIC = {"a0": 1.0, "a1": 2.0, "a2": 3.0, "b0": 4.0, "b1": 5.0, "b2": 6.0, "c0": 4.5, "c1": 5.5,
+          "d0": 4.0, "d1": 6.0, "d2": 5.5}
 
 
-def claim(runs, against, test="better", margin=0.0):
-    return Claim(claim="c", runs=runs, against=against, test=test, margin=margin)
+def claim(runs, against, test="better", margin=0.0, paired=False):
+    return Claim(claim="c", runs=runs, against=against, test=test, margin=margin, paired=paired)
 
 
 def test_welch_interval_by_hand():
@@ -24,6 +25,33 @@ def test_welch_interval_by_hand():
     assert verdict(claim(("b0", "b1", "b2"), ("a0", "a1", "a2")), METRIC, False)["verdict"] == \
         "contradicted"
     assert verdict(claim(("b0", "b1", "b2"), ("c0", "c1")), METRIC, False)["verdict"] == "not shown"
+
+
+def test_paired_interval_by_hand():
+    """a = 1, 2, 3 against d = 4, 6, 5.5 seed by seed: differences -3, -4, -2.5, mean -19/6, standard
+    deviation sqrt(7/12), 2 degrees of freedom, t(0.975, 2) = 4.302653; relative to mean(d) = 31/6. Welch's
+    interval on the same numbers is wider: it counts what the pairs share as noise."""
+    runs, against = ("a0", "a1", "a2"), ("d0", "d1", "d2")
+    v = verdict(claim(runs, against, paired=True), METRIC, higher_is_better=False)
+    half = 4.302653 * (7 / 12) ** 0.5 / 3 ** 0.5
+    assert v["loss"] == pytest.approx((-19 / 6) / (31 / 6))
+    assert v["low"] == pytest.approx((-19 / 6 - half) / (31 / 6), rel=1e-5)
+    assert v["high"] == pytest.approx((-19 / 6 + half) / (31 / 6), rel=1e-5)
+    assert v["verdict"] == "holds"
+    welch = verdict(claim(runs, against), METRIC, higher_is_better=False)
+    assert welch["loss"] == pytest.approx(v["loss"]) and welch["low"] < v["low"]
+
+
+def test_paired_claims_use_the_seeds_measured_on_both_sides():
+    """A seed missing on one side drops from both; the means are over the pairs left."""
+    v = verdict(claim(("a0", "a1", "a2"), ("d0", "d1", "gone"), paired=True), METRIC, False)
+    assert (v["runs"], v["against"]) == (2, 2)
+    assert v["mean"] == 1.5 and v["mean_against"] == 5.0
+    assert v["loss"] == pytest.approx(-3.5 / 5) and v["low"] < v["loss"] < v["high"]
+    assert claims_table((claim(("a0", "a1"), ("d0", "d1"), paired=True),), METRIC, "CER", False)[4] \
+        .endswith("| better, paired | not shown |")
+    with pytest.raises(ValueError, match="a paired claim lists as many runs as against"):
+        claim(("a0", "a1"), ("d0",), paired=True)
 
 
 def test_higher_is_better_turns_the_sign():
