@@ -107,8 +107,8 @@ def claims_table(claims: tuple[Claim, ...], metric: dict[str, float], metric_nam
     """The report's claims table (markdown lines), each row computed by :func:`verdict`."""
     if not claims:
         return []
-    paired = ", or the paired t over per-seed differences where the test says paired" * any(
-        claim.paired for claim in claims)
+    paired = (", or the paired t over per-seed differences where the test says paired"
+              if any(claim.paired for claim in claims) else "")
     lines = [f"Claims (test {metric_name}; loss = how much worse than the runs compared with, relative; "
              f"95% interval: Welch's t over seeds{paired}):", "",
              "| claim | runs (seeds) | against (seeds) | loss | 95% interval | test | verdict |",
