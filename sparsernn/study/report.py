@@ -229,7 +229,8 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
          "mean over its seeds, bars from the lowest to the highest seed; each method's line joins its best "
          "setup at each size")
 
-    pruned = [r for r in results if r["method"] in PRUNED]
+    pruned_setups = [group for group in _setups(study, results) if group[0]["method"] in PRUNED]
+    pruned = [group[0] for group in pruned_setups]  # one run per setup (its first seed) in the curves
     if pruned:
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
         styles = ("-", "--", ":", "-.")  # one color per run (the left legend), one line style per layer group
@@ -251,7 +252,8 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
         right.set_ylabel("largest threshold applied")
         left.legend(fontsize=7 if len(pruned) <= 12 else 5)
         right.legend(fontsize=7)
-        save(figure, "schedule.png", "Sparsity and threshold (per layer group) against training step")
+        save(figure, "schedule.png", "Sparsity and threshold (per layer group) against training step, "
+             "one run per pruned setup (its first seed)")
 
         figure, axis = plt.subplots(figsize=(10, 3.8))
         tensors = list(pruned[0]["layer_sparsity"])
@@ -263,21 +265,29 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
                         ha="right", fontsize=7)
         axis.set_ylabel("final sparsity")
         axis.legend(fontsize=7)
-        save(figure, "layers.png", "Final sparsity of every pruned tensor")
+        save(figure, "layers.png", "Final sparsity of every pruned tensor, one run per pruned setup "
+             "(its first seed)")
 
         figure, axis = plt.subplots(figsize=(6, 3.8))
-        ordered = sorted(pruned, key=lambda r: (round(r["sparsity"], 2), r["method"]))
-        for i, r in enumerate(ordered):
-            axis.bar(i, _metric(r)[1], color=colors[r["method"]], label=r["method"])
-            axis.annotate(f"{r['sparsity']:.0%}", (i, _metric(r)[1]), ha="center", fontsize=7,
+        ordered = sorted(pruned_setups, key=lambda g: (round(g[0]["sparsity"], 2), g[0]["method"]))
+        for i, group in enumerate(ordered):  # one bar per setup: the mean over its seeds
+            values = [_metric(r)[1] for r in group]
+            mean, first = statistics.fmean(values), group[0]
+            axis.bar(i, mean, color=colors[first["method"]], label=first["method"],
+                     yerr=[[mean - min(values)], [max(values) - mean]] if len(group) > 1 else None,
+                     capsize=2)
+            axis.annotate(f"{first['sparsity']:.0%}", (i, mean), ha="center", fontsize=7,
                           xytext=(0, 2), textcoords="offset points")
-        axis.set_xticks(range(len(ordered)), [r["name"] for r in ordered], rotation=20, fontsize=7)
+        axis.set_xticks(range(len(ordered)), [g[0]["name"] + (f" ({len(g)})" if len(g) > 1 else "")
+                                              for g in ordered], rotation=30, ha="right", fontsize=7)
         handles, labels = axis.get_legend_handles_labels()
         unique = dict(zip(labels, handles, strict=True))
         axis.legend(unique.values(), unique.keys(), fontsize=7)
         axis.set_ylabel(f"test {metric_name}")
         axis.set_title("gradual (narang, agp) against hard (oneshot) pruning")
-        save(figure, "gradual_vs_hard.png", f"Test {metric_name} of the pruned runs by method and sparsity")
+        save(figure, "gradual_vs_hard.png", f"Test {metric_name} of the pruned setups by method and "
+             "sparsity: the mean over a setup's seeds (their number in brackets), bars from the lowest to "
+             "the highest")
     return made
 
 
