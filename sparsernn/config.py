@@ -132,6 +132,9 @@ class SpeechModelConfig(_Section):
     input_norm: bool = Field(True, description="sequence-wise batch norm on the first recurrent layer's "
                              "input too (DS2's form); without it an Adam rate of 3e-3 stalled some AN4 "
                              "initialisations")
+    input_init: Literal["hidden", "fan_in"] = Field(
+        "hidden", description="range of the recurrent layers' input weights: within 1/sqrt(hidden size) "
+        "(PyTorch's draw) or within 1/sqrt(input size), which starts every width's gates alike")
 
     @model_validator(mode="after")
     def _conv_needed(self) -> SpeechModelConfig:

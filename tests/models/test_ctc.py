@@ -78,6 +78,20 @@ def test_the_first_recurrent_layer_has_its_input_norm_unless_turned_off():
     assert plain.input_norm is None and not any(k.startswith("input_norm") for k in plain.state_dict())
 
 
+def test_input_weights_are_drawn_by_fan_in_when_asked():
+    bound = {"hidden": 32 ** -0.5, "fan_in": 12 ** -0.5}  # hidden 32; the first layer's input is 12 wide
+    for init in ("hidden", "fan_in"):
+        net = model(hidden=32, input_init=init)
+        first = [w for n, w in net.rnns[0].named_parameters() if n.startswith("weight_ih")]
+        assert len(first) == 2  # both directions
+        for weight in first:
+            assert weight.abs().max() <= bound[init]
+            assert weight.abs().max() > 0.9 * bound[init]  # 1152 draws fill the range
+        for name, weight in [*net.rnns[0].named_parameters(), *net.rnns[1].named_parameters()]:
+            if not name.startswith("weight_ih") or weight.shape[1] == 32:  # the rest keep PyTorch's draw
+                assert weight.abs().max() <= 32 ** -0.5
+
+
 def test_sequence_batch_norm_ignores_padding():
     net = model().train()
     norm = net.norms[0]
