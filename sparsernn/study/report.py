@@ -200,13 +200,18 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
     axis.xaxis.set_major_formatter(FuncFormatter(lambda x, _: f"{x / 1e6:g}M" if x >= 1e6 else
                                                  f"{x / 1e3:g}k"))
     axis.xaxis.set_minor_formatter(NullFormatter())  # matplotlib's own labels of the minor ticks overlap
-    by_method: dict[str, list[tuple]] = {}
-    for group in _setups(study, results):  # one point per setup: the mean over its seeds
+    setups = _setups(study, results)
+
+    def spread(group: list[dict]) -> tuple[float, float, float]:
+        """A setup's metric: the mean over its seeds, the lowest and the highest seed."""
         values = [_metric(r)[1] for r in group]
+        return statistics.fmean(values), min(values), max(values)
+
+    by_method: dict[str, list[tuple]] = {}
+    for group in setups:  # one point per setup: the mean over its seeds
         label = group[0]["name"] + (f" ({len(group)} seeds)" if len(group) > 1 else "")
         by_method.setdefault(group[0]["method"], []).append(
-            (statistics.fmean(r["nonzero_parameters"] for r in group), statistics.fmean(values),
-             min(values), max(values), label))
+            (statistics.fmean(r["nonzero_parameters"] for r in group), *spread(group), label))
     for method, points in by_method.items():
         points.sort()
         x, y, low, high, _ = (list(column) for column in zip(*points, strict=True))
@@ -229,7 +234,7 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
          "mean over its seeds, bars from the lowest to the highest seed; each method's line joins its best "
          "setup at each size")
 
-    pruned_setups = [group for group in _setups(study, results) if group[0]["method"] in PRUNED]
+    pruned_setups = [group for group in setups if group[0]["method"] in PRUNED]
     pruned = [group[0] for group in pruned_setups]  # one run per setup (its first seed) in the curves
     if pruned:
         figure, (left, right) = plt.subplots(1, 2, figsize=(10, 3.8))
@@ -271,11 +276,9 @@ def _plots(out: Path, study, results: list[dict], metric_name: str,
         figure, axis = plt.subplots(figsize=(6, 3.8))
         ordered = sorted(pruned_setups, key=lambda g: (round(g[0]["sparsity"], 2), g[0]["method"]))
         for i, group in enumerate(ordered):  # one bar per setup: the mean over its seeds
-            values = [_metric(r)[1] for r in group]
-            mean, first = statistics.fmean(values), group[0]
+            (mean, low, high), first = spread(group), group[0]
             axis.bar(i, mean, color=colors[first["method"]], label=first["method"],
-                     yerr=[[mean - min(values)], [max(values) - mean]] if len(group) > 1 else None,
-                     capsize=2)
+                     yerr=[[mean - low], [high - mean]] if len(group) > 1 else None, capsize=2)
             axis.annotate(f"{first['sparsity']:.0%}", (i, mean), ha="center", fontsize=7,
                           xytext=(0, 2), textcoords="offset points")
         axis.set_xticks(range(len(ordered)), [g[0]["name"] + (f" ({len(g)})" if len(g) > 1 else "")
